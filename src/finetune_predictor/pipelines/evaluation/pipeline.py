@@ -1,0 +1,34 @@
+"""The evaluation pipeline."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from finetune_predictor.pipelines.evaluation import nodes
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    test = "data_engineering.prm.test_set"
+    return Pipeline([
+        node(nodes.predict_baseline, [test, "params:model", "params:evaluation", "params:data"],
+             "evaluation.model_output.baseline_predictions", name="predict_baseline"),
+        node(nodes.predict_finetuned,
+             [test, "sft_training.model.adapter", "params:model", "params:evaluation", "params:data"],
+             "evaluation.model_output.finetuned_predictions", name="predict_finetuned"),
+        node(nodes.compute_metrics,
+             ["evaluation.model_output.baseline_predictions", "evaluation.model_output.finetuned_predictions",
+              "params:data"],
+             "evaluation.reporting.metrics", name="compute_metrics"),
+        node(nodes.comparison_table, "evaluation.reporting.metrics", "evaluation.reporting.comparison_table",
+             name="comparison_table"),
+        node(nodes.plot_confusion_matrices, "evaluation.reporting.metrics",
+             "evaluation.reporting.confusion_matrices_plot", name="plot_confusion_matrices"),
+        node(nodes.plot_training_loss, "sft_training.reporting.training_summary",
+             "evaluation.reporting.training_loss_plot", name="plot_training_loss"),
+        node(nodes.plot_metric_comparison, "evaluation.reporting.metrics",
+             "evaluation.reporting.metric_comparison_plot", name="plot_metric_comparison"),
+        node(nodes.build_run_record,
+             ["data_engineering.reporting.split_summary", "sft_training.reporting.training_summary",
+              "evaluation.reporting.metrics", "params:model", "params:training", "params:data"],
+             ["evaluation.tracking.run_params", "evaluation.tracking.run_metrics"], name="build_run_record"),
+    ])

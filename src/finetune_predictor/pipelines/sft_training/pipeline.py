@@ -1,0 +1,18 @@
+"""The sft_training pipeline."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from finetune_predictor.pipelines.sft_training.nodes import train_adapter
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    return Pipeline([
+        node(
+            train_adapter,
+            ["data_engineering.prm.train_set", "params:model", "params:training", "params:data"],
+            ["sft_training.model.adapter", "sft_training.reporting.training_summary"],
+            name="train_adapter",
+        ),
+    ])

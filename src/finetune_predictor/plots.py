@@ -1,0 +1,57 @@
+"""Figures of one run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_matrices(baseline: dict[str, Any], finetuned: dict[str, Any]) -> Figure:
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    for axis, (title, metrics) in zip(axes, (("baseline", baseline), ("fine-tuned", finetuned)), strict=True):
+        matrix = np.array(metrics["confusion_matrix"])
+        labels = metrics["confusion_labels"]
+        axis.imshow(matrix, cmap="Blues")
+        axis.set_xticks(range(len(labels)), labels)
+        axis.set_yticks(range(len(labels)), labels)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(f"{title}: accuracy {metrics['accuracy']:.3f}")
+        for (row, col), count in np.ndenumerate(matrix):
+            axis.text(col, row, str(count), ha="center", va="center",
+                      color="white" if count > matrix.max() / 2 else "black")
+    return figure
+
+
+def training_loss(loss_history: list[dict[str, float]]) -> Figure:
+    figure, axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    steps = [h["step"] for h in loss_history]
+    axis.plot(steps, [h["loss"] for h in loss_history], marker=".", linewidth=1)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss (answer tokens)")
+    axis.set_title("LoRA training loss")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def metric_comparison(baseline: dict[str, Any], finetuned: dict[str, Any]) -> Figure:
+    names = [name for name in ("accuracy", "f1_macro", "auc", "gen_accuracy") if name in finetuned]
+    figure, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    positions = np.arange(len(names))
+    for offset, (title, metrics) in zip((-0.2, 0.2), (("baseline", baseline), ("fine-tuned", finetuned)),
+                                        strict=True):
+        values = [metrics[name] for name in names]
+        bars = axis.bar(positions + offset, values, width=0.4, label=title)
+        axis.bar_label(bars, fmt="%.2f", fontsize=8)
+    axis.set_xticks(positions, names)
+    axis.set_ylim(0, 1.05)
+    axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    axis.legend()
+    axis.set_title("baseline vs fine-tuned on the fixed test set")
+    return figure

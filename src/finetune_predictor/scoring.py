@@ -1,0 +1,168 @@
+"""Inference for evaluation: label scoring by likelihood (primary) and greedy generation (second view).
+
+Both feed the model exactly the prompt ids of :class:`PromptFormatter`, the same ids training used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_predictor.chat_format import PromptFormatter
+
+logger = logging.getLogger(__name__)
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_candidates(
+    model: Any,
+    formatter: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    candidates: Sequence[str],
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Log-probability of each candidate answer (with its end-of-turn token) after each prompt.
+
+    Returns an ``(n_records, n_candidates)`` array. Each batch of prompts goes through the model once;
+    the candidates (a few tokens each) are then scored on top of the prompts' key/value cache, so the
+    cost is one forward pass over the prompts whatever the number of labels.
+    """
+    model.eval()
+    device = _device_of(model)
+    answer_ids = [formatter.answer_ids(candidate) for candidate in candidates]
+    reserve = max(len(ids) for ids in answer_ids)
+    pad_id = formatter.tokenizer.pad_token_id
+    scores = np.zeros((len(records), len(candidates)), dtype=np.float64)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=reserve)
+                   for r in chunk]
+        input_ids, attention_mask = _left_pad(prompts, pad_id)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        prompt_out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=True, logits_to_keep=1)
+        first_log_probs = torch.log_softmax(prompt_out.logits[:, -1, :].float(), dim=-1)
+        cache = prompt_out.past_key_values
+        next_position = position_ids[:, -1:] + 1
+        for cand_index, ids in enumerate(answer_ids):
+            total = first_log_probs[:, ids[0]].clone()
+            if len(ids) > 1:
+                continuation = torch.tensor([ids[:-1]], device=device).expand(len(chunk), -1)
+                mask = torch.cat([attention_mask, torch.ones_like(continuation)], dim=1)
+                positions = next_position + torch.arange(len(ids) - 1, device=device)[None, :]
+                out = model(input_ids=continuation, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True)
+                log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+                targets = torch.tensor(ids[1:], device=device)[None, :, None].expand(len(chunk), -1, 1)
+                total += log_probs.gather(-1, targets).squeeze(-1).sum(-1)
+                cache.crop(-(len(ids) - 1))  # drop this candidate's keys before scoring the next one
+            scores[start:start + len(chunk), cand_index] = total.cpu().numpy()
+    return scores
+
+
+def candidate_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Softmax of the candidates' log-probabilities: the model's choice restricted to the label set."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def stop_token_ids(formatter: PromptFormatter) -> list[int]:
+    """The end-of-turn token the template closes an answer with, plus the tokenizer's EOS."""
+    tokenizer = formatter.tokenizer
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    ids.add(formatter.answer_ids("x")[-1])
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    formatter: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    max_new_tokens: int = 8,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy completions of each prompt with Hugging Face generate (CPU and GPU)."""
+    model.eval()
+    device = _device_of(model)
+    tokenizer = formatter.tokenizer
+    stops = stop_token_ids(formatter)
+    outputs: list[str] = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=max_new_tokens)
+                   for r in chunk]
+        input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id)
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = generated[:, input_ids.shape[1]:]
+        outputs.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens)
+    return outputs
+
+
+def vllm_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def generate_answers_vllm(
+    model_path: str,
+    formatter: PromptFormatter,
+    records: Sequence[dict[str, Any]],
+    adapter_dir: str | None,
+    max_new_tokens: int = 8,
+    max_lora_rank: int = 64,
+    gpu_memory_utilization: float = 0.6,
+) -> list[str]:
+    """Greedy completions with vLLM, the LoRA adapter applied per request (GPU only)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(
+        model=model_path,
+        enable_lora=adapter_dir is not None,
+        max_lora_rank=max_lora_rank,
+        gpu_memory_utilization=gpu_memory_utilization,
+        seed=0,
+    )
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(formatter))
+    prompts = [
+        TokensPrompt(prompt_token_ids=formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""),
+                                                           reserve=max_new_tokens))
+        for r in records
+    ]
+    lora_request = LoRARequest("adapter", 1, adapter_dir) if adapter_dir else None
+    results = llm.generate(prompts, sampling, lora_request=lora_request)
+    return [result.outputs[0].text.strip() for result in results]

@@ -1,0 +1,30 @@
+"""Project settings: config loader, hooks and session store."""
+
+from __future__ import annotations
+
+import os
+
+# kedro-telemetry (a dependency of kedro) would phone home; this project opts out here as well as in
+# the `.telemetry` file at its root, so no run of it ever asks the network.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# Nothing is loaded from a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# The HF Trainer's MLflow callback would log clashing params into the kedro-mlflow run.
+os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+
+from kedro.config import OmegaConfigLoader  # noqa: E402
+
+from finetune_predictor.hooks import RunSummaryHooks  # noqa: E402
+
+HOOKS = (RunSummaryHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+    },
+}

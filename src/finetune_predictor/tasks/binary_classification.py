@@ -1,0 +1,120 @@
+"""Binary classification (MegaFake task 1: fake vs legitimate news) as a pluggable task."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Words that, right before a label, reverse or deny it ("not fake", "isn't real", "never legitimate").
+_NEGATIONS = {"not", "no", "never", "isn't", "isnt", "aren't", "arent", "wasn't", "wasnt", "hardly",
+              "neither", "nor", "non", "un"}
+# Prefixes a model may write in front of the bare answer.
+_ANSWER_PREFIX = re.compile(
+    r"^(?:answer:|label:|classification:|prediction:|the answer is\b|this is\b|this article is\b|"
+    r"the article is\b|it is\b)\s*"
+)
+_WORD = re.compile(r"[a-z][a-z'\-]*")
+
+
+def _normalise(text: str) -> str:
+    text = text.strip().lower()
+    text = re.sub(r"<\|[^|>]*\|>|</?s>", " ", text)  # stray special tokens
+    return re.sub(r"\s+", " ", text).strip(" \t\n\"'`*.,!:;()[]")
+
+
+@dataclass(frozen=True)
+class BinaryClassificationTask:
+    """Two labels; ``positive_label`` is the class whose probability feeds AUC."""
+
+    positive_label: str
+    negative_label: str
+    name: str = "binary_classification"
+
+    def __post_init__(self) -> None:
+        for label in (self.positive_label, self.negative_label):
+            if not label or not label.strip():
+                raise ValueError("data.label_positive and data.label_negative must be non-empty strings")
+        if _normalise(self.positive_label) == _normalise(self.negative_label):
+            raise ValueError(f"The two labels must differ, got {self.positive_label!r} twice")
+
+    @classmethod
+    def from_params(cls, data_params: dict[str, Any]) -> BinaryClassificationTask:
+        return cls(str(data_params["label_positive"]), str(data_params["label_negative"]))
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.positive_label, self.negative_label]
+
+    def target(self, record: dict[str, Any]) -> str:
+        return str(record["output"])
+
+    def candidates(self) -> list[str]:
+        return self.labels
+
+    def parse(self, generated: str) -> str | None:
+        """Read a label strictly: an exact answer, or exactly one label named without negation.
+
+        A negated label ("not fake", "untrue") is never flipped into the other label, and text naming
+        both labels or neither is a parse failure (None), counted rather than guessed.
+        """
+        text = _normalise(generated)
+        text = _normalise(_ANSWER_PREFIX.sub("", text))
+        by_norm = {_normalise(label): label for label in self.labels}
+        if text in by_norm:
+            return by_norm[text]
+        words = _WORD.findall(text)
+        found: set[str] = set()
+        for norm, label in by_norm.items():
+            label_words = norm.split()
+            width = len(label_words)
+            for start in range(len(words) - width + 1):
+                if words[start:start + width] != label_words:
+                    continue
+                before = words[max(0, start - 3):start]
+                if any(word in _NEGATIONS for word in before):
+                    return None
+                found.add(label)
+        return found.pop() if len(found) == 1 else None
+
+    def metrics(self, y_true: Sequence[str], y_pred: Sequence[str | None],
+                scores: np.ndarray | None = None) -> dict[str, Any]:
+        """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, parse failures and (with scores) AUC.
+
+        A parse failure counts as wrong for accuracy and F1; ``scores`` are P(positive).
+        """
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+        if len(y_true) != len(y_pred):
+            raise ValueError(f"{len(y_true)} references but {len(y_pred)} predictions")
+        if not len(y_true):
+            raise ValueError("No examples to score")
+        failure = "<unparsed>"
+        pred = [p if p is not None else failure for p in y_pred]
+        true = list(y_true)
+        labels = self.labels
+        precision, recall, f1, support = precision_recall_fscore_support(
+            true, pred, labels=labels, zero_division=0
+        )
+        result: dict[str, Any] = {
+            "n": len(true),
+            "accuracy": float(np.mean([t == p for t, p in zip(true, pred, strict=True)])),
+            "f1_macro": float(np.mean(f1)),
+            "parse_failures": int(sum(p is None for p in y_pred)),
+            "parse_failure_rate": float(np.mean([p is None for p in y_pred])),
+            "confusion_matrix": confusion_matrix(true, pred, labels=labels).tolist(),
+            "confusion_labels": labels,
+        }
+        for index, label in enumerate(labels):
+            key = re.sub(r"\W+", "_", label.lower())
+            result[f"precision_{key}"] = float(precision[index])
+            result[f"recall_{key}"] = float(recall[index])
+            result[f"f1_{key}"] = float(f1[index])
+            result[f"support_{key}"] = int(support[index])
+        if scores is not None:
+            truth = np.array([t == self.positive_label for t in true], dtype=int)
+            result["auc"] = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
+        return result

@@ -1,0 +1,183 @@
+"""LoRA / QLoRA supervised fine-tuning with TRL's SFTTrainer on answer-only loss."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.hardware import ComputePlan
+from finetune_predictor.settings_schema import TrainingSettings
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+class AdapterNotTrainedError(RuntimeError):
+    """The saved adapter is missing files or its LoRA B matrices are all zero."""
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: Path
+    loss_history: list[dict[str, float]]
+    train_runtime_s: float
+    peak_memory_mb: float
+    adapter_sha256: dict[str, str]
+    num_examples: int
+    num_steps: int
+    supervised_tokens: int
+
+
+def build_training_rows(formatter: PromptFormatter, records: Sequence[dict[str, Any]],
+                        targets: Sequence[str]) -> list[dict[str, list[int]]]:
+    """Tokenised rows (input_ids, labels) with the loss on the answer and end-of-turn token only."""
+    return [
+        formatter.training_example(str(record["instruction"]), str(record.get("input") or ""), target)
+        for record, target in zip(records, targets, strict=True)
+    ]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _peak_memory_mb(plan: ComputePlan) -> float:
+    if plan.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def verify_adapter(model: Any, adapter_dir: Path) -> dict[str, str]:
+    """Fail the run unless the adapter files exist and at least one LoRA B matrix moved off zero.
+
+    LoRA initialises B to zero, so all-zero B matrices mean the adapter is the identity: training did
+    not happen (no steps, zero learning rate, or the loss never reached the answer tokens).
+    """
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise AdapterNotTrainedError(f"Adapter folder {adapter_dir} lacks {missing}")
+    b_norms = [param.detach().float().abs().max().item()
+               for name, param in model.named_parameters() if "lora_B" in name]
+    if not b_norms:
+        raise AdapterNotTrainedError("The trained model has no LoRA B matrices: was the adapter attached?")
+    if max(b_norms) == 0.0:
+        raise AdapterNotTrainedError("All LoRA B matrices are zero after training: the adapter learned nothing.")
+    return {name: sha256_file(adapter_dir / name) for name in ADAPTER_FILES}
+
+
+class _LossLogger(TrainerCallback):
+    """Progress through the logging module (the Trainer's printer writes raw dicts to stdout)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
+            logger.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
+
+
+def train_lora(
+    model_path: str,
+    formatter: PromptFormatter,
+    rows: list[dict[str, list[int]]],
+    settings: TrainingSettings,
+    plan: ComputePlan,
+    output_dir: Path,
+) -> TrainingResult:
+    """Fine-tune a LoRA adapter on pre-tokenised rows and save it to ``output_dir``."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune_predictor.models import load_causal_lm
+
+    if not rows:
+        raise ValueError("No training examples")
+    seed_everything(settings.seed)
+    # The HF Trainer would otherwise open its own MLflow run and log clashing params into ours.
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+    model = load_causal_lm(model_path, plan, for_training=True)
+    lora = settings.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if not isinstance(lora.target_modules, str) else lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    config = SFTConfig(
+        output_dir=str(output_dir / "trainer"),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        logging_steps=settings.logging_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        # SFTConfig turns bf16 on by default; precision comes from the hardware plan instead.
+        bf16=plan.bf16,
+        fp16=plan.fp16,
+        use_cpu=plan.device == "cpu",
+        max_length=None,  # the formatter already bounded each row, keeping the answer intact
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        completion_only_loss=False,  # labels are already masked to the answer by the formatter
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=formatter.tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_LossLogger())
+    started = time.perf_counter()
+    trainer.train()
+    runtime = time.perf_counter() - started
+    adapter_dir = output_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    checksums = verify_adapter(trainer.model, adapter_dir)
+    history = [
+        {"step": float(entry["step"]), "loss": float(entry["loss"]),
+         "grad_norm": float(entry.get("grad_norm", float("nan"))),
+         "learning_rate": float(entry.get("learning_rate", float("nan")))}
+        for entry in trainer.state.log_history if "loss" in entry
+    ]
+    return TrainingResult(
+        adapter_dir=adapter_dir,
+        loss_history=history,
+        train_runtime_s=runtime,
+        peak_memory_mb=_peak_memory_mb(plan),
+        adapter_sha256=checksums,
+        num_examples=len(rows),
+        num_steps=int(trainer.state.global_step),
+        supervised_tokens=sum(sum(1 for label in row["labels"] if label != -100) for row in rows),
+    )

@@ -1,0 +1,60 @@
+"""Project conventions: dataset names follow {pipeline}.{layer}.*, and every parameter is used."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from finetune_predictor.pipeline_registry import register_pipelines
+from tests.conftest import PROJECT_ROOT
+
+PIPELINES = {"data_engineering", "sft_training", "evaluation"}
+LAYERS = {"raw", "int", "prm", "feature", "model", "model_output", "reporting", "tracking"}
+
+
+def _catalog() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())
+
+
+def _parameters() -> dict:
+    params = {}
+    for path in sorted((PROJECT_ROOT / "conf/base").glob("parameters_*.yml")):
+        params.update(yaml.safe_load(path.read_text()) or {})
+    return params
+
+
+def test_catalog_names_follow_pipeline_layer_convention():
+    pattern = re.compile(r"^(?P<pipeline>[a-z_]+)\.(?P<layer>[a-z_]+)\.[a-z_{}]+$")
+    for name in _catalog():
+        match = pattern.match(name)
+        assert match, f"catalog entry {name!r} is not {{pipeline}}.{{layer}}.{{name}}"
+        assert match["pipeline"] in PIPELINES, name
+        assert match["layer"] in LAYERS, name
+
+
+def test_every_pipeline_dataset_is_in_the_catalog():
+    names = set(_catalog())
+    patterns = [re.compile("^" + re.escape(n).replace(r"\{plot_name\}", "[a-z_]+") + "$") for n in names if "{" in n]
+    pipeline = register_pipelines()["mini_test100"]
+    for dataset in pipeline.datasets():
+        if dataset.startswith("params:"):
+            continue
+        assert dataset in names or any(p.match(dataset) for p in patterns), f"{dataset} missing from catalog"
+
+
+def test_every_parameter_group_is_used_by_a_node():
+    used = set()
+    for pipeline in register_pipelines().values():
+        used |= {d.split(":", 1)[1].split(".")[0] for d in pipeline.inputs() if d.startswith("params:")}
+        for node in pipeline.nodes:
+            used |= {d.split(":", 1)[1].split(".")[0] for d in node.inputs if d.startswith("params:")}
+    assert set(_parameters()) == used
+
+
+def test_mini_test100_composes_the_three_pipelines():
+    pipelines = register_pipelines()
+    composed = {node.name for node in pipelines["mini_test100"].nodes}
+    parts = set().union(*({n.name for n in pipelines[name].nodes} for name in PIPELINES))
+    assert composed == parts
+    assert pipelines["__default__"].nodes == pipelines["mini_test100"].nodes

@@ -1,0 +1,80 @@
+"""`kedro run --pipeline=mini_test100` on the real embedded model, shrunk to a handful of steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+SMALL = ("data.train_per_class=6,data.test_per_class=6,data.synthetic.num_records=200,"
+         "training.max_steps=3,training.learning_rate=0.002,training.per_device_train_batch_size=4,"
+         "evaluation.max_new_tokens=4")
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, project / name)
+    (project / "src").symlink_to(PROJECT_ROOT / "src")
+    return project
+
+
+def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
+    kedro = Path(sys.executable).with_name("kedro")
+    return subprocess.run([str(kedro), "run", *args], cwd=project, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.e2e
+def test_mini_test100_end_to_end(tmp_path, embedded_model):
+    import mlflow
+
+    project = _project_copy(tmp_path)
+    result = _kedro(project, "--pipeline=mini_test100", "--params", SMALL)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "Traceback" not in output
+    assert "telemetry" not in output.lower()
+
+    # The run ends by printing where its outputs are, as absolute paths, and what to try next.
+    printed = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+               for line in result.stdout.splitlines() if line.startswith("  ") and ": " in line and "/" in line}
+    for key in ("adapter", "baseline predictions", "fine-tuned predictions", "metrics", "plot"):
+        assert key in printed, result.stdout[-3000:]
+        assert Path(printed[key]).is_absolute() and Path(printed[key]).exists()
+    assert "mlflow ui" in result.stdout
+    adapter = Path(printed["adapter"])
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in adapter.iterdir()}
+
+    metrics = json.loads(Path(printed["metrics"]).read_text())
+    for view in ("baseline", "finetuned"):
+        for key in ("accuracy", "f1_macro", "auc", "confusion_matrix", "parse_failure_rate"):
+            assert key in metrics[view]
+        assert sum(map(sum, metrics[view]["confusion_matrix"])) == 12
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["finetune_predictor"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params, logged = run.data.params, run.data.metrics
+    for key in ("model_name", "train_size", "learning_rate", "lora_r", "lora_alpha", "num_train_epochs", "seed",
+                "train_sha256", "test_sha256"):
+        assert key in params, key
+    assert params["train_size"] == "12"
+    assert params["model_name"] == "SmolLM2-135M-Instruct"
+    for key in ("baseline_accuracy", "finetuned_accuracy", "baseline_f1_macro", "finetuned_f1_macro",
+                "finetuned_auc", "finetuned_parse_failure_rate", "train_loss"):
+        assert key in logged, key
+    assert run.info.run_name.startswith("SmolLM2-135M-Instruct n=12 lr=0.002")
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) == 3
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"adapter", "predictions", "plots"} <= artifacts

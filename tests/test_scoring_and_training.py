@@ -1,0 +1,108 @@
+"""Inference and training mechanics on a tiny random Llama that uses the real tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.hardware import choose_compute_plan
+from finetune_predictor.models import load_causal_lm, load_tokenizer
+from finetune_predictor.scoring import candidate_probabilities, generate_answers, score_candidates
+from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.training import AdapterNotTrainedError, build_training_rows, train_lora, verify_adapter
+
+CANDIDATES = ["fake", "legitimate"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    plan = choose_compute_plan("fp32")
+    model = load_causal_lm(str(tiny_model_dir), plan)
+    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
+    return model, formatter
+
+
+def _naive_scores(model, formatter, records):
+    """Full-sequence log-probabilities, one unpadded sequence at a time (the definition)."""
+    out = np.zeros((len(records), len(CANDIDATES)))
+    for i, record in enumerate(records):
+        prompt = formatter.prompt_ids(record["instruction"], record["input"])
+        for j, label in enumerate(CANDIDATES):
+            answer = formatter.answer_ids(label)
+            ids = torch.tensor([prompt + answer])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            positions = range(len(prompt) - 1, len(prompt) + len(answer) - 1)
+            out[i, j] = sum(log_probs[p, ids[0, p + 1]].item() for p in positions)
+    return out
+
+
+def test_batched_cached_scores_equal_the_naive_definition(tiny):
+    model, formatter = tiny
+    records = list(iter_articles(7, seed=11))  # different lengths: exercises left padding
+    batched = score_candidates(model, formatter, records, CANDIDATES, batch_size=4)
+    np.testing.assert_allclose(batched, _naive_scores(model, formatter, records), atol=1e-4)
+    probabilities = candidate_probabilities(batched)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_generation_is_greedy_and_batch_independent(tiny):
+    model, formatter = tiny
+    records = list(iter_articles(5, seed=11))
+    together = generate_answers(model, formatter, records, max_new_tokens=4, batch_size=5)
+    alone = [generate_answers(model, formatter, [r], max_new_tokens=4, batch_size=1)[0] for r in records]
+    assert together == alone
+
+
+def test_training_saves_a_non_zero_adapter(tiny_model_dir, tmp_path):
+    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
+    records = list(iter_articles(8, seed=5))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    settings = TrainingSettings.from_params({"max_steps": 2, "per_device_train_batch_size": 4, "precision": "fp32",
+                                             "learning_rate": 1e-2})
+    result = train_lora(str(tiny_model_dir), formatter, rows, settings, choose_compute_plan("fp32"), tmp_path)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    assert len(result.adapter_sha256["adapter_model.safetensors"]) == 64
+    assert result.num_steps == 2
+    assert [h["step"] for h in result.loss_history] == [1.0, 2.0]
+    assert result.supervised_tokens == sum(len(formatter.answer_ids(r["output"])) for r in records)
+
+
+def test_zero_lora_b_fails_the_run(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = load_causal_lm(str(tiny_model_dir), choose_compute_plan("fp32"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(tmp_path)  # untrained: B is zero by construction
+    with pytest.raises(AdapterNotTrainedError, match="zero"):
+        verify_adapter(peft_model, tmp_path)
+    (tmp_path / "adapter_config.json").unlink()
+    with pytest.raises(AdapterNotTrainedError, match="lacks"):
+        verify_adapter(peft_model, tmp_path)
+
+
+def test_training_settings_reject_unknown_keys():
+    with pytest.raises(ValueError, match=r"training\.learnin_rate"):
+        TrainingSettings.from_params({"learnin_rate": 1e-4})
+    with pytest.raises(ValueError, match=r"training\.lora\.rank"):
+        TrainingSettings.from_params({"lora": {"rank": 8}})
+
+
+def test_compute_plan_on_cpu(monkeypatch):
+    import finetune_predictor.hardware as hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    plan = hardware.choose_compute_plan("auto", "4bit")
+    assert (plan.device, plan.bf16, plan.load_in_4bit, plan.precision_name) == ("cpu", False, False, "fp32")
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert hardware.choose_compute_plan("auto").precision_name == "bf16"
+    assert hardware.choose_compute_plan("fp32").precision_name == "fp32"
+    with pytest.raises(ValueError, match="fp16 is not supported on CPU"):
+        hardware.choose_compute_plan("fp16")
+    with pytest.raises(ValueError, match="training.precision"):
+        hardware.choose_compute_plan("int3")

@@ -1,0 +1,81 @@
+"""The bundled generator and the split rules that keep a data-size curve honest."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
+from finetune_predictor.splits import InsufficientDataError, nested_balanced_subset
+from finetune_predictor.synthetic_news import generate_article, iter_articles
+
+DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
+        "label_negative": "legitimate", "train_per_class": 20, "test_per_class": 10, "seed": 1,
+        "synthetic": {"num_records": 400, "seed": 7}}
+
+
+def test_generator_is_deterministic_and_prefix_stable():
+    small = list(iter_articles(50, seed=3))
+    large = list(iter_articles(200, seed=3))
+    assert small == large[:50]
+    assert generate_article(17, seed=3) == large[17]
+    assert generate_article(17, seed=4) != large[17]
+
+
+def test_generator_is_balanced_distinct_and_labelled():
+    records = list(iter_articles(4000, seed=7))
+    labels = pd.Series([r["output"] for r in records])
+    assert set(labels) == {"fake", "legitimate"}
+    assert abs(labels.eq("fake").mean() - 0.5) < 0.03
+    assert len({r["input"] for r in records}) == len(records)
+
+
+def test_no_single_cue_decides_the_label():
+    """The strongest fake-style phrase agrees with the label well short of always (noisy cues)."""
+    records = list(iter_articles(4000, seed=7))
+    with_cue = [r for r in records if "refused to be named" in r["input"]]
+    share_fake = sum(r["output"] == "fake" for r in with_cue) / len(with_cue)
+    assert 0.7 < share_fake < 0.95
+
+
+def test_test_set_is_fixed_across_training_sizes_and_disjoint():
+    records = load_task_records(DATA)
+    train_small, test_small, summary_small = split_train_test(records, {**DATA, "train_per_class": 10})
+    train_large, test_large, summary_large = split_train_test(records, {**DATA, "train_per_class": 40})
+    pd.testing.assert_frame_equal(test_small, test_large)
+    assert summary_small["test_sha256"] == summary_large["test_sha256"]
+    assert set(train_small["id"]) <= set(train_large["id"])  # nested
+    assert not set(train_large["id"]) & set(test_large["id"])
+    assert train_large["output"].value_counts().to_dict() == {"fake": 40, "legitimate": 40}
+    assert test_large["output"].value_counts().to_dict() == {"fake": 10, "legitimate": 10}
+
+
+def test_too_few_examples_is_an_error_that_says_how_many():
+    records = load_task_records(DATA)
+    available = int((records["output"] == "fake").sum()) - 10
+    with pytest.raises(InsufficientDataError, match=rf"asks for 5000 .* 'fake' but only {available} exist"):
+        split_train_test(records, {**DATA, "train_per_class": 5000})
+
+
+def test_nested_subsets_are_seeded():
+    pool = pd.DataFrame(iter_articles(300, seed=2))
+    a = nested_balanced_subset(pool, ["fake", "legitimate"], 30, seed=5)
+    b = nested_balanced_subset(pool, ["fake", "legitimate"], 30, seed=5)
+    c = nested_balanced_subset(pool, ["fake", "legitimate"], 30, seed=6)
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["id"]) != set(c["id"])
+
+
+def test_user_test_file_overlap_is_removed_from_training(tmp_path):
+    import json
+
+    records = list(iter_articles(200, seed=9))
+    train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train_file.write_text("\n".join(json.dumps(r) for r in records))
+    test_file.write_text("\n".join(json.dumps(r) for r in records[:30]))
+    params = {**DATA, "path": str(train_file), "test_path": str(test_file), "train_per_class": 20,
+              "test_per_class": None}
+    train, test, summary = split_train_test(load_task_records(params), params)
+    assert len(test) == 30
+    assert summary["train_test_overlap_removed"] == 30
+    assert not set(train["input"]) & set(test["input"])
