@@ -67,5 +67,5 @@ def test_metrics_hand_computed():
 def test_task_configuration_errors():
     with pytest.raises(ValueError, match="must differ"):
         BinaryClassificationTask("Fake", "fake")
-    with pytest.raises(ValueError, match="data.task"):
+    with pytest.raises(ValueError, match=r"data\.task"):
         build_task({"task": "regression", "label_positive": "a", "label_negative": "b"})

@@ -58,3 +58,21 @@ def test_mini_test100_composes_the_three_pipelines():
     parts = set().union(*({n.name for n in pipelines[name].nodes} for name in PIPELINES))
     assert composed == parts
     assert pipelines["__default__"].nodes == pipelines["mini_test100"].nodes
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys.extend(_leaf_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_every_parameter_key_is_read_by_the_code():
+    """A key nobody reads is a setting the user believes in but that changes nothing."""
+    source = "\n".join(path.read_text() for path in (PROJECT_ROOT / "src").rglob("*.py"))
+    unread = [key for key in _leaf_keys(_parameters()) if not re.search(rf"\b{re.escape(key.split('.')[-1])}\b", source)]
+    assert not unread, f"parameters never read in src/: {unread}"

@@ -12,7 +12,12 @@ from finetune_predictor.models import load_causal_lm, load_tokenizer
 from finetune_predictor.scoring import candidate_probabilities, generate_answers, score_candidates
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import AdapterNotTrainedError, build_training_rows, train_lora, verify_adapter
+from finetune_predictor.training import (
+    AdapterNotTrainedError,
+    build_training_rows,
+    train_lora,
+    verify_adapter,
+)
 
 CANDIDATES = ["fake", "legitimate"]
 
@@ -104,5 +109,5 @@ def test_compute_plan_on_cpu(monkeypatch):
     assert hardware.choose_compute_plan("fp32").precision_name == "fp32"
     with pytest.raises(ValueError, match="fp16 is not supported on CPU"):
         hardware.choose_compute_plan("fp16")
-    with pytest.raises(ValueError, match="training.precision"):
+    with pytest.raises(ValueError, match=r"training\.precision"):
         hardware.choose_compute_plan("int3")

@@ -88,3 +88,32 @@ class MlflowRunParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     def _describe(self) -> dict[str, Any]:
         return {"target": "active MLflow run params"}
+
+
+def _artifact_dataset_base() -> type:
+    from kedro_mlflow.io.artifacts import MlflowArtifactDataset
+
+    return MlflowArtifactDataset
+
+
+class VersionedArtifactDataset(_artifact_dataset_base()):  # type: ignore[misc]
+    """kedro-mlflow's ``MlflowArtifactDataset`` whose wrapped dataset shares the catalog's save version.
+
+    The upstream wrapper builds its inner dataset with a fresh timestamp, so once Kedro materialises it
+    lazily (seconds after the session started) the catalog refuses it: "All datasets in the catalog must
+    have the same save version". Declaring ``versioned: true`` at the top level lets Kedro hand the
+    session's ``Version`` here, and it is set on the inner dataset. ``metadata`` may sit at either level.
+    """
+
+    def __new__(cls, dataset: str | dict[str, Any], version: Version | None = None, run_id: str | None = None,
+                artifact_path: str | None = None, credentials: dict[str, Any] | None = None,
+                metadata: dict[str, Any] | None = None) -> Any:
+        inner = dict(dataset) if isinstance(dataset, dict) else {"type": dataset}
+        inner["versioned"] = version is not None
+        # The upstream wrapper replaces the inner dataset's metadata with its own; keep the inner one.
+        metadata = metadata if metadata is not None else inner.get("metadata")
+        wrapped = _artifact_dataset_base()(dataset=inner, run_id=run_id, artifact_path=artifact_path,
+                                           credentials=credentials, metadata=metadata)
+        if version is not None:
+            wrapped._version = version
+        return wrapped

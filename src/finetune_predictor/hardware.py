@@ -61,13 +61,15 @@ def choose_compute_plan(precision: str = "auto", quantization: str = "none") -> 
     cuda = torch.cuda.is_available()
     load_in_4bit = quantization == "4bit" and cuda
     if quantization == "4bit" and not cuda:
-        logger.warning("model.quantization=4bit needs a CUDA GPU (bitsandbytes); falling back to LoRA in full precision on CPU.")
+        logger.warning("model.quantization=4bit needs a CUDA GPU (bitsandbytes); "
+                       "falling back to LoRA in full precision on CPU.")
     if cuda:
         bf16_ok = torch.cuda.is_bf16_supported()
         if precision == "auto":
             precision = "bf16" if bf16_ok else "fp16"
         if precision == "bf16" and not bf16_ok:
-            raise ValueError("training.precision=bf16 was asked for, but this GPU does not support bf16; use fp16 or auto.")
+            raise ValueError("training.precision=bf16 was asked for, but this GPU does not support bf16; "
+                             "use fp16 or auto.")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
         return ComputePlan("cuda", dtype, precision == "bf16", precision == "fp16", load_in_4bit,
                            f"CUDA device {torch.cuda.get_device_name(0)}")

@@ -10,11 +10,10 @@ from kedro.framework.hooks import hook_impl
 
 def _saved_path(dataset: Any) -> Path | None:
     """The path a (possibly versioned, possibly MLflow-wrapped) file dataset saved to in this run."""
-    if hasattr(dataset, "_get_save_path") and getattr(dataset, "_version", None) is not None:
-        try:
-            return Path(str(dataset._get_save_path())).resolve()
-        except Exception:
-            return None
+    version = getattr(dataset, "_version", None)
+    if version is not None and version.save and hasattr(dataset, "_get_versioned_path"):
+        # _get_save_path() refuses a path that exists, which it does once the run has saved there.
+        return Path(str(dataset._get_versioned_path(version.save))).resolve()
     filepath = getattr(dataset, "_filepath", None)
     return Path(str(filepath)).resolve() if filepath is not None else None
 

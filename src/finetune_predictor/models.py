@@ -144,7 +144,9 @@ def load_tokenizer(path: str) -> Any:
 def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False) -> Any:
     """Load the base model for ``plan``: fp32 on CPU, bf16/fp16 on CUDA, NF4 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar clutters the run's log
     kwargs: dict[str, Any] = {"dtype": plan.load_dtype}
     if plan.load_in_4bit:
         from transformers import BitsAndBytesConfig

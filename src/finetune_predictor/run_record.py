@@ -7,6 +7,7 @@ that feeds the predictor has the same columns whoever wrote the run.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from finetune_predictor.settings_schema import TrainingSettings
@@ -16,11 +17,17 @@ def _short_model_name(name: str) -> str:
     return name.rstrip("/").split("/")[-1]
 
 
-def run_name(model_name: str, train_size: int, settings: TrainingSettings) -> str:
-    """A name that reads well side by side in the MLflow UI."""
+def dataset_label(source: str) -> str:
+    """``bundled-synthetic-news`` or a data file's stem: short enough for a run name."""
+    return source if "/" not in source and "." not in source else Path(source).stem
+
+
+def run_name(model_name: str, dataset: str, train_size: int, settings: TrainingSettings) -> str:
+    """A name that reads well side by side in the MLflow UI: model | data | size | config | seed."""
     lora = settings.lora
-    return (f"{_short_model_name(model_name)} n={train_size} lr={settings.learning_rate:g} "
-            f"r={lora.r} a={lora.alpha} ep={settings.num_train_epochs:g} seed={settings.seed}")
+    return (f"{_short_model_name(model_name)} | {dataset_label(dataset)} | n={train_size} | "
+            f"lr={settings.learning_rate:.0e} r={lora.r} a={lora.alpha} ep={settings.num_train_epochs:g} | "
+            f"seed={settings.seed}")
 
 
 def build_run_params(
@@ -31,7 +38,7 @@ def build_run_params(
     settings = TrainingSettings.from_params(training)
     lora = settings.lora
     return {
-        "run_name": run_name(model["name"], split_summary["train_size"], settings),
+        "run_name": run_name(model["name"], split_summary["source"], split_summary["train_size"], settings),
         "model_name": model["name"],
         "model_source": training_summary["model_source"],
         "task": data.get("task", "binary_classification"),

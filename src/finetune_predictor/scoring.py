@@ -12,19 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune_predictor.batching import attention_mask_of, left_pad, position_ids_of
 from finetune_predictor.chat_format import PromptFormatter
 
 logger = logging.getLogger(__name__)
-
-
-def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
 
 
 def _device_of(model: Any) -> torch.device:
@@ -55,9 +46,8 @@ def score_candidates(
         chunk = records[start:start + batch_size]
         prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=reserve)
                    for r in chunk]
-        input_ids, attention_mask = _left_pad(prompts, pad_id)
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention_mask = left_pad(prompts, pad_id).to(device), attention_mask_of(prompts).to(device)
+        position_ids = position_ids_of(attention_mask)
         prompt_out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=True, logits_to_keep=1)
         first_log_probs = torch.log_softmax(prompt_out.logits[:, -1, :].float(), dim=-1)
@@ -112,7 +102,7 @@ def generate_answers(
         chunk = records[start:start + batch_size]
         prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=max_new_tokens)
                    for r in chunk]
-        input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id)
+        input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id), attention_mask_of(prompts)
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),

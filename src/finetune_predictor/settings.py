@@ -14,9 +14,12 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # The HF Trainer's MLflow callback would log clashing params into the kedro-mlflow run.
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 
-from kedro.config import OmegaConfigLoader  # noqa: E402
+from kedro.config import OmegaConfigLoader
 
-from finetune_predictor.hooks import RunSummaryHooks  # noqa: E402
+from finetune_predictor import warning_filters
+from finetune_predictor.hooks import RunSummaryHooks
+
+warning_filters.install()
 
 HOOKS = (RunSummaryHooks(),)
 

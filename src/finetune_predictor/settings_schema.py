@@ -25,7 +25,8 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1:
-            raise ValueError(f"training.lora.r and training.lora.alpha must be >= 1, got r={self.r}, alpha={self.alpha}")
+            raise ValueError("training.lora.r and training.lora.alpha must be >= 1, "
+                             f"got r={self.r}, alpha={self.alpha}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"training.lora.dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, list):
@@ -51,6 +52,9 @@ class TrainingSettings:
     logging_steps: int = 1
     # TRL turns this on by default; it re-runs the forward pass and only pays off when memory is short.
     gradient_checkpointing: bool = False
+    # answer: logits only for the trailing answer window of left-padded batches (same loss, ~2x faster on
+    # CPU); full: TRL's stock collator and loss, for remote-code models whose forward lacks logits_to_keep.
+    loss_window: str = "answer"
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -60,6 +64,8 @@ class TrainingSettings:
             raise ValueError("training.num_train_epochs or training.max_steps must be positive")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("training.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.loss_window not in ("answer", "full"):
+            raise ValueError(f"training.loss_window must be 'answer' or 'full', got {self.loss_window!r}")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings.from_params(self.lora))
 

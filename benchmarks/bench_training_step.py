@@ -1,0 +1,80 @@
+"""LoRA step time of the embedded model through the project's own training path, per precision.
+
+Prints the median seconds per optimiser step for each precision and loss window (``answer``: logits
+for the answer tokens only, the project's default; ``full``: TRL's stock path) and their ratios,
+measured in one run on this machine (the first steps are discarded as warm-up). Usage:
+
+    .venv/bin/python benchmarks/bench_training_step.py [--steps 8] [--batch-size 8] [--precisions fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from finetune_predictor.hardware import choose_compute_plan, cpu_has_native_bf16
+from finetune_predictor.models import load_formatter, resolve_model
+from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.training import build_training_rows, train_lora
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.durations.append(time.perf_counter() - self._started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    args = parser.parse_args()
+
+    resolved = resolve_model("SmolLM2-135M-Instruct")
+    formatter = load_formatter(resolved, {"max_length": 512})
+    records = list(iter_articles(args.batch_size * args.steps, seed=3))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    medians: dict[tuple[str, str], float] = {}
+    for precision in args.precisions.split(","):
+        if precision == "bf16" and not cpu_has_native_bf16():
+            print(f"{precision}: skipped, this CPU has no native bf16 (it would be emulated, ~13x slower)")
+            continue
+        plan = choose_compute_plan(precision, "none")
+        for window in ("full", "answer"):
+            settings = TrainingSettings.from_params({"max_steps": args.steps, "precision": precision,
+                                                     "per_device_train_batch_size": args.batch_size,
+                                                     "loss_window": window})
+            timer = StepTimer()
+            with tempfile.TemporaryDirectory() as workdir:
+                train_lora(resolved.path, formatter, rows, settings, plan, Path(workdir), callbacks=[timer])
+            kept = timer.durations[args.warmup:]
+            medians[precision, window] = statistics.median(kept)
+            print(f"{precision:>5} loss_window={window:<6}: median {medians[precision, window]:.2f} s/step over "
+                  f"{len(kept)} steps (batch {args.batch_size}; all: {', '.join(f'{d:.2f}' for d in timer.durations)})")
+    print("ratios (median step time, higher = faster than the reference):")
+    reference = medians.get(("fp32", "full"))
+    for (precision, window), median in medians.items():
+        if reference and (precision, window) != ("fp32", "full"):
+            print(f"  fp32/full over {precision}/{window}: {reference / median:.2f}x")
+    for precision in args.precisions.split(","):
+        if (precision, "full") in medians and (precision, "answer") in medians:
+            ratio = medians[precision, "full"] / medians[precision, "answer"]
+            print(f"  {precision}: full over answer window: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Left-padded batches and the answer-window loss: same loss as the full sequence, fewer logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finetune_predictor.batching import (
+    IGNORE_INDEX,
+    LeftPadCollator,
+    answer_window,
+    left_pad,
+    position_ids_of,
+)
+from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.hardware import choose_compute_plan
+from finetune_predictor.models import load_causal_lm, load_tokenizer
+from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.training import build_training_rows, train_lora
+
+
+def test_left_pad_and_positions():
+    ids = left_pad([[5, 6, 7], [8]], pad_value=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    batch = LeftPadCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                                             {"input_ids": [8], "labels": [8]}])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 8]]
+    assert position_ids_of(torch.tensor([[0, 1, 1, 1]])).tolist() == [[0, 0, 1, 2]]
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ([[-100, -100, -100, 4, 5]], 3),            # first supervised column 3 -> logits from column 2
+    ([[-100, -100, 3, 4, 5], [-100] * 4 + [5]], 4),
+    ([[1, 2, 3]], 3),                           # supervised from column 0: the whole row (capped)
+    ([[-100, -100]], 1),                        # nothing supervised
+])
+def test_answer_window(labels, expected):
+    assert answer_window(torch.tensor(labels)) == expected
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir), choose_compute_plan("fp32"))
+    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
+    return model, formatter
+
+
+def test_answer_window_loss_equals_the_per_token_definition(tiny):
+    model, formatter = tiny
+    records = list(iter_articles(6, seed=2))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    batch = LeftPadCollator(formatter.tokenizer.pad_token_id)(rows)
+    keep = answer_window(batch["labels"])
+    assert keep < batch["input_ids"].shape[1] // 4  # a few columns of a long prompt
+    with torch.no_grad():
+        windowed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], labels=batch["labels"][:, -keep:],
+                         logits_to_keep=keep).loss
+        # The definition: each row alone, unpadded, mean negative log-likelihood over supervised tokens.
+        total, count = 0.0, 0
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            for position, label in enumerate(row["labels"][1:]):
+                if label != IGNORE_INDEX:
+                    total -= log_probs[position, label].item()
+                    count += 1
+    assert windowed.item() == pytest.approx(total / count, rel=1e-4)
+
+
+def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_model_dir, tmp_path):
+    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
+    records = list(iter_articles(8, seed=9))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    first_losses = {}
+    for window in ("answer", "full"):
+        settings = TrainingSettings.from_params({
+            "max_steps": 1, "per_device_train_batch_size": 8, "precision": "fp32", "learning_rate": 1e-2,
+            "loss_window": window, "warmup_ratio": 0.0, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
+        result = train_lora(str(tiny_model_dir), formatter, rows, settings, choose_compute_plan("fp32"),
+                            tmp_path / window)
+        first_losses[window] = result.loss_history[0]["loss"]
+    assert first_losses["answer"] == pytest.approx(first_losses["full"], rel=1e-3)
