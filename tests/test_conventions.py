@@ -9,7 +9,7 @@ import yaml
 from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
-PIPELINES = {"data_engineering", "sft_training", "evaluation"}
+PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation"}
 LAYERS = {"raw", "int", "prm", "feature", "model", "model_output", "reporting", "tracking"}
 
 
@@ -52,12 +52,14 @@ def test_every_parameter_group_is_used_by_a_node():
     assert set(_parameters()) == used
 
 
-def test_mini_test100_composes_the_three_pipelines():
+def test_mini_test100_composes_preflight_and_the_three_pipelines():
     pipelines = register_pipelines()
     composed = {node.name for node in pipelines["mini_test100"].nodes}
     parts = set().union(*({n.name for n in pipelines[name].nodes} for name in PIPELINES))
     assert composed == parts
     assert pipelines["__default__"].nodes == pipelines["mini_test100"].nodes
+    order = [node.name for node in pipelines["mini_test100"].nodes]  # topological order
+    assert order.index("enforce_verdict") < order.index("load_task_records") < order.index("train_adapter")
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -74,5 +76,6 @@ def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_every_parameter_key_is_read_by_the_code():
     """A key nobody reads is a setting the user believes in but that changes nothing."""
     source = "\n".join(path.read_text() for path in (PROJECT_ROOT / "src").rglob("*.py"))
-    unread = [key for key in _leaf_keys(_parameters()) if not re.search(rf"\b{re.escape(key.split('.')[-1])}\b", source)]
+    unread = [key for key in _leaf_keys(_parameters())
+              if not re.search(rf"\b{re.escape(key.split('.')[-1])}\b", source)]
     assert not unread, f"parameters never read in src/: {unread}"

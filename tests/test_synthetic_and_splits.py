@@ -39,9 +39,9 @@ def test_no_single_cue_decides_the_label():
 
 
 def test_test_set_is_fixed_across_training_sizes_and_disjoint():
-    records = load_task_records(DATA)
-    train_small, test_small, summary_small = split_train_test(records, {**DATA, "train_per_class": 10})
-    train_large, test_large, summary_large = split_train_test(records, {**DATA, "train_per_class": 40})
+    records, _, read = load_task_records(DATA)
+    train_small, test_small, summary_small = split_train_test(records, read, {**DATA, "train_per_class": 10})
+    train_large, test_large, summary_large = split_train_test(records, read, {**DATA, "train_per_class": 40})
     pd.testing.assert_frame_equal(test_small, test_large)
     assert summary_small["test_sha256"] == summary_large["test_sha256"]
     assert set(train_small["id"]) <= set(train_large["id"])  # nested
@@ -51,10 +51,10 @@ def test_test_set_is_fixed_across_training_sizes_and_disjoint():
 
 
 def test_too_few_examples_is_an_error_that_says_how_many():
-    records = load_task_records(DATA)
+    records, _, read = load_task_records(DATA)
     available = int((records["output"] == "fake").sum()) - 10
     with pytest.raises(InsufficientDataError, match=rf"asks for 5000 .* 'fake' but only {available} exist"):
-        split_train_test(records, {**DATA, "train_per_class": 5000})
+        split_train_test(records, read, {**DATA, "train_per_class": 5000})
 
 
 def test_nested_subsets_are_seeded():
@@ -75,7 +75,8 @@ def test_user_test_file_overlap_is_removed_from_training(tmp_path):
     test_file.write_text("\n".join(json.dumps(r) for r in records[:30]))
     params = {**DATA, "path": str(train_file), "test_path": str(test_file), "train_per_class": 20,
               "test_per_class": None}
-    train, test, summary = split_train_test(load_task_records(params), params)
+    records, _, read = load_task_records(params)
+    train, test, summary = split_train_test(records, read, params)
     assert len(test) == 30
     assert summary["train_test_overlap_removed"] == 30
     assert not set(train["input"]) & set(test["input"])

@@ -25,11 +25,12 @@ class PromptFormatter:
     tokenizer: Any
     max_length: int = 512
     system_prompt: str | None = None
+    use_chat_template: bool = True  # False for base models: the fallback template, whatever the tokenizer has
     _answer_cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @property
     def uses_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return self.use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
 
     def messages(self, instruction: str, input_text: str) -> list[dict[str, str]]:
         user = f"{instruction}\n\n{input_text}" if input_text else instruction

@@ -34,6 +34,7 @@ def predict(
     model_params: dict[str, Any],
     evaluation_params: dict[str, Any],
     adapter_dir: str | None = None,
+    registry: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One row per test record: label scores, the scored prediction, the generated text and its parse.
 
@@ -44,9 +45,9 @@ def predict(
     if engine not in ENGINES:
         raise ValueError(f"evaluation.engine must be one of {ENGINES}, got {engine!r}")
     plan = choose_compute_plan("auto", "none")
-    resolved = resolve_model(model_params["name"], model_params.get("cache_dir"))
+    resolved = resolve_model(model_params["name"], model_params.get("cache_dir"), registry)
     formatter = load_formatter(resolved, model_params)
-    model = load_causal_lm(resolved.path, plan)
+    model = load_causal_lm(resolved.path, plan, trust_remote_code=resolved.trust_remote_code)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -69,12 +70,19 @@ def predict(
         if use_vllm:
             del model  # vLLM takes the GPU memory for itself
             texts = generate_answers_vllm(resolved.path, formatter, records, adapter_dir, max_new_tokens,
-                                          max_lora_rank=int(evaluation_params.get("max_lora_rank", 64)))
+                                          max_lora_rank=_max_lora_rank(resolved, evaluation_params))
         else:
             texts = generate_answers(model, formatter, records, max_new_tokens, batch_size=batch_size)
         frame["generated_text"] = texts
         frame["generated_prediction"] = [task.parse(text) for text in texts]
     return frame
+
+
+def _max_lora_rank(resolved: Any, evaluation_params: dict[str, Any]) -> int:
+    """``evaluation.max_lora_rank`` when set, else the registry's value for the model."""
+    if evaluation_params.get("max_lora_rank") is not None:
+        return int(evaluation_params["max_lora_rank"])
+    return resolved.entry.max_lora_rank if resolved.entry is not None else 64
 
 
 def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:

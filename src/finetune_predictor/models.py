@@ -34,12 +34,54 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """One row of the model registry (``conf/base/parameters_models.yml``): where a model lives and the
+    settings that training and inference must share for it.
+
+    A name that is not in the registry (an HF id or a local path typed by the user) gets an entry with
+    the defaults: chat template on, no remote code, LoRA on all linear layers.
+    """
+
+    name: str
+    hf_id: str | None = None
+    path: str | None = None
+    embedded: bool = False
+    params_b: float | None = None  # billions of parameters, for the memory estimate before loading
+    chat_template: bool = True  # False: base model, use the project's fallback template
+    trust_remote_code: bool = False
+    lora_target_modules: tuple[str, ...] | str = "all-linear"
+    max_lora_rank: int = 64  # vLLM's max_lora_rank for this model
+    context_length: int | None = None
+
+    @classmethod
+    def from_registry(cls, name: str, registry: dict[str, Any] | None) -> ModelEntry:
+        registry = registry or {}
+        if name not in registry:
+            return cls(name=name, hf_id=None if Path(name).expanduser().exists() else name,
+                       path=name if Path(name).expanduser().exists() else None,
+                       embedded=name == EMBEDDED_MODEL_NAME)
+        values = dict(registry[name] or {})
+        known = {f for f in cls.__dataclass_fields__ if f != "name"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model_registry.{name} has unknown key(s) {unknown}; known: {sorted(known)}")
+        if isinstance(values.get("lora_target_modules"), list):
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        return cls(name=name, **values)
+
+
+@dataclass(frozen=True)
 class ResolvedModel:
     """A model ready to load from local files: ``path`` is an HF-format folder or a cached HF id."""
 
     name: str
     path: str
     source: str  # "embedded-gguf", "gguf", "local", "hf-cache"
+    entry: ModelEntry | None = None
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self.entry and self.entry.trust_remote_code)
 
 
 def default_cache_dir() -> Path:
@@ -61,8 +103,14 @@ def embedded_gguf_path() -> Path:
 
 
 def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    """Content-based (size, first and last MiB): a reinstalled wheel with the same file reuses the cache."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:12]
 
 
 def convert_gguf_to_hf(gguf_path: Path, cache_dir: Path) -> Path:
@@ -109,45 +157,58 @@ def _find_in_hf_cache(model_id: str) -> str | None:
         return None
 
 
-def resolve_model(name: str, cache_dir: str | Path | None = None) -> ResolvedModel:
-    """Turn ``model.name`` into local files, converting GGUF once; never downloads."""
+def resolve_model(name: str, cache_dir: str | Path | None = None,
+                  registry: dict[str, Any] | None = None) -> ResolvedModel:
+    """Turn ``model.name`` (registry name, local path, ``.gguf`` file or HF id) into local files.
+
+    GGUF files are converted once to a cached HF folder. Nothing is downloaded: a model that is not on
+    this machine is a :class:`ModelNotFoundError` that lists every place that was searched.
+    """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    if name == EMBEDDED_MODEL_NAME:
-        return ResolvedModel(name, str(convert_gguf_to_hf(embedded_gguf_path(), cache / "converted")), "embedded-gguf")
-    candidate = Path(name).expanduser()
-    if candidate.is_file() and candidate.suffix == ".gguf":
-        return ResolvedModel(name, str(convert_gguf_to_hf(candidate, cache / "converted")), "gguf")
-    if candidate.is_dir():
-        if not (candidate / "config.json").is_file():
-            raise ModelNotFoundError(f"model.name={name!r} is a folder but has no config.json: not an HF model folder.")
-        return ResolvedModel(name, str(candidate.resolve()), "local")
-    cached = _find_in_hf_cache(name)
-    if cached:
-        return ResolvedModel(name, cached, "hf-cache")
+    entry = ModelEntry.from_registry(name, registry)
+    looked: list[str] = []
+    if entry.embedded:
+        path = convert_gguf_to_hf(embedded_gguf_path(), cache / "converted")
+        return ResolvedModel(name, str(path), "embedded-gguf", entry)
+    for local in filter(None, (entry.path, name)):
+        candidate = Path(local).expanduser()
+        looked.append(f"local path {candidate.resolve()}")
+        if candidate.is_file() and candidate.suffix == ".gguf":
+            return ResolvedModel(name, str(convert_gguf_to_hf(candidate, cache / "converted")), "gguf", entry)
+        if candidate.is_dir():
+            if not (candidate / "config.json").is_file():
+                raise ModelNotFoundError(f"model.name={name!r}: {candidate} is a folder without config.json, "
+                                         "not an HF model folder.")
+            return ResolvedModel(name, str(candidate.resolve()), "local", entry)
     hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    if entry.hf_id:
+        looked.append(f"HF id {entry.hf_id!r} in the local HF cache under {hf_home}")
+        cached = _find_in_hf_cache(entry.hf_id)
+        if cached:
+            return ResolvedModel(name, cached, "hf-cache", entry)
     raise ModelNotFoundError(
-        f"model.name={name!r} was not found. Looked for: the embedded name {EMBEDDED_MODEL_NAME!r}; "
-        f"a local folder or .gguf file at {candidate.resolve()}; the HF id in the local cache under {hf_home}. "
-        "Nothing is downloaded at run time: download the model beforehand or pass a local path."
+        f"model.name={name!r} was not found on this machine. Looked for: {'; '.join(looked)}. "
+        "Nothing is downloaded at run time: download the model beforehand (huggingface-cli download "
+        f"{entry.hf_id or '<id>'}) or set model_registry.{name}.path to a local folder."
     )
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False) -> Any:
+def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False, trust_remote_code: bool = False) -> Any:
     """Load the base model for ``plan``: fp32 on CPU, bf16/fp16 on CUDA, NF4 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar clutters the run's log
-    kwargs: dict[str, Any] = {"dtype": plan.load_dtype}
+    kwargs: dict[str, Any] = {"dtype": plan.load_dtype, "trust_remote_code": trust_remote_code}
     if plan.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -173,7 +234,8 @@ def load_formatter(resolved: ResolvedModel, model_params: dict[str, Any]) -> Any
     from finetune_predictor.chat_format import PromptFormatter
 
     return PromptFormatter(
-        tokenizer=load_tokenizer(resolved.path),
+        tokenizer=load_tokenizer(resolved.path, resolved.trust_remote_code),
         max_length=int(model_params.get("max_length", 512)),
         system_prompt=model_params.get("system_prompt"),
+        use_chat_template=resolved.entry.chat_template if resolved.entry else True,
     )

@@ -1,103 +1,416 @@
-"""Reading Alpaca-shaped records ({"instruction", "input", "output"}) into the canonical table.
+"""Reading task records from the formats users bring into one canonical table.
 
-Every problem names the file, the line and the reason, so that a typo costs seconds, not a GPU night.
+Formats: Alpaca JSON (a list) or JSONL (``instruction``/``input``/``output``, the MegaFake task-1
+shape), ShareGPT / ``messages`` JSONL, CSV/TSV with a column mapping, Parquet, and a folder written by
+``datasets.Dataset.save_to_disk``. Every record becomes a row of ``CANONICAL_COLUMNS``.
+
+Every problem names the file, the line (or row) and the reason, so that a typo costs seconds, not a
+GPU night. With ``on_invalid="quarantine"`` a bad record goes to the rejects list with that reason
+instead of stopping the run; it is never dropped silently. Problems with the file as a whole (missing,
+empty, unreadable, wrong shape) always stop the run.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-from collections.abc import Iterable
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source"]
-REQUIRED_FIELDS = ("instruction", "output")
+CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group"]
+TEXT_FIELDS = ("instruction", "input", "output")
+FORMATS = ("auto", "alpaca", "sharegpt", "csv", "tsv", "parquet", "hf_disk")
+INVALID_POLICIES = ("error", "quarantine")
+_SUFFIX_FORMATS = {".json": "alpaca", ".jsonl": "alpaca", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
 class RecordError(ValueError):
-    """A record that cannot be used, located by file and line."""
+    """A record (or file) that cannot be used, located by file and line or row."""
 
-    def __init__(self, path: str | Path, line: int | None, reason: str) -> None:
+    def __init__(self, path: str | Path, line: int | None, reason: str, unit: str = "line") -> None:
         where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {reason}")
-        self.path, self.line, self.reason = str(path), line, reason
+        super().__init__(f"{where}: {reason}" if unit == "line" or line is None else f"{path} {unit} {line}: {reason}")
+        self.path, self.line, self.reason, self.unit = str(path), line, reason, unit
 
 
-def _iter_raw(path: Path) -> Iterable[tuple[int, Any]]:
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where records come from and how their fields map onto the canonical ones.
+
+    ``columns`` maps canonical fields (``id``, ``instruction``, ``input``, ``output``, ``group``) to a
+    column name, or to a 0-based position for files without a header. ``instruction`` is used for
+    records whose source has none (CSV of statements). ``label_map`` maps raw labels to task labels;
+    with a map, raw labels outside it are dropped and counted (e.g. LIAR's ``half-true``).
+    """
+
+    path: Path
+    format: str = "auto"
+    columns: Mapping[str, str | int] = field(default_factory=dict)
+    header: bool = True
+    instruction: str | None = None
+    label_map: Mapping[str, str] | None = None
+    split: str = "train"
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        unknown = sorted(set(self.columns) - {"id", *TEXT_FIELDS, "group"})
+        if unknown:
+            raise ValueError(f"data.columns has unknown field(s) {unknown}; "
+                             "known: id, instruction, input, output, group")
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format != "auto":
+            return self.format
+        if self.path.is_dir():
+            return "hf_disk"
+        return _SUFFIX_FORMATS.get(self.path.suffix.lower(), "alpaca")
+
+    @classmethod
+    def from_params(cls, data: Mapping[str, Any], path: str | Path) -> SourceSpec:
+        label_map = data.get("label_map") or None
+        return cls(
+            path=Path(path),
+            format=str(data.get("format") or "auto"),
+            columns=dict(data.get("columns") or {}),
+            header=bool(data.get("header", True)),
+            instruction=data.get("instruction"),
+            label_map={str(k): str(v) for k, v in label_map.items()} if label_map else None,
+            split=str(data.get("split") or "train"),
+            group=data.get("group"),
+        )
+
+
+@dataclass
+class ReadResult:
+    """Valid records, rejected ones (quarantine policy) and raw labels dropped by the label map."""
+
+    records: pd.DataFrame
+    rejects: list[dict[str, Any]]
+    unmapped_labels: Counter
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "records_read": len(self.records),
+            "records_rejected": len(self.rejects),
+            "rejected_by_reason": dict(Counter(_reason_kind(r["reason"]) for r in self.rejects)),
+            "labels_dropped_by_label_map": dict(self.unmapped_labels),
+        }
+
+
+def _reason_kind(reason: str) -> str:
+    return re.split(r"[:;(]", reason, maxsplit=1)[0].strip()
+
+
+# --- raw items: (line or row number, item) ---------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise RecordError(path, None, "file not found") from None
     except IsADirectoryError:
-        raise RecordError(path, None, "is a folder, expected a .json or .jsonl file") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise RecordError(path, line, f"not valid UTF-8 (byte {error.start})") from None
-    if not text.strip():
+        raise RecordError(path, None, "is a folder; set data.format=hf_disk for a save_to_disk folder") from None
+    except PermissionError:
+        raise RecordError(path, None, "permission denied") from None
+    if not raw.strip():
         raise RecordError(path, None, "file is empty")
-    if path.suffix == ".json" or text.lstrip().startswith("["):
+    return raw
+
+
+def _decoded_lines(path: Path, raw: bytes) -> Iterator[tuple[int, str | RecordError]]:
+    """Each physical line decoded as UTF-8, or the error for that line (so one bad line can be quarantined)."""
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         try:
-            data = json.loads(text)
+            yield number, line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as error:
+            yield number, RecordError(path, number, f"not valid UTF-8 (byte {error.start} of the line)")
+
+
+def _is_json_list(path: Path, head: bytes) -> bool:
+    """A JSON list of records (``.jsonl`` is always one record per line)."""
+    return path.suffix.lower() != ".jsonl" and head.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
+    raw = _read_bytes(path)
+    if _is_json_list(path, raw[:4096]):
+        try:
+            data = json.loads(raw.decode("utf-8-sig"))
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise RecordError(path, line, f"not valid UTF-8 (byte {error.start})") from None
         except json.JSONDecodeError as error:
             raise RecordError(path, error.lineno, f"malformed JSON: {error.msg}") from None
-        if not isinstance(data, list):
-            raise RecordError(path, None, "a .json file must hold a list of records")
-        # Records of a JSON list have no line of their own: report the 1-based record index instead.
+        # Records of a JSON list have no line of their own: they are located by their 1-based index.
         yield from ((index + 1, item) for index, item in enumerate(data))
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    if path.suffix.lower() == ".json" and raw.lstrip().startswith(b"{") and b"\n{" not in raw.strip():
+        raise RecordError(path, 1, "a .json file must hold a list of records (or one JSON object per line)")
+    for number, line in _decoded_lines(path, raw):
+        if isinstance(line, RecordError):
+            yield number, line
+            continue
         if not line.strip():
             continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            raise RecordError(path, number, f"malformed JSON line: {error.msg}") from None
+            yield number, RecordError(path, number, f"malformed JSON line: {error.msg}")
+
+
+def _iter_delimited(path: Path, delimiter: str, header: bool) -> Iterator[tuple[int, Any]]:
+    raw = _read_bytes(path)
+    good_lines: list[str] = []
+    line_numbers: list[int] = []
+    for number, line in _decoded_lines(path, raw):
+        if isinstance(line, RecordError):
+            yield number, line
+            continue
+        good_lines.append(line)
+        line_numbers.append(number)
+    # TSV files (LIAR among them) quote nothing and carry literal quote marks inside fields.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO("\n".join(good_lines)), delimiter=delimiter, quoting=quoting)
+    names: list[str] | None = None
+    try:
+        for values in reader:
+            number = line_numbers[min(reader.line_num, len(line_numbers)) - 1]
+            if not values or not any(v.strip() for v in values):
+                continue
+            if header and names is None:
+                names = [v.strip() for v in values]
+                continue
+            yield number, dict(zip(names, values, strict=False)) if names else values
+    except csv.Error as error:
+        line = line_numbers[min(reader.line_num, len(line_numbers)) - 1]
+        raise RecordError(path, line, f"malformed CSV: {error}") from None
+
+
+def _iter_table(frame: pd.DataFrame) -> Iterator[tuple[int, Any]]:
+    yield from enumerate(frame.to_dict("records"), start=1)
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    if not path.exists():
+        raise RecordError(path, None, "file not found")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a file that is not Parquet
+        raise RecordError(path, None, f"not a readable Parquet file ({type(error).__name__}: {error})") from None
+    if frame.empty:
+        raise RecordError(path, None, "file is empty")
+    yield from _iter_table(frame)
+
+
+def _iter_hf_disk(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+    if not path.is_dir():
+        raise RecordError(path, None, "not found: a datasets.save_to_disk folder was expected")
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as error:
+        raise RecordError(path, None, f"not a datasets.save_to_disk folder ({type(error).__name__}: {error})") from None
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise RecordError(path, None, f"has no split {split!r} (data.split); splits: {sorted(dataset)}")
+        dataset = dataset[split]
+    if len(dataset) == 0:
+        raise RecordError(path, None, "dataset is empty")
+    yield from _iter_table(dataset.to_pandas())
+
+
+def _raw_items(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
+    kind = spec.resolved_format
+    if kind in ("alpaca", "sharegpt"):
+        return _iter_json(spec.path)
+    if kind in ("csv", "tsv"):
+        return _iter_delimited(spec.path, "\t" if kind == "tsv" else ",", spec.header)
+    if kind == "parquet":
+        return _iter_parquet(spec.path)
+    return _iter_hf_disk(spec.path, spec.split)
+
+
+# --- one raw item -> canonical fields --------------------------------------------------------------------
+
+_ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                 "system": "system"}
+
+
+def _from_messages(item: dict[str, Any], fail: Any) -> dict[str, Any]:
+    turns = item.get("messages", item.get("conversations"))
+    if not isinstance(turns, list) or not turns:
+        fail("missing field 'messages' (or 'conversations'): a non-empty list of turns")
+    users, assistants = [], []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            fail(f"turn {index} must be an object, got {type(turn).__name__}")
+        role = _ROLE_ALIASES.get(str(turn.get("role", turn.get("from", ""))).lower())
+        content = turn.get("content", turn.get("value"))
+        if role is None:
+            fail(f"turn {index} has unknown role {turn.get('role', turn.get('from'))!r}")
+        if not isinstance(content, str):
+            fail(f"turn {index} content must be a string, got {type(content).__name__}")
+        if role == "user":
+            users.append(content)
+        elif role == "assistant":
+            assistants.append(content)
+    if len(users) != 1 or len(assistants) != 1:
+        fail(f"expected one user turn and one assistant turn, got {len(users)} and {len(assistants)}")
+    return {"id": item.get("id"), "instruction": users[0], "input": "", "output": assistants[0],
+            "group": item.get("group")}
+
+
+def _from_mapped(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
+    columns = dict(spec.columns)
+    if isinstance(item, list) and spec.resolved_format in ("csv", "tsv"):  # no header: positions
+        out: dict[str, Any] = {}
+        for name, position in columns.items():
+            if not isinstance(position, int):
+                fail(f"data.columns.{name} must be a 0-based column position for a file without header")
+            out[name] = item[position] if position < len(item) else None
+            if position >= len(item):
+                fail(f"has {len(item)} columns; data.columns.{name} asks for column {position}")
+        if "output" not in out:
+            fail("data.columns.output is required for a file without header")
+        return out
+    if not isinstance(item, dict):
+        fail(f"expected a JSON object, got {type(item).__name__}")
+    return {name: item.get(columns.get(name, name)) if columns.get(name, name) in item else _MISSING
+            for name in ("id", *TEXT_FIELDS, "group")}
+
+
+_MISSING = object()
+
+
+def _canonical(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
+    if spec.resolved_format == "sharegpt" or (isinstance(item, dict) and not spec.columns
+                                               and ("messages" in item or "conversations" in item)):
+        fields_ = _from_messages(item, fail)
+    else:
+        fields_ = _from_mapped(item, spec, fail)
+    if fields_.get("instruction", _MISSING) is _MISSING and spec.instruction is not None:
+        fields_["instruction"] = spec.instruction
+    for name in ("instruction", "output"):
+        if fields_.get(name, _MISSING) is _MISSING:
+            column = spec.columns.get(name, name)
+            fail(f"missing field {column!r}" if column == name else f"missing field {name!r} (column {column!r})")
+    for name in TEXT_FIELDS:
+        value = fields_.get(name, _MISSING)
+        if (value is _MISSING or value is None) and name == "input":
+            fields_[name] = ""
+            continue
+        if not isinstance(fields_[name], str):
+            fail(f"field {name!r} must be a string, got {type(fields_[name]).__name__}")
+    return fields_
+
+
+def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_invalid: str = "error") -> ReadResult:
+    """Read, validate and normalise every record of ``spec`` into the canonical table."""
+    if on_invalid not in INVALID_POLICIES:
+        raise ValueError(f"data.on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+    allowed = set(labels) if labels is not None else None
+    path = spec.path
+    unit = _location_unit(spec)
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    unmapped: Counter = Counter()
+    group = spec.group or path.stem
+    for number, item in _raw_items(spec):
+        try:
+            if isinstance(item, RecordError):
+                raise item
+
+            def fail(reason: str, _number: int = number) -> None:
+                raise RecordError(path, _number, reason, unit)
+
+            fields_ = _canonical(item, spec, fail)
+            if not fields_["output"].strip():
+                fail("empty 'output'")
+            if not (fields_["instruction"].strip() or fields_["input"].strip()):
+                fail("empty text: both 'instruction' and 'input' are blank")
+            output = fields_["output"].strip()
+            if spec.label_map is not None:
+                if output not in spec.label_map:
+                    unmapped[output] += 1
+                    continue
+                output = spec.label_map[output]
+            if allowed is not None and output not in allowed:
+                hint = " (add it to data.label_map)" if spec.label_map is None else " (data.label_map maps to it)"
+                fail(f"unknown label {output!r}; expected one of {sorted(allowed)}{hint}")
+        except RecordError as error:
+            if on_invalid == "error":
+                raise
+            rejects.append({"file": str(path), "location": f"{error.unit} {number}", "reason": error.reason,
+                            "raw": _raw_text(item)})
+            continue
+        record_id = fields_.get("id")
+        rows.append({
+            "id": str(record_id) if record_id not in (None, "", _MISSING) else f"{path.name}:{number}",
+            "instruction": fields_["instruction"],
+            "input": fields_["input"],
+            "output": output,
+            "source": path.name,
+            "group": str(fields_["group"]) if fields_.get("group") not in (None, "", _MISSING) else group,
+        })
+    if not rows:
+        detail = f"; {len(rejects)} rejected" if rejects else ""
+        detail += f"; {sum(unmapped.values())} dropped by data.label_map" if unmapped else ""
+        raise RecordError(path, None, f"no usable records{detail}")
+    records = pd.DataFrame(rows, columns=CANONICAL_COLUMNS)
+    duplicated_ids = records["id"].duplicated()
+    if duplicated_ids.any():
+        raise RecordError(path, None, f"duplicate id {records['id'][duplicated_ids].iloc[0]!r}: ids must be unique")
+    return ReadResult(records, rejects, unmapped)
+
+
+def _location_unit(spec: SourceSpec) -> str:
+    """How a record is located in messages: a line of JSONL/CSV, a record of a JSON list, a table row."""
+    kind = spec.resolved_format
+    if kind in ("parquet", "hf_disk"):
+        return "row"
+    if kind in ("alpaca", "sharegpt") and spec.path.is_file():
+        with open(spec.path, "rb") as handle:
+            if _is_json_list(spec.path, handle.read(4096)):
+                return "record"
+    return "line"
+
+
+def _raw_text(item: Any) -> str:
+    if isinstance(item, RecordError):
+        return ""
+    try:
+        return json.dumps(item, ensure_ascii=False, default=str)[:2000]
+    except (TypeError, ValueError):
+        return repr(item)[:2000]
 
 
 def read_alpaca_records(path: str | Path, labels: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read an Alpaca JSON list or JSONL file; validate fields, types and (if given) labels."""
-    path = Path(path)
-    allowed = {label for label in labels} if labels is not None else None
-    rows = []
-    for number, item in _iter_raw(path):
-        if not isinstance(item, dict):
-            raise RecordError(path, number, f"expected a JSON object, got {type(item).__name__}")
-        for name in REQUIRED_FIELDS:
-            if name not in item:
-                raise RecordError(path, number, f"missing field {name!r}")
-        for name in ("instruction", "input", "output"):
-            value = item.get(name, "")
-            if value is None and name == "input":
-                value = ""
-            if not isinstance(value, str):
-                raise RecordError(path, number, f"field {name!r} must be a string, got {type(value).__name__}")
-        if not item["output"].strip():
-            raise RecordError(path, number, "empty 'output'")
-        if not (item["instruction"].strip() or (item.get("input") or "").strip()):
-            raise RecordError(path, number, "empty text: both 'instruction' and 'input' are blank")
-        output = item["output"].strip()
-        if allowed is not None and output not in allowed:
-            raise RecordError(path, number, f"unknown label {output!r}; expected one of {sorted(allowed)}")
-        rows.append({
-            "id": str(item.get("id", f"{path.name}:{number}")),
-            "instruction": item["instruction"],
-            "input": item.get("input") or "",
-            "output": output,
-            "source": path.name,
-        })
-    if not rows:
-        raise RecordError(path, None, "no records")
-    return pd.DataFrame(rows, columns=CANONICAL_COLUMNS)
+    """Read an Alpaca JSON list or JSONL file strictly (the first bad record stops the read)."""
+    return read_records(SourceSpec(Path(path), format="alpaca"), labels).records
 
 
 def normalised_text(instruction: str, input_text: str) -> str:
-    """Text used to detect duplicates and train/test leaks: case- and whitespace-insensitive."""
-    return " ".join(f"{instruction} {input_text}".lower().split())
+    """Text used to detect near duplicates and train/test leaks: case, punctuation and spacing ignored."""
+    text = f"{instruction} {input_text}".lower()
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def exact_text(instruction: str, input_text: str) -> str:
+    return f"{instruction}\u241f{input_text}"
 
 
 def content_sha256(frame: pd.DataFrame) -> str:

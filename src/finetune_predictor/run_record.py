@@ -50,8 +50,7 @@ def build_run_params(
         "lora_r": lora.r,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
-        "lora_target_modules": ",".join(lora.target_modules) if not isinstance(lora.target_modules, str)
-        else lora.target_modules,
+        "lora_target_modules": _joined(training_summary.get("lora_target_modules", lora.target_modules)),
         "num_train_epochs": settings.num_train_epochs,
         "effective_batch_size": settings.effective_batch_size,
         "seed": settings.seed,
@@ -61,6 +60,10 @@ def build_run_params(
         "test_sha256": split_summary["test_sha256"],
         "adapter_sha256": training_summary["adapter_sha256"]["adapter_model.safetensors"],
     }
+
+
+def _joined(modules: Any) -> str:
+    return modules if isinstance(modules, str) else ",".join(modules)
 
 
 def _finite(value: Any) -> bool:

@@ -21,7 +21,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 32
     dropout: float = 0.1
-    target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] | str = "auto"  # auto: the model registry's modules for the model
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1:

@@ -21,6 +21,7 @@ from finetune_predictor import warning_filters
 from finetune_predictor.batching import LeftPadCollator, answer_window
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import ComputePlan
+from finetune_predictor.models import ModelEntry, ResolvedModel, load_causal_lm
 from finetune_predictor.settings_schema import TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,13 @@ class _LossLogger(TrainerCallback):
             logger.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
 
 
+def lora_target_modules(setting: tuple[str, ...] | str, entry: ModelEntry | None) -> list[str] | str:
+    """``training.lora.target_modules``; ``auto`` takes the registry's modules for the model (else all linear)."""
+    if setting == "auto":
+        setting = entry.lora_target_modules if entry is not None else "all-linear"
+    return setting if isinstance(setting, str) else list(setting)
+
+
 @lru_cache(maxsize=1)
 def answer_window_trainer_class() -> type:
     """TRL's ``SFTTrainer`` whose loss projects only the trailing answer window onto the vocabulary.
@@ -125,7 +133,7 @@ def answer_window_trainer_class() -> type:
 
 
 def train_lora(
-    model_path: str,
+    model: str | ResolvedModel,
     formatter: PromptFormatter,
     rows: list[dict[str, list[int]]],
     settings: TrainingSettings,
@@ -141,20 +149,21 @@ def train_lora(
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from finetune_predictor.models import load_causal_lm
-
+    if isinstance(model, str):
+        model = ResolvedModel(name=model, path=model, source="local")
     if not rows:
         raise ValueError("No training examples")
     seed_everything(settings.seed)
     # The HF Trainer would otherwise open its own MLflow run and log clashing params into ours.
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
-    model = load_causal_lm(model_path, plan, for_training=True)
+    resolved = model
+    base_model = load_causal_lm(resolved.path, plan, for_training=True, trust_remote_code=resolved.trust_remote_code)
     lora = settings.lora
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules) if not isinstance(lora.target_modules, str) else lora.target_modules,
+        target_modules=lora_target_modules(lora.target_modules, resolved.entry),
         task_type="CAUSAL_LM",
     )
     warning_filters.install()
@@ -189,7 +198,7 @@ def train_lora(
     else:
         trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
     trainer = trainer_class(
-        model=model,
+        model=base_model,
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=formatter.tokenizer,

@@ -13,7 +13,8 @@ def test_data_engineering_pipeline_runs():
             "label_negative": "legitimate", "train_per_class": 15, "test_per_class": 10, "seed": 3,
             "synthetic": {"num_records": 300, "seed": 7}}
     catalog = DataCatalog({"params:data": MemoryDataset(data)})
-    for name in ("data_engineering.int.records", "data_engineering.prm.train_set",
+    for name in ("data_engineering.int.records", "data_engineering.int.read_summary",
+                 "data_engineering.reporting.rejects", "data_engineering.prm.train_set",
                  "data_engineering.prm.test_set", "data_engineering.reporting.split_summary"):
         catalog[name] = MemoryDataset()
     SequentialRunner().run(create_pipeline(), catalog)

@@ -13,16 +13,16 @@ from finetune_predictor.run_record import build_run_metrics, build_run_params
 from finetune_predictor.tasks import build_task
 
 
-def predict_baseline(test: pd.DataFrame, model: dict[str, Any], evaluation: dict[str, Any],
-                     data: dict[str, Any]) -> pd.DataFrame:
+def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any],
+                     evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
     """Predictions of the base model without adapter."""
-    return predict(test, build_task(data), model, evaluation)
+    return predict(test, build_task(data), model, evaluation, registry=model_registry)
 
 
-def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], evaluation: dict[str, Any],
-                      data: dict[str, Any]) -> pd.DataFrame:
+def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], model_registry: dict[str, Any],
+                      evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
     """Predictions of the base model with the trained adapter."""
-    return predict(test, build_task(data), model, evaluation, adapter_dir=adapter_dir)
+    return predict(test, build_task(data), model, evaluation, adapter_dir=adapter_dir, registry=model_registry)
 
 
 def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,

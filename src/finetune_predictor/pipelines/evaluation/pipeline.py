@@ -10,10 +10,12 @@ from finetune_predictor.pipelines.evaluation import nodes
 def create_pipeline(**kwargs: object) -> Pipeline:
     test = "data_engineering.prm.test_set"
     return Pipeline([
-        node(nodes.predict_baseline, [test, "params:model", "params:evaluation", "params:data"],
+        node(nodes.predict_baseline,
+             [test, "params:model", "params:model_registry", "params:evaluation", "params:data"],
              "evaluation.model_output.baseline_predictions", name="predict_baseline"),
         node(nodes.predict_finetuned,
-             [test, "sft_training.model.adapter", "params:model", "params:evaluation", "params:data"],
+             [test, "sft_training.model.adapter", "params:model", "params:model_registry", "params:evaluation",
+              "params:data"],
              "evaluation.model_output.finetuned_predictions", name="predict_finetuned"),
         node(nodes.compute_metrics,
              ["evaluation.model_output.baseline_predictions", "evaluation.model_output.finetuned_predictions",

@@ -1,0 +1,27 @@
+"""Nodes of the preflight pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from finetune_predictor.preflight import FAIL, PreflightError, format_verdict, run_checks
+
+logger = logging.getLogger(__name__)
+
+
+def check_run(data: dict[str, Any], model: dict[str, Any], model_registry: dict[str, Any],
+              training: dict[str, Any], preflight: dict[str, Any]) -> pd.DataFrame:
+    """The verdict table for this run's data, model, settings, folders, disk and memory."""
+    return run_checks(data, model, model_registry, training, preflight)
+
+
+def enforce_verdict(verdict: pd.DataFrame) -> bool:
+    """Print the verdict; stop the run (non-zero exit) when any check failed."""
+    text = format_verdict(verdict)
+    print(text)
+    if (verdict["status"] == FAIL).any():
+        raise PreflightError(text)
+    return True

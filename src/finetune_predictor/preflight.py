@@ -1,0 +1,296 @@
+"""Preflight: everything that can make a fine-tune fail, checked in seconds before any training starts.
+
+Each check gives a verdict (PASS, WARN or FAIL) with the reason in numbers. The memory and disk figures
+are estimates from the model's size and the run's settings, made before any weights load, with a
+safety margin, so that a run that cannot fit is refused up front instead of dying hours in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from finetune_predictor.hardware import ComputePlan, choose_compute_plan
+from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel, load_formatter, resolve_model
+from finetune_predictor.records import RecordError, SourceSpec, read_records
+from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.splits import deduplicate
+from finetune_predictor.tasks import build_task
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+GIB = 2**30
+# Bytes per weight when loaded: fp32, 16-bit, and NF4 with double quantisation (~4.5 bits incl. scales).
+_BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit-nf4": 0.56}
+# Shape of a typical 7B decoder, used when a model's config.json is not on this machine.
+_DEFAULT_SHAPE = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000}
+
+
+class PreflightError(RuntimeError):
+    """At least one preflight check failed; the message is the verdict table."""
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of a LoRA/QLoRA training step, in bytes, by component."""
+
+    weights: float
+    lora_and_optimizer: float
+    activations: float
+    margin: float
+
+    @property
+    def total(self) -> float:
+        return (self.weights + self.lora_and_optimizer + self.activations) * self.margin
+
+    def describe(self) -> str:
+        return (f"~{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.1f} + LoRA/optimizer "
+                f"{self.lora_and_optimizer / GIB:.2f} + activations {self.activations / GIB:.1f}, "
+                f"x{self.margin:g} margin)")
+
+
+def model_shape(resolved: ResolvedModel | None) -> dict[str, int]:
+    """hidden size, layers and vocabulary from the model's config.json, or a 7B-like default."""
+    if resolved is not None:
+        config_path = Path(resolved.path) / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            config = config.get("text_config", config)
+            shape = {key: int(config.get(key) or _DEFAULT_SHAPE[key]) for key in _DEFAULT_SHAPE}
+            shape["num_hidden_layers"] = int(config.get("num_hidden_layers") or config.get("num_layers")
+                                             or _DEFAULT_SHAPE["num_hidden_layers"])
+            return shape
+    return dict(_DEFAULT_SHAPE)
+
+
+def estimate_training_memory(params_b: float, plan: ComputePlan, settings: TrainingSettings, shape: dict[str, int],
+                             sequence_length: int, margin: float = 1.2) -> MemoryEstimate:
+    """Weights at the plan's precision, LoRA weights + grads + Adam states in fp32, and activations.
+
+    Activations follow the usual per-layer count for a decoder step (~34 bytes x tokens x hidden at 16
+    bits, doubled for fp32), plus the logits the loss needs. It is a planning figure, not a promise.
+    """
+    params = params_b * 1e9
+    weight_bytes = params * _BYTES_PER_PARAM[plan.precision_name if plan.load_in_4bit else
+                                             ("fp32" if plan.load_dtype.itemsize == 4 else "bf16")]
+    hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    # r x (in + out) per adapted projection; 4 attention projections + 3 MLP ones (all-linear worst case).
+    lora_params = settings.lora.r * 2 * hidden * 7 * layers
+    lora_bytes = lora_params * 4 * 4  # weight, gradient and two Adam moments in fp32
+    tokens = settings.per_device_train_batch_size * sequence_length
+    activation_bytes = tokens * hidden * layers * 34 * (2 if plan.load_dtype.itemsize == 4 and not plan.bf16 else 1)
+    logits_bytes = tokens * shape["vocab_size"] * 4 * 2
+    return MemoryEstimate(weight_bytes, lora_bytes, activation_bytes + logits_bytes, margin)
+
+
+def available_ram_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def available_vram_bytes() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)
+
+
+def _guard(name: str, check: Callable[[], Check]) -> Check:
+    try:
+        return check()
+    except (RecordError, ModelNotFoundError, ValueError, OSError) as error:
+        return Check(name, FAIL, str(error))
+
+
+def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any]) -> tuple[Check, ResolvedModel | None]:
+    try:
+        resolved = resolve_model(model["name"], model.get("cache_dir"), registry)
+    except (ModelNotFoundError, ValueError, OSError) as error:
+        return Check(name, FAIL, str(error)), None
+    return Check(name, PASS, f"{resolved.source}: {resolved.path}"), resolved
+
+
+def _check_template(resolved: ResolvedModel, model: dict[str, Any], labels: list[str]) -> Check:
+    formatter = load_formatter(resolved, model)
+    prompt = formatter.prompt_ids("Is this text fake or legitimate?", "A short test sentence.")
+    answers = {label: formatter.answer_ids(label) for label in labels}
+    decoded = {label: formatter.tokenizer.decode(ids) for label, ids in answers.items()}
+    for label, text in decoded.items():
+        if not text.startswith(label):
+            return Check("tokenizer and template", FAIL, f"answer {label!r} decodes to {text!r}")
+    if len({tuple(ids) for ids in answers.values()}) != len(answers):
+        return Check("tokenizer and template", FAIL, f"labels {labels} tokenise identically")
+    template = "chat template" if formatter.uses_chat_template else "fallback template"
+    return Check("tokenizer and template", PASS,
+                 f"{template}; prompt {len(prompt)} tokens; answers {decoded}")
+
+
+def _check_data(data: dict[str, Any], labels: list[str]) -> Check:
+    if not data.get("path"):
+        return Check("dataset", PASS, "bundled generated task")
+    need = {label: int(data["train_per_class"]) for label in labels}
+    details = []
+    for key in ("path", "test_path"):
+        if not data.get(key):
+            continue
+        result = read_records(SourceSpec.from_params(data, data[key]), labels, str(data.get("on_invalid", "error")))
+        records, duplicates = deduplicate(result.records, str(data.get("duplicates", "drop")))
+        counts = records["output"].value_counts().to_dict()
+        summary = result.summary()
+        details.append(f"data.{key}: {len(records)} usable records {counts}, {summary['records_rejected']} rejected, "
+                       f"{duplicates['duplicates_removed']} duplicates removed")
+        if key == "path" and data.get("test_per_class") is not None and not data.get("test_path"):
+            need = {label: n + int(data["test_per_class"]) for label, n in need.items()}
+        if key == "path":
+            short = {label: (counts.get(label, 0), n) for label, n in need.items() if counts.get(label, 0) < n}
+            if short:
+                return Check("dataset", FAIL, "; ".join(details) + "; too few examples: " + ", ".join(
+                    f"{label!r} has {have}, needs {want}" for label, (have, want) in short.items()))
+    return Check("dataset", PASS, "; ".join(details))
+
+
+def _check_writable(paths: list[str]) -> Check:
+    problems = []
+    for folder in paths:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".preflight-"):
+                pass
+        except OSError as error:
+            problems.append(f"{path.resolve()}: {error.strerror or error}")
+    if problems:
+        return Check("output folders writable", FAIL, "; ".join(problems))
+    return Check("output folders writable", PASS, ", ".join(paths))
+
+
+def _check_disk(paths: list[str], need_bytes: float, min_free_gb: float) -> Check:
+    existing = Path(paths[0]) if paths else Path.cwd()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    need = max(need_bytes, min_free_gb * GIB)
+    detail = f"{free / GIB:.1f} GiB free at {existing.resolve()}, run needs ~{need / GIB:.2f} GiB"
+    return Check("free disk", PASS if free >= need else FAIL, detail)
+
+
+def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, model: dict[str, Any],
+                  settings: TrainingSettings, margin: float) -> Check:
+    quantization = model.get("quantization", "none")
+    plan = choose_compute_plan(settings.precision, quantization)
+    params_b = entry.params_b if entry is not None and entry.params_b else None
+    if params_b is None and resolved is not None:
+        params_b = _count_params_b(resolved)
+    if params_b is None:
+        return Check("memory", WARN, f"size of {model['name']!r} unknown: set model_registry.<name>.params_b")
+    sequence = int(model.get("max_length", 512))
+    estimate = estimate_training_memory(params_b, plan, settings, model_shape(resolved), sequence, margin)
+    notes = []
+    if quantization == "4bit" and not plan.load_in_4bit:
+        notes.append("4-bit QLoRA needs CUDA (bitsandbytes), so this machine would load full precision")
+    vram = available_vram_bytes()
+    if plan.device == "cuda" and vram is not None:
+        where, free = "GPU", vram
+    else:
+        where, free = "RAM", available_ram_bytes()
+    fits = estimate.total <= free
+    verdict = (f"{params_b:g}B params at {plan.precision_name} on {plan.device}: needs {estimate.describe()}; "
+               f"{free / GIB:.1f} GiB {where} available")
+    if not fits:
+        verdict += " -> will not fit"
+        if plan.device == "cpu":
+            qlora = estimate_training_memory(params_b, _qlora_plan(), settings, model_shape(resolved), sequence, margin)
+            verdict += (f"; QLoRA on a GPU with >= {qlora.total / GIB:.0f} GiB free (model.quantization=4bit) "
+                        "or a smaller model would")
+    return Check("memory", PASS if fits else FAIL, "; ".join([verdict, *notes]))
+
+
+def _qlora_plan() -> ComputePlan:
+    import torch
+
+    return ComputePlan("cuda", torch.bfloat16, True, False, True, "hypothetical CUDA QLoRA")
+
+
+def _count_params_b(resolved: ResolvedModel) -> float | None:
+    total = 0
+    for path in Path(resolved.path).glob("*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                total += _numel(handle.get_slice(key).get_shape())
+    return total / 1e9 if total else None
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, Any], training: dict[str, Any],
+               preflight: dict[str, Any]) -> pd.DataFrame:
+    """The verdict table: one row per check (check, status, detail)."""
+    checks: list[Check] = []
+    labels = build_task(data).candidates()
+    settings_check = _guard("settings", lambda: (TrainingSettings.from_params(training),
+                                                 Check("settings", PASS, "training settings valid"))[1])
+    checks.append(settings_check)
+    entry = _guard_entry(model["name"], registry, checks)
+    model_check, resolved = _check_model("model resolvable", model, registry)
+    checks.append(model_check)
+    if resolved is not None:
+        checks.append(_guard("tokenizer and template", lambda: _check_template(resolved, model, labels)))
+    else:
+        checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
+    checks.append(_guard("dataset", lambda: _check_data(data, labels)))
+    folders = list(preflight.get("output_dirs") or [])
+    checks.append(_check_writable(folders))
+    need_disk = 0.05 * GIB  # adapter, predictions, plots and MLflow copies of a LoRA run
+    if resolved is None and entry is not None and entry.embedded:
+        need_disk += 0.6 * GIB  # the one-time conversion of the embedded model
+    min_free_gb = float(preflight.get("min_free_disk_gb", 1))
+    checks.append(_guard("free disk", lambda: _check_disk(folders, need_disk, min_free_gb)))
+    if settings_check.status == PASS:
+        settings = TrainingSettings.from_params(training)
+        margin = float(preflight.get("memory_margin", 1.2))
+        checks.append(_guard("memory", lambda: _check_memory(entry, resolved, model, settings, margin)))
+    return pd.DataFrame([c.__dict__ for c in checks], columns=["name", "status", "detail"])
+
+
+def _guard_entry(name: str, registry: dict[str, Any], checks: list[Check]) -> ModelEntry | None:
+    try:
+        return ModelEntry.from_registry(name, registry)
+    except ValueError as error:
+        checks.append(Check("model registry", FAIL, str(error)))
+        return None
+
+
+def format_verdict(table: pd.DataFrame) -> str:
+    width = max(len(name) for name in table["name"])
+    lines = [f"{row.status:<4}  {row.name:<{width}}  {row.detail}" for row in table.itertuples(index=False)]
+    failed = int((table["status"] == FAIL).sum())
+    verdict = f"preflight FAILED: {failed} check(s) failed" if failed else "preflight passed"
+    return "\n".join(["", "Preflight verdict", *lines, verdict, ""])
