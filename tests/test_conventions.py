@@ -9,7 +9,7 @@ import yaml
 from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
-PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation"}
+PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity"}
 LAYERS = {"raw", "int", "prm", "feature", "model", "model_output", "reporting", "tracking"}
 
 
@@ -55,7 +55,8 @@ def test_every_parameter_group_is_used_by_a_node():
 def test_mini_test100_composes_preflight_and_the_three_pipelines():
     pipelines = register_pipelines()
     composed = {node.name for node in pipelines["mini_test100"].nodes}
-    parts = set().union(*({n.name for n in pipelines[name].nodes} for name in PIPELINES))
+    parts = set().union(*({n.name for n in pipelines[name].nodes}
+                          for name in ("preflight", "data_engineering", "sft_training", "evaluation")))
     assert composed == parts
     assert pipelines["__default__"].nodes == pipelines["mini_test100"].nodes
     order = [node.name for node in pipelines["mini_test100"].nodes]  # topological order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from finetune_predictor.pipelines import data_engineering, evaluation, preflight, sft_training
+from finetune_predictor.pipelines import data_engineering, evaluation, preflight, sensitivity, sft_training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -17,5 +17,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     }
     pipelines["mini_test100"] = (pipelines["preflight"] + data_engineering.create_pipeline(after_preflight=True)
                                  + pipelines["sft_training"] + pipelines["evaluation"])
+    pipelines["sensitivity"] = pipelines["preflight"] + sensitivity.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

@@ -27,6 +27,10 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # conf/local overrides single keys of conf/base instead of replacing a whole parameter group; with
+    # the default destructive merge, a conf/local parameters file also made `--params data.x=1` drop the
+    # rest of `data` (measured with kedro 1.7).
+    "merge_strategy": {"parameters": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },

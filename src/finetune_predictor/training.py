@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import os
 import resource
@@ -100,6 +101,17 @@ class _LossLogger(TrainerCallback):
             logger.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
 
 
+def warmup_steps(settings: TrainingSettings, num_rows: int) -> int:
+    """Warm-up steps, rounded down: HF rounds the ratio up, which gives a one-step run a learning rate
+    of zero on its only step (and an adapter that learned nothing)."""
+    if settings.max_steps > 0:
+        total = settings.max_steps
+    else:
+        per_epoch = math.ceil(num_rows / (settings.per_device_train_batch_size * settings.gradient_accumulation_steps))
+        total = math.ceil(per_epoch * settings.num_train_epochs)
+    return int(settings.warmup_ratio * total)
+
+
 def lora_target_modules(setting: tuple[str, ...] | str, entry: ModelEntry | None) -> list[str] | str:
     """``training.lora.target_modules``; ``auto`` takes the registry's modules for the model (else all linear)."""
     if setting == "auto":
@@ -174,7 +186,7 @@ def train_lora(
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        warmup_steps=warmup_steps(settings, len(rows)),
         weight_decay=settings.weight_decay,
         lr_scheduler_type=settings.lr_scheduler_type,
         logging_steps=settings.logging_steps,
@@ -231,3 +243,43 @@ def train_lora(
         num_steps=int(trainer.state.global_step),
         supervised_tokens=sum(sum(1 for label in row["labels"] if label != -100) for row in rows),
     )
+
+
+def fine_tune(
+    train: Any, model: dict[str, Any], model_registry: dict[str, Any] | None, training: dict[str, Any],
+    data: dict[str, Any], workdir: Path, callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[Path, dict[str, Any]]:
+    """The whole fine-tune of one configuration from parameter dicts: the one path used by the
+    sft_training pipeline, the sensitivity sweep and the probes. Returns the adapter folder (inside
+    ``workdir``) and the training summary (loss history, checksums, cost)."""
+    from finetune_predictor.hardware import choose_compute_plan
+    from finetune_predictor.models import load_formatter, resolve_model
+    from finetune_predictor.tasks import build_task
+
+    settings = TrainingSettings.from_params(training)
+    plan = choose_compute_plan(settings.precision, model.get("quantization", "none"))
+    resolved = resolve_model(model["name"], model.get("cache_dir"), model_registry)
+    formatter = load_formatter(resolved, model)
+    task = build_task(data)
+    records = train.to_dict("records")
+    rows = build_training_rows(formatter, records, [task.target(record) for record in records])
+    result = train_lora(resolved, formatter, rows, settings, plan, workdir, callbacks=callbacks)
+    summary = {
+        "model_name": model["name"],
+        "model_path": resolved.path,
+        "model_source": resolved.source,
+        "device": plan.device,
+        "precision": plan.precision_name,
+        "precision_reason": plan.reason,
+        "quantization_requested": model.get("quantization", "none"),
+        "train_runtime_s": result.train_runtime_s,
+        "peak_memory_mb": result.peak_memory_mb,
+        "num_examples": result.num_examples,
+        "num_steps": result.num_steps,
+        "supervised_tokens": result.supervised_tokens,
+        "adapter_sha256": result.adapter_sha256,
+        "loss_history": result.loss_history,
+        "effective_batch_size": settings.effective_batch_size,
+        "lora_target_modules": lora_target_modules(settings.lora.target_modules, resolved.entry),
+    }
+    return result.adapter_dir, summary

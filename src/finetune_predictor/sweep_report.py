@@ -1,0 +1,275 @@
+"""What a sweep's runs show: aggregates over seeds, the knee of the data curve, gain per doubling of
+data, best model and configuration, and the effect of label noise, duplicates and class imbalance.
+
+Everything here is computed from the experiment summary (one row per FINISHED MLflow run), and every
+number in the report names the runs it comes from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CONFIG_COLUMNS = ["model", "data_variant", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "num_train_epochs"]
+CLEAN = "clean"
+
+
+def aggregate(results: pd.DataFrame, metric: str = "finetuned_accuracy") -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds for every configuration and size."""
+    if results.empty:
+        return pd.DataFrame(columns=[*CONFIG_COLUMNS, "train_size", "mean", "std", "n", "run_ids"])
+    grouped = results.groupby([*CONFIG_COLUMNS, "train_size"], dropna=False)
+    table = grouped[metric].agg(["mean", "std", "count"]).rename(columns={"count": "n"}).reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    table["run_ids"] = grouped["run_id"].agg(lambda ids: ",".join(sorted(ids))).to_numpy()
+    return table
+
+
+def knee_point(sizes: list[float], values: list[float]) -> float | None:
+    """The size after which more data pays least: the point furthest above the chord of the curve
+    (Kneedle on log2 size, for an increasing, concave curve). None with fewer than three sizes."""
+    if len(sizes) < 3:
+        return None
+    x = np.log2(np.asarray(sizes, dtype=float))
+    y = np.asarray(values, dtype=float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    xn, yn = (x - x.min()) / np.ptp(x), (y - y.min()) / np.ptp(y)
+    distance = yn - xn
+    index = int(np.argmax(distance))
+    return float(sizes[index]) if distance[index] > 0 else None
+
+
+def gain_per_doubling(sizes: list[float], values: list[float]) -> float | None:
+    """Least-squares slope of the metric against log2(size): points gained per doubling of data."""
+    if len(sizes) < 2:
+        return None
+    slope, _ = np.polyfit(np.log2(np.asarray(sizes, dtype=float)), np.asarray(values, dtype=float), 1)
+    return float(slope)
+
+
+def analyse(results: pd.DataFrame) -> dict[str, Any]:
+    """The findings, each with the run ids behind it."""
+    if results.empty:
+        return {"runs": 0, "curves": [], "best": None, "best_model": None, "variant_effects": []}
+    table = aggregate(results)
+    curves = []
+    for keys, curve in table.groupby(CONFIG_COLUMNS, dropna=False):
+        curve = curve.sort_values("train_size")
+        sizes, means = curve["train_size"].tolist(), curve["mean"].tolist()
+        config = dict(zip(CONFIG_COLUMNS, keys, strict=True))
+        curves.append({
+            **config, "sizes": sizes, "mean_accuracy": means, "std_accuracy": curve["std"].tolist(),
+            "seeds": curve["n"].tolist(), "knee_size": knee_point(sizes, means),
+            "gain_per_doubling": gain_per_doubling(sizes, means),
+            "monotone": bool(all(b >= a - 0.02 for a, b in zip(means, means[1:], strict=False))),
+            "run_ids": curve["run_ids"].tolist(),
+        })
+    clean = table[table["data_variant"] == CLEAN]
+    pool = clean if not clean.empty else table
+    best_row = pool.sort_values(["mean", "train_size"], ascending=[False, True]).iloc[0]
+    largest = pool[pool["train_size"] == pool["train_size"].max()]
+    per_model = largest.groupby("model")["mean"].max().sort_values(ascending=False)
+    best_model_runs = largest[largest["model"] == per_model.index[0]].sort_values("mean").iloc[-1]["run_ids"]
+    return {
+        "runs": len(results),
+        "curves": curves,
+        "best": {**{c: _plain(best_row[c]) for c in [*CONFIG_COLUMNS, "train_size"]},
+                 "mean_accuracy": float(best_row["mean"]), "std_accuracy": float(best_row["std"]),
+                 "seeds": int(best_row["n"]), "run_ids": best_row["run_ids"]},
+        "best_model": {"model": per_model.index[0], "mean_accuracy": float(per_model.iloc[0]),
+                       "train_size": int(largest["train_size"].iloc[0]), "run_ids": best_model_runs},
+        "variant_effects": variant_effects(results),
+        "baseline_accuracy": {model: float(group["baseline_accuracy"].mean())
+                              for model, group in results.groupby("model")},
+    }
+
+
+def variant_effects(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """Accuracy of each degraded-data variant minus the clean run of the same config, size and seed."""
+    keys = [c for c in CONFIG_COLUMNS if c != "data_variant"] + ["train_size", "seed"]
+    clean = results[results["data_variant"] == CLEAN].set_index(keys)
+    effects = []
+    for variant, group in results[results["data_variant"] != CLEAN].groupby("data_variant"):
+        matched = group.set_index(keys).join(clean[["finetuned_accuracy", "run_id"]], rsuffix="_clean", how="inner")
+        if matched.empty:
+            continue
+        deltas = matched["finetuned_accuracy"] - matched["finetuned_accuracy_clean"]
+        first = group.iloc[0]
+        effects.append({"variant": variant, "label_noise": float(first["label_noise"]),
+                        "duplicate_rate": float(first["duplicate_rate"]),
+                        "positive_share": float(first["positive_share"]),
+                        "mean_delta_accuracy": float(deltas.mean()), "pairs": len(deltas),
+                        "run_ids": ",".join(sorted([*matched["run_id"], *matched["run_id_clean"]]))})
+    return effects
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _config_label(row: pd.Series | dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    parts = {"model": str(row["model"]), "data_variant": str(row["data_variant"]),
+             "learning_rate": f"lr={row['learning_rate']:.0e}", "lora_r": f"r={row['lora_r']}",
+             "lora_alpha": f"a={row['lora_alpha']}", "num_train_epochs": f"ep={row['num_train_epochs']:g}"}
+    return " ".join(v for k, v in parts.items() if k not in skip)
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_size(results: pd.DataFrame, metric: str = "finetuned_accuracy") -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    table = aggregate(results, metric)
+    for keys, curve in table.groupby(CONFIG_COLUMNS, dropna=False):
+        curve = curve.sort_values("train_size")
+        label = _config_label(dict(zip(CONFIG_COLUMNS, keys, strict=True)))
+        axis.errorbar(curve["train_size"], curve["mean"], yerr=curve["std"], marker="o", capsize=3, label=label)
+    for model, group in results.groupby("model"):
+        axis.axhline(group["baseline_accuracy"].mean(), linestyle=":", color="grey")
+        axis.annotate(f"{model} baseline", (results["train_size"].min(), group["baseline_accuracy"].mean()),
+                      fontsize=7, color="grey", va="bottom")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("training examples (log2)")
+    axis.set_ylabel(metric.replace("_", " ") + " (mean ± sd over seeds)")
+    axis.set_title("Data-size curve")
+    axis.legend(fontsize=6, loc="lower right")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_accuracy_vs_hyperparameter(results: pd.DataFrame, column: str) -> Figure:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
+    for (model, size), group in clean.groupby(["model", "train_size"]):
+        stats = group.groupby(column)["finetuned_accuracy"].agg(["mean", "std"]).reset_index().fillna(0.0)
+        axis.errorbar(stats[column], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{model} n={size}")
+    if column == "learning_rate":
+        axis.set_xscale("log")
+    axis.set_xlabel(column.replace("_", " "))
+    axis.set_ylabel("fine-tuned accuracy")
+    axis.set_title(f"Accuracy vs {column.replace('_', ' ')}")
+    axis.legend(fontsize=6)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_model_size_heatmap(results: pd.DataFrame) -> Figure:
+    clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
+    # Each cell: the best configuration's mean over seeds for that model and size.
+    table = aggregate(clean).groupby(["model", "train_size"])["mean"].max().unstack("train_size")
+    figure, axis = plt.subplots(figsize=(1.6 + 1.1 * max(1, table.shape[1]), 1.2 + 0.6 * max(1, table.shape[0])))
+    image = axis.imshow(table.to_numpy(dtype=float), cmap="viridis", aspect="auto", vmin=0.5, vmax=1.0)
+    axis.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    axis.set_yticks(range(table.shape[0]), list(table.index))
+    for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+        if not math.isnan(value):
+            axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    axis.set_xlabel("training examples")
+    axis.set_title("Best fine-tuned accuracy: model x size")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    return figure
+
+
+# --- text reports ----------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def _runs(run_ids: str, limit: int = 6) -> str:
+    ids = [i[:8] for i in run_ids.split(",") if i]
+    return ", ".join(ids[:limit]) + (f" (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dict[str, Any]) -> str:
+    lines = ["# Sensitivity analysis", ""]
+    if analysis["runs"] == 0:
+        return "\n".join([*lines, "No finished runs yet.", ""])
+    dataset = ", ".join(sorted({str(d) for d in results["dataset"].dropna()})) or "n/a"
+    lines += [f"Dataset: {dataset}. Test set sha256 {str(results['test_sha256'].iloc[0])[:12]} (fixed for every run).",
+              f"Runs: {analysis['runs']} finished ({status.get('ran', 0)} new, {status.get('reused', 0)} reused, "
+              f"{status.get('failed', 0)} failed and excluded). Run ids are MLflow run ids (first 8 characters).", ""]
+    best, best_model = analysis["best"], analysis["best_model"]
+    lines += ["## Findings", "",
+              f"- **Best configuration**: {_config_label(best)} with {best['train_size']} examples: "
+              f"accuracy {_pct(best['mean_accuracy'])} ± {_pct(best['std_accuracy'])} over {best['seeds']} seed(s) "
+              f"(runs {_runs(best['run_ids'])}).",
+              f"- **Best model** at the largest size ({best_model['train_size']}): {best_model['model']}, "
+              f"{_pct(best_model['mean_accuracy'])} (runs {_runs(best_model['run_ids'])})."]
+    for model, accuracy in analysis["baseline_accuracy"].items():
+        lines.append(f"- **Baseline** {model} without fine-tuning: {_pct(accuracy)}.")
+    for curve in analysis["curves"]:
+        if curve["data_variant"] != CLEAN:
+            continue
+        knee = ("none (the curve is not concave over these sizes)" if curve["knee_size"] is None
+                else f"{int(curve['knee_size'])} examples")
+        gain = "n/a" if curve["gain_per_doubling"] is None else f"{100 * curve['gain_per_doubling']:+.1f} points"
+        lines.append(f"- **Data curve** {_config_label(curve, ('data_variant',))}: knee at {knee}; "
+                     f"{gain} per doubling of data; {'monotone' if curve['monotone'] else 'not monotone'} "
+                     f"(runs {_runs(','.join(curve['run_ids']))}).")
+    for effect in analysis["variant_effects"]:
+        lines.append(f"- **{effect['variant']}** (label noise {effect['label_noise']:g}, duplicates "
+                     f"{effect['duplicate_rate']:g}, positive share {effect['positive_share']:g}): "
+                     f"{100 * effect['mean_delta_accuracy']:+.1f} accuracy points vs clean data over "
+                     f"{effect['pairs']} matched run pair(s) (runs {_runs(effect['run_ids'])}).")
+    lines += ["", "## Data-size curves (fine-tuned accuracy, mean ± sd over seeds)", "",
+              "| configuration | " + " | ".join(f"n={int(s)}" for s in _all_sizes(analysis)) + " |",
+              "|---|" + "---|" * len(_all_sizes(analysis))]
+    for curve in analysis["curves"]:
+        cells = {int(s): f"{100 * m:.1f} ± {100 * d:.1f}" for s, m, d in
+                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], strict=True)}
+        lines.append(f"| {_config_label(curve)} | " + " | ".join(cells.get(int(s), "") for s in _all_sizes(analysis))
+                     + " |")
+    lines += ["", "![accuracy vs size](accuracy_vs_size.png)", "![accuracy vs learning rate](accuracy_vs_learning_rate.png)",
+              "![accuracy vs rank](accuracy_vs_lora_r.png)", "![model x size](model_size_heatmap.png)", ""]
+    if status.get("failures"):
+        lines += ["## Failed configurations (excluded)", ""]
+        lines += [f"- {failure['config']}: {failure['error']}" for failure in status["failures"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _all_sizes(analysis: dict[str, Any]) -> list[float]:
+    return sorted({s for curve in analysis["curves"] for s in curve["sizes"]})
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def latex_fragment(analysis: dict[str, Any]) -> str:
+    """A table of the data-size curves and figure references, ready to \\input into a paper."""
+    sizes = _all_sizes(analysis)
+    lines = [r"% Generated by finetune-predictor from the sweep's MLflow runs; do not edit by hand.",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{l" + "r" * len(sizes) + r"}", r"\toprule",
+             "Configuration & " + " & ".join(f"$n={int(s)}$" for s in sizes) + r" \\", r"\midrule"]
+    for curve in analysis["curves"]:
+        cells = {int(s): f"{100 * m:.1f} $\\pm$ {100 * d:.1f}" for s, m, d in
+                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], strict=True)}
+        lines.append(_tex(_config_label(curve)) + " & " + " & ".join(cells.get(int(s), "--") for s in sizes) + r" \\")
+    knees = [c for c in analysis["curves"] if c["data_variant"] == CLEAN and c["knee_size"] is not None]
+    caption = "Fine-tuned accuracy (\\%, mean $\\pm$ sd over seeds) by training-set size."
+    if knees:
+        caption += f" Knee of the data curve at $n={int(knees[0]['knee_size'])}$."
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:sensitivity}",
+              r"\end{table}", "",
+              r"\begin{figure}[t]", r"\centering",
+              r"\includegraphics[width=0.48\linewidth]{accuracy_vs_size.png}",
+              r"\includegraphics[width=0.48\linewidth]{model_size_heatmap.png}",
+              r"\caption{Data-size curve with seed error bars (left) and best accuracy by model and size (right).}",
+              r"\label{fig:sensitivity}", r"\end{figure}", ""]
+    return "\n".join(lines)
