@@ -9,7 +9,7 @@ import yaml
 from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
-PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity"}
+PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity", "meta_features"}
 LAYERS = {"raw", "int", "prm", "feature", "model", "model_output", "reporting", "tracking"}
 
 

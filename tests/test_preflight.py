@@ -101,7 +101,8 @@ def test_registry_entries_and_unknown_keys():
 
 def test_missing_model_error_says_where_it_looked(tmp_path):
     with pytest.raises(ModelNotFoundError, match=r"Looked for: local path .*nowhere; HF id 'org/nowhere'"):
-        resolve_model("org/nowhere", tmp_path, {"org/nowhere": {"hf_id": "org/nowhere", "path": str(tmp_path / "nowhere")}})
+        registry = {"org/nowhere": {"hf_id": "org/nowhere", "path": str(tmp_path / "nowhere")}}
+        resolve_model("org/nowhere", tmp_path, registry)
 
 
 def test_preflight_pipeline_stops_the_run_on_failure(tmp_path):

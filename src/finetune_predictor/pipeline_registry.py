@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from finetune_predictor.pipelines import data_engineering, evaluation, preflight, sensitivity, sft_training
+from finetune_predictor.pipelines import (
+    data_engineering,
+    evaluation,
+    meta_features,
+    preflight,
+    sensitivity,
+    sft_training,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -18,5 +25,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["mini_test100"] = (pipelines["preflight"] + data_engineering.create_pipeline(after_preflight=True)
                                  + pipelines["sft_training"] + pipelines["evaluation"])
     pipelines["sensitivity"] = pipelines["preflight"] + sensitivity.create_pipeline()
+    pipelines["meta_features"] = (pipelines["preflight"] + data_engineering.create_pipeline(after_preflight=True)
+                                  + meta_features.create_pipeline())
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

@@ -403,10 +403,19 @@ def run_sweep(sensitivity: dict[str, Any], data: dict[str, Any], model: dict[str
     keys = {config: config.key(fingerprint) for config in configs}
     for config in configs:
         status["interrupted_marked_failed"] += mark_crashed_runs_failed(experiment_id, keys[config])
-        if finished_run(experiment_id, keys[config]) is not None:
-            status["reused"] += 1
-        else:
+        previous = finished_run(experiment_id, keys[config])
+        if previous is None:
             pending.append(config)
+            continue
+        status["reused"] += 1
+        if context.meta_features is not None and not any(k.startswith("mf_") for k in previous.data.metrics):
+            # Features asked for after the run finished: add them to that run instead of retraining.
+            from finetune_predictor.meta_features import log_meta_features_for_run
+
+            train = apply_variant(subsets[config.train_per_class], config.variant, labels, config.seed, pool)
+            log_meta_features_for_run(previous.info.run_id, config, train, {**model, "name": config.model},
+                                      config.training_params(training), context)
+            status["features_added"] = status.get("features_added", 0) + 1
     logger.info("Sweep %s: %d configurations, %d already finished, %d to run (%s)", sweep_name, len(configs),
                 status["reused"], len(pending), executor)
     baselines: dict[str, dict[str, Any]] = {}

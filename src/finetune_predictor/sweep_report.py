@@ -7,16 +7,17 @@ number in the report names the runs it comes from.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 CONFIG_COLUMNS = ["model", "data_variant", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "num_train_epochs"]
 CLEAN = "clean"
@@ -70,7 +71,7 @@ def analyse(results: pd.DataFrame) -> dict[str, Any]:
             **config, "sizes": sizes, "mean_accuracy": means, "std_accuracy": curve["std"].tolist(),
             "seeds": curve["n"].tolist(), "knee_size": knee_point(sizes, means),
             "gain_per_doubling": gain_per_doubling(sizes, means),
-            "monotone": bool(all(b >= a - 0.02 for a, b in zip(means, means[1:], strict=False))),
+            "monotone": bool(all(b >= a - 0.02 for a, b in itertools.pairwise(means))),
             "run_ids": curve["run_ids"].tolist(),
         })
     clean = table[table["data_variant"] == CLEAN]
@@ -233,7 +234,8 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
                  zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], strict=True)}
         lines.append(f"| {_config_label(curve)} | " + " | ".join(cells.get(int(s), "") for s in _all_sizes(analysis))
                      + " |")
-    lines += ["", "![accuracy vs size](accuracy_vs_size.png)", "![accuracy vs learning rate](accuracy_vs_learning_rate.png)",
+    lines += ["", "![accuracy vs size](accuracy_vs_size.png)",
+              "![accuracy vs learning rate](accuracy_vs_learning_rate.png)",
               "![accuracy vs rank](accuracy_vs_lora_r.png)", "![model x size](model_size_heatmap.png)", ""]
     if status.get("failures"):
         lines += ["## Failed configurations (excluded)", ""]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 import os
 import resource
 import time
@@ -152,10 +152,12 @@ def train_lora(
     plan: ComputePlan,
     output_dir: Path,
     callbacks: Sequence[TrainerCallback] = (),
+    verify: bool = True,
 ) -> TrainingResult:
     """Fine-tune a LoRA adapter on pre-tokenised rows and save it to ``output_dir``.
 
     ``callbacks`` are extra Trainer callbacks (probes read loss and gradient norms through them).
+    ``verify=False`` (probes) skips saving and checking the adapter.
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -225,8 +227,10 @@ def train_lora(
     trainer.train()
     runtime = time.perf_counter() - started
     adapter_dir = output_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
-    checksums = verify_adapter(trainer.model, adapter_dir)
+    checksums: dict[str, str] = {}
+    if verify:
+        trainer.model.save_pretrained(adapter_dir)
+        checksums = verify_adapter(trainer.model, adapter_dir)
     history = [
         {"step": float(entry["step"]), "loss": float(entry["loss"]),
          "grad_norm": float(entry.get("grad_norm", float("nan"))),

@@ -1,0 +1,73 @@
+"""sft_training, evaluation and meta_features run by Kedro's SequentialRunner on a tiny Llama."""
+
+from __future__ import annotations
+
+import pandas as pd
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from finetune_predictor.pipelines import evaluation, meta_features, sft_training
+from finetune_predictor.synthetic_news import iter_articles
+
+DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    frame = pd.DataFrame(list(iter_articles(n, seed=seed)))
+    frame["source"], frame["group"] = "s", "g"
+    return frame
+
+
+def _catalog(tiny_model_dir, pipeline, **extra) -> DataCatalog:
+    catalog = DataCatalog({
+        "params:model": MemoryDataset({"name": str(tiny_model_dir), "max_length": 256}),
+        "params:model_registry": MemoryDataset({}),
+        "params:training": MemoryDataset({"max_steps": 2, "per_device_train_batch_size": 4, "precision": "fp32",
+                                          "learning_rate": 1e-2, "warmup_ratio": 0.0}),
+        "params:data": MemoryDataset(DATA),
+        "params:evaluation": MemoryDataset({"batch_size": 8, "generation": True, "max_new_tokens": 3,
+                                            "engine": "hf"}),
+        "params:meta_features": MemoryDataset({"sample_size": 8, "probe_steps": 2, "knn": 3, "cache": False}),
+        "data_engineering.prm.train_set": MemoryDataset(_frame(8, 1)),
+        "data_engineering.prm.test_set": MemoryDataset(_frame(6, 2)),
+        "data_engineering.reporting.split_summary": MemoryDataset({
+            "source": "bundled-synthetic-news", "test_source": "t", "train_size": 8, "test_size": 6,
+            "train_sha256": "a" * 64, "test_sha256": "b" * 64}),
+        **{name: MemoryDataset(value) for name, value in extra.items()},
+    })
+    for name in pipeline.outputs():
+        if name not in catalog:
+            catalog[name] = MemoryDataset()
+    return catalog
+
+
+def test_sft_training_and_evaluation_pipelines(tiny_model_dir, tmp_path):
+    training = sft_training.create_pipeline()
+    catalog = _catalog(tiny_model_dir, training)
+    SequentialRunner().run(training, catalog)
+    files = catalog.load("sft_training.model.adapter")
+    summary = catalog.load("sft_training.reporting.training_summary")
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json"} and summary["num_steps"] == 2
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    for name, content in files.items():
+        (adapter_dir / name).write_bytes(content)
+
+    evaluating = evaluation.create_pipeline()
+    catalog = _catalog(tiny_model_dir, evaluating, **{"sft_training.model.adapter": str(adapter_dir),
+                                                      "sft_training.reporting.training_summary": summary})
+    SequentialRunner().run(evaluating, catalog)
+    table = catalog.load("evaluation.reporting.comparison_table").set_index("metric")
+    assert table.loc["n", "baseline"] == table.loc["n", "finetuned"] == 6
+    params = catalog.load("evaluation.tracking.run_params")
+    assert params["train_size"] == 8 and params["adapter_sha256"] == summary["adapter_sha256"][
+        "adapter_model.safetensors"]
+
+
+def test_meta_features_pipeline(tiny_model_dir):
+    pipeline = meta_features.create_pipeline()
+    catalog = _catalog(tiny_model_dir, pipeline)
+    SequentialRunner().run(pipeline, catalog)
+    features = catalog.load("meta_features.reporting.features")
+    assert features["mf_size"] == 8 and features["mf_probe_steps"] == 2
+    assert set(catalog.load("meta_features.tracking.metrics")) <= set(features)

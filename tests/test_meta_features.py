@@ -1,0 +1,86 @@
+"""Meta-features: each descriptor against a hand-computed value, and the whole set on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finetune_predictor.meta_features import (
+    ProbeSettings,
+    cache_key,
+    compute_meta_features,
+    label_balance,
+    loss_decay_rate,
+    loss_stability,
+    moving_average_ttr,
+    ngram_repetition,
+    novelty_sum,
+    outlier_ratio,
+    special_char_ratio,
+)
+from finetune_predictor.synthetic_news import iter_articles
+
+DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
+
+
+def test_static_descriptors_by_hand():
+    assert moving_average_ttr(["a a b"], window=2) == pytest.approx(0.75)  # windows {a,a}=1/2, {a,b}=1
+    assert moving_average_ttr(["A, b!"], window=50) == 1.0  # shorter than a window: plain TTR
+    assert ngram_repetition(["a b a b"]) == pytest.approx(1 / 3)  # bigrams ab, ba, ab
+    assert ngram_repetition(["fake", "fake", "legitimate"]) == pytest.approx(1 / 3)  # labels: unigrams
+    assert special_char_ratio(["a!b"]) == pytest.approx(1 / 3)
+    assert label_balance(["x", "x", "y", "y"]) == pytest.approx(1.0)
+    assert label_balance(["x", "x", "x", "y"]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+                                                                / math.log(2))
+    assert label_balance(["x"]) == 0.0
+
+
+def test_representation_descriptors_by_hand():
+    orthogonal = np.eye(3)
+    assert novelty_sum(orthogonal, knn=2) == pytest.approx(1.0)  # every neighbour at cosine distance 1
+    # Two duplicates and one orthogonal point: A and A' see (0, 1), B sees (1, 1); weights 1 and 1/2.
+    duplicated = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    assert novelty_sum(duplicated, knn=2) == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    points = np.vstack([np.random.default_rng(0).normal(0, 0.01, (20, 4)), [[100, 100, 100, 100]]])
+    assert outlier_ratio(points) == pytest.approx(1 / 21)
+
+
+def test_probe_curve_descriptors_by_hand():
+    losses = [math.exp(-0.1 * t) for t in range(10)]
+    assert loss_decay_rate(losses) == pytest.approx(-0.1)
+    assert loss_stability(losses) == pytest.approx(0.0, abs=1e-9)
+    assert loss_stability([1.0, 2.0, 1.0, 2.0, 1.0]) > 0.2
+
+
+def _train(n: int = 24) -> pd.DataFrame:
+    frame = pd.DataFrame(list(iter_articles(n, seed=4)))
+    frame["source"], frame["group"] = "s", "g"
+    return frame
+
+
+def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_model_dir, tmp_path):
+    model = {"name": str(tiny_model_dir), "max_length": 256}
+    training = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "precision": "fp32"}
+    probe = ProbeSettings(sample_size=12, probe_steps=4, knn=3, cache=False)
+    first = compute_meta_features(_train(), model, {}, training, DATA, probe)
+    second = compute_meta_features(_train(), model, {}, training, DATA, probe)
+    for key in ("mf_size", "mf_log10_learning_rate", "mf_planned_steps", "mf_out_semdiv", "mf_io_sim",
+                "mf_initial_loss", "mf_input_perplexity", "mf_loss_decay_rate", "mf_grad_norm_mean",
+                "mf_grad_consistency", "mf_label_balance", "mf_type_token_ratio"):
+        assert math.isfinite(first[key]), key
+    assert first["mf_size"] == 24 and first["mf_planned_steps"] == 18 and first["mf_probe_steps"] == 4
+    for key, value in first.items():
+        if not key.endswith("_seconds"):
+            assert second[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key  # same inputs, same features
+
+    cached = ProbeSettings(sample_size=12, probe_steps=4, knn=3, cache=True)
+    stored = compute_meta_features(_train(), model, {}, training, DATA, cached, tmp_path)
+    assert compute_meta_features(_train(), model, {}, training, DATA, cached, tmp_path) == stored
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert cache_key(_train(), model, training, cached) != cache_key(_train(), model, {**training,
+                                                                                         "learning_rate": 1e-3}, cached)
+    with pytest.raises(ValueError, match=r"Unknown meta_features setting\(s\) \['steps'\]"):
+        ProbeSettings.from_params({"steps": 3})

@@ -1,0 +1,194 @@
+"""Sensitivity sweeps: grid, data variants, resume after failure or kill, Ray, and the report's numbers."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from finetune_predictor.pipelines.sensitivity import create_pipeline
+from finetune_predictor.records import CANONICAL_COLUMNS
+from finetune_predictor.sweep import (
+    CONFIG_KEY_TAG,
+    DataVariant,
+    apply_variant,
+    expand_grid,
+    prepare_data,
+    run_sweep,
+)
+from finetune_predictor.sweep_report import analyse, gain_per_doubling, knee_point, markdown_report
+
+LABELS = ["fake", "legitimate"]
+DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
+        "label_negative": "legitimate", "train_per_class": 100, "test_per_class": 3, "seed": 5,
+        "synthetic": {"num_records": 120, "seed": 7}}
+
+
+def test_grid_is_every_combination_smallest_first():
+    configs = expand_grid({"train_per_class": [50, 10], "learning_rates": [1e-4, 1e-3], "seeds": [1, 2],
+                           "data_variants": [{"name": "clean"}, {"name": "noisy", "label_noise": 0.2}]}, "m")
+    assert len(configs) == 2 * 2 * 2 * 2
+    assert [c.train_per_class for c in configs[:4]] == [10, 10, 10, 10]
+    assert len({c.key("data") for c in configs}) == 16
+    assert configs[0].key("data") != configs[0].key("other data")  # new data, new runs
+    with pytest.raises(ValueError, match=r"Unknown sensitivity setting\(s\) \['learning_rate'\]"):
+        expand_grid({"train_per_class": [1], "learning_rate": [1e-3]}, "m")
+    with pytest.raises(ValueError, match=r"label_noise must be in \[0, 0.5\]"):
+        DataVariant(name="x", label_noise=0.7)
+
+
+def _frame(n: int, label: str, start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"{label}{i}" for i in range(start, start + n)], "instruction": "Q",
+                         "input": [f"text {label} {i}" for i in range(start, start + n)], "output": label,
+                         "source": "s", "group": "g"})[CANONICAL_COLUMNS]
+
+
+def test_data_variants_are_exact_and_deterministic():
+    train = pd.concat([_frame(10, "fake"), _frame(10, "legitimate")], ignore_index=True)
+    noisy = apply_variant(train, DataVariant("n", label_noise=0.2), LABELS, seed=3)
+    assert (noisy["output"] != train["output"]).sum() == 4
+    assert noisy.equals(apply_variant(train, DataVariant("n", label_noise=0.2), LABELS, seed=3))
+    duplicated = apply_variant(train, DataVariant("d", duplicate_rate=0.5), LABELS, seed=3)
+    assert len(duplicated) == 20 and duplicated["input"].duplicated().sum() >= 1
+    assert duplicated["id"].is_unique
+    pool = pd.concat([_frame(30, "fake"), _frame(30, "legitimate")], ignore_index=True)
+    skewed = apply_variant(train, DataVariant("s", positive_share=0.8), LABELS, seed=3, pool=pool)
+    assert skewed["output"].value_counts().to_dict() == {"fake": 16, "legitimate": 4}
+
+
+def test_knee_and_gain_per_doubling_by_hand():
+    sizes, accuracy = [50, 100, 200, 400], [0.60, 0.75, 0.80, 0.82]
+    # normalised log2 sizes 0, 1/3, 2/3, 1; normalised accuracy 0, .682, .909, 1: largest lift at 100
+    assert knee_point(sizes, accuracy) == 100
+    slope = np.polyfit([np.log2(s) for s in sizes], accuracy, 1)[0]
+    assert gain_per_doubling(sizes, accuracy) == pytest.approx(slope)
+    assert knee_point([50, 100], [0.6, 0.7]) is None  # two sizes make no knee
+    assert knee_point([1, 2, 4], [0.5, 0.6, 0.9]) is None  # convex: no knee yet
+
+
+def test_prepared_test_set_is_fixed_and_subsets_nested():
+    subsets, test, _pool, summary, fingerprint = prepare_data(DATA, [2, 5], test_per_class=3)
+    assert set(subsets[2]["id"]) <= set(subsets[5]["id"])
+    assert not set(test["id"]) & set(subsets[5]["id"])
+    assert len(test) == 6 and len(fingerprint) == 16 and summary["test_sha256"]
+
+
+@pytest.fixture()
+def tracking(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield tmp_path
+    mlflow.set_tracking_uri("")
+
+
+def _sweep(tmp_path, model_dir, **overrides):
+    sensitivity = {"executor": "sequential", "gpus_per_run": 0, "train_per_class": [2, 4], "learning_rates": [5e-2],
+                   "lora": [{"r": 2, "alpha": 4, "dropout": 0.0}], "num_train_epochs": [1], "seeds": [1],
+                   "test_per_class": 3, "output_dir": str(tmp_path / "sweeps"), **overrides}
+    model = {"name": str(model_dir), "max_length": 256}
+    training = {"per_device_train_batch_size": 4, "precision": "fp32", "warmup_ratio": 0.0}
+    evaluation = {"batch_size": 8, "generation": False, "engine": "hf"}
+    return run_sweep(sensitivity, DATA, model, {}, training, evaluation, sweep_name="test")
+
+
+def _runs(status: str | None = None) -> list:
+    experiment = mlflow.get_experiment_by_name("finetune_predictor")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    return [run for run in runs if status is None or run.info.status == status]
+
+
+def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
+    first = _sweep(tracking, tiny_model_dir)
+    assert first.status["ran"] == 2 and first.status["failed"] == 0
+    assert sorted(first.results["train_size"]) == [4, 8]
+    assert {"finetuned_accuracy", "baseline_accuracy", "train_time_s", "inference_time_s", "peak_memory_mb",
+            "artifact_uri"} <= set(first.results.columns)
+    run = _runs("FINISHED")[0]
+    assert run.data.params["data_variant"] == "clean" and "train_loss" in run.data.metrics
+
+    # Re-running the same sweep redoes nothing.
+    again = _sweep(tracking, tiny_model_dir)
+    assert again.status["ran"] == 0 and again.status["reused"] == 2
+    assert again.results["run_id"].tolist() == first.results["run_id"].tolist()
+
+    # A sweep killed mid-run leaves a RUNNING run: the next start marks it FAILED and runs it again.
+    bigger = expand_grid({"train_per_class": [6], "learning_rates": [5e-2], "lora": [{"r": 2, "alpha": 4,
+                          "dropout": 0.0}], "num_train_epochs": [1], "seeds": [1]}, str(tiny_model_dir))[0]
+    *_, fingerprint = prepare_data(DATA, [2, 4, 6], 3)
+    experiment = mlflow.get_experiment_by_name("finetune_predictor")
+    mlflow.tracking.MlflowClient().create_run(experiment.experiment_id,
+                                              tags={CONFIG_KEY_TAG: bigger.key(fingerprint)})
+    resumed = _sweep(tracking, tiny_model_dir, train_per_class=[2, 4, 6])
+    assert resumed.status["interrupted_marked_failed"] == 1
+    assert resumed.status["ran"] == 1 and resumed.status["reused"] == 2  # adding a size reuses the others
+    assert len(_runs("FAILED")) == 1
+
+    # Data a configuration cannot have is refused before any run starts.
+    with pytest.raises(ValueError, match="needs 80 examples of 'fake'"):
+        _sweep(tracking, tiny_model_dir, data_variants=[{"name": "skewed", "positive_share": 1.0}],
+               train_per_class=[40])
+
+    # A configuration that fails while running is marked FAILED, the sweep goes on, and it never enters
+    # the results.
+    import finetune_predictor.sweep as sweep_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(sweep_module, "train_and_evaluate", broken)
+    failing = _sweep(tracking, tiny_model_dir, learning_rates=[5e-2, 1e-2])
+    assert failing.status["failed"] == 2 and failing.status["reused"] == 2
+    assert "out of memory (simulated)" in failing.status["failures"][0]["error"]
+    assert len(failing.results) == 2 and len(_runs("FAILED")) == 3
+
+
+def test_ray_executor_runs_locally_and_refuses_missing_gpus(tracking, tiny_model_dir):
+    ray = pytest.importorskip("ray")
+    try:
+        outcome = _sweep(tracking, tiny_model_dir, executor="ray", train_per_class=[2])
+        assert outcome.status["ran"] == 1 and len(outcome.results) == 1
+        with pytest.raises(ValueError, match="gpus_per_run=1 but the Ray cluster at local has 0 GPU"):
+            _sweep(tracking, tiny_model_dir, executor="ray", gpus_per_run=1, train_per_class=[4])
+    finally:
+        ray.shutdown()
+
+
+def _fake_results() -> pd.DataFrame:
+    rows = []
+    for seed, shift in ((1, 0.0), (2, 0.02)):
+        for size, accuracy in ((50, 0.6), (100, 0.75), (200, 0.8)):
+            for variant, noise, delta in (("clean", 0.0, 0.0), ("noisy", 0.2, -0.1)):
+                rows.append({"run_id": f"r{seed}{size}{variant}", "model": "m", "data_variant": variant,
+                             "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1,
+                             "num_train_epochs": 3.0, "train_size": size, "seed": seed, "label_noise": noise,
+                             "duplicate_rate": 0.0, "positive_share": 0.5,
+                             "finetuned_accuracy": accuracy + shift + delta,
+                             "baseline_accuracy": 0.5, "dataset": "d", "test_sha256": "abc"})
+    return pd.DataFrame(rows)
+
+
+def test_analysis_traces_every_number_to_runs():
+    analysis = analyse(_fake_results())
+    clean = next(c for c in analysis["curves"] if c["data_variant"] == "clean")
+    assert clean["knee_size"] == 100 and clean["monotone"]
+    assert clean["mean_accuracy"] == pytest.approx([0.61, 0.76, 0.81])
+    assert analysis["best"]["train_size"] == 200 and analysis["best"]["mean_accuracy"] == pytest.approx(0.81)
+    assert analysis["best"]["run_ids"] == "r1200clean,r2200clean"
+    (effect,) = analysis["variant_effects"]
+    assert effect["mean_delta_accuracy"] == pytest.approx(-0.1) and effect["pairs"] == 6
+    report = markdown_report(_fake_results(), analysis, {"ran": 12})
+    assert "knee at 100 examples" in report and "-10.0 accuracy points vs clean" in report
+
+
+def test_sensitivity_report_nodes_run_in_kedro():
+    pipeline = create_pipeline().from_nodes("analyse_sweep")
+    results = _fake_results()
+    catalog = DataCatalog({"sensitivity.reporting.experiment_summary": MemoryDataset(results),
+                           "sensitivity.reporting.sweep_status": MemoryDataset({"ran": 12})})
+    for name in pipeline.outputs():
+        catalog[name] = MemoryDataset()
+    SequentialRunner().run(pipeline, catalog)
+    assert catalog.load("sensitivity.reporting.report_latex").count(r"\\") >= 3
+    assert "knee at 100 examples" in catalog.load("sensitivity.reporting.report_markdown")
