@@ -9,8 +9,9 @@ import yaml
 from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
-PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity", "meta_features"}
-LAYERS = {"raw", "int", "prm", "feature", "model", "model_output", "reporting", "tracking"}
+PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity", "meta_features",
+             "predictor", "predict"}
+LAYERS = {"raw", "int", "prm", "feature", "model_input", "model", "model_output", "reporting", "tracking"}
 
 
 def _catalog() -> dict:

@@ -13,14 +13,16 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 SMALL = ("data.train_per_class=6,data.test_per_class=6,data.synthetic.num_records=200,"
-         "training.max_steps=3,training.learning_rate=0.002,training.per_device_train_batch_size=4,"
-         "evaluation.max_new_tokens=4")
+         "training.max_steps=3,training.learning_rate=0.002,training.per_device_train_batch_size=4")
+# A user's conf/local override of one key must not drop the rest of its group, with or without --params.
+LOCAL_OVERRIDE = "evaluation:\n  max_new_tokens: 4\n"
 
 
 def _project_copy(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
+    (project / "conf" / "local" / "parameters_evaluation.yml").write_text(LOCAL_OVERRIDE)
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, project / name)
     # Kedro requires the source folder inside the project root, so it is copied rather than linked.

@@ -8,6 +8,8 @@ from finetune_predictor.pipelines import (
     data_engineering,
     evaluation,
     meta_features,
+    predict,
+    predictor,
     preflight,
     sensitivity,
     sft_training,
@@ -27,5 +29,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["sensitivity"] = pipelines["preflight"] + sensitivity.create_pipeline()
     pipelines["meta_features"] = (pipelines["preflight"] + data_engineering.create_pipeline(after_preflight=True)
                                   + meta_features.create_pipeline())
+    pipelines["predictor"] = predictor.create_pipeline()
+    pipelines["predict"] = pipelines["meta_features"] + predict.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

@@ -1,0 +1,83 @@
+"""Nodes of the predictor pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from finetune_predictor import predictor as core
+
+
+def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
+    """FINISHED runs from MLflow (``predictor.experiment_name``) or an external CSV (``predictor.table_path``)."""
+    settings = core.PredictorSettings.from_params(predictor)
+    if predictor.get("table_path"):
+        table = pd.read_csv(predictor["table_path"])
+        if settings.target_column not in table:
+            raise ValueError(f"{predictor['table_path']}: no target column {settings.target_column!r} "
+                             f"(predictor.target_column); columns: {list(table.columns)}")
+    else:
+        table = core.runs_table_from_mlflow(str(predictor.get("experiment_name") or "finetune_predictor"))
+    if table.empty:
+        raise ValueError("The runs table is empty: run sweeps with sensitivity.meta_features set first, "
+                         "or pass predictor.table_path")
+    table = table[table[settings.target_column].notna()].reset_index(drop=True)
+    return table
+
+
+def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
+        pd.DataFrame, dict[str, Any], dict[str, Any], str]:
+    """Predictor and baselines on random and grouped splits: the table, SHAP info, MLflow metrics, a report."""
+    settings = core.PredictorSettings.from_params(predictor)
+    results, shap_info = core.evaluate(table, settings)
+    metrics = {key: {"value": value, "step": 0} for key, value in core.metrics_for_mlflow(results).items()
+               if value == value}
+    note = core.honesty_note(results, len(table), settings)
+    report = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "
+                        "Errors in accuracy points.", "", note, "",
+                        _markdown_table(results.round(3)), "",
+                        f"SHAP rank stability across folds (mean Spearman): {shap_info['rank_stability']:.2f}", ""])
+    print("\n" + report)
+    return results, core.to_json(shap_info), metrics, report
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def train_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The final SHAP-selected LightGBM on every run: LightGBM's text format plus a JSON card."""
+    trained = core.train_final(table, core.PredictorSettings.from_params(predictor))
+    return trained.model_text, core.to_json(trained.card)
+
+
+def plot_shap_bar(shap_info: dict[str, Any]) -> Figure:
+    ranking = pd.Series(shap_info["mean_abs_shap"]).sort_values().tail(20)
+    figure, axis = plt.subplots(figsize=(6, 0.3 * len(ranking) + 1.2))
+    axis.barh(ranking.index, ranking.to_numpy())
+    axis.set_xlabel("mean |SHAP| (accuracy), averaged over folds")
+    axis.set_title("Feature importance")
+    figure.tight_layout()
+    return figure
+
+
+def plot_shap_beeswarm(table: pd.DataFrame, model_text: str, card: dict[str, Any]) -> Figure:
+    import lightgbm as lgb
+    import shap
+
+    selected = card["selected_features"]
+    x = table[selected].astype(float)
+    values = shap.TreeExplainer(lgb.Booster(model_str=model_text)).shap_values(x)
+    shap.summary_plot(values, x, show=False, max_display=20)
+    figure = plt.gcf()
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,384 @@
+"""The outcome predictor: meta-features of past runs -> fine-tuned accuracy, with an interval and reasons.
+
+Three steps, each evaluated honestly on the same splits as every baseline:
+1. LightGBM on all features;
+2. SHAP: mean |SHAP| ranking, its stability across folds, and selection of the features that carry
+   ``shap_mass`` of the total (chosen inside each training fold, so the test fold never leaks in);
+3. a refined LightGBM on the selected features, with split-conformal intervals from out-of-fold
+   residuals of the training fold.
+
+Splits: random K-fold and grouped (leave one dataset family out; leave one base model out when there
+are at least two). Baselines: predict-the-mean, best single feature, ridge on all features, and the
+early-stopping baseline (initial loss + loss decay). Errors are in accuracy points (x100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+POINTS = 100.0  # accuracy in [0, 1] -> points
+EARLY_STOPPING_FEATURES = ("mf_initial_loss", "mf_loss_decay_rate")
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    target_column: str = "finetuned_accuracy"
+    group_columns: tuple[str, ...] = ("dataset_family", "model")
+    feature_prefix: str = "mf_"
+    feature_columns: tuple[str, ...] = ()  # explicit list; empty = every numeric column with the prefix
+    n_folds: int = 5
+    min_runs: int = 30
+    shap_mass: float = 0.9
+    interval_alpha: float = 0.1
+    seed: int = 0
+    lightgbm: dict[str, Any] = field(default_factory=lambda: {
+        "n_estimators": 300, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 5,
+        "subsample": 0.9, "subsample_freq": 1, "colsample_bytree": 0.9, "verbose": -1})
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any] | None) -> PredictorSettings:
+        values = dict(values or {})
+        if values.get("group_column"):  # the single-column spelling of the external-table convention
+            values["group_columns"] = [values["group_column"]]
+        for key in ("table_path", "experiment_name", "group_column"):
+            values.pop(key, None)
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"Unknown predictor setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        for key in ("group_columns", "feature_columns"):
+            if key in values and values[key] is not None:
+                values[key] = tuple([values[key]] if isinstance(values[key], str) else values[key])
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+# --- the runs table ----------------------------------------------------------------------------------------
+
+
+def runs_table_from_mlflow(experiment_name: str) -> pd.DataFrame:
+    """FINISHED fine-tune runs (with a fine-tuned accuracy) as one row each: metrics, params, groups."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {mlflow.get_tracking_uri()}")
+    runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    if runs.empty or "metrics.finetuned_accuracy" not in runs:
+        return pd.DataFrame()
+    runs = runs[runs["metrics.finetuned_accuracy"].notna()]
+    table = pd.DataFrame({"run_id": runs["run_id"]})
+    for column in runs.columns:
+        if column.startswith("metrics."):
+            table[column.removeprefix("metrics.")] = runs[column].to_numpy()
+    table["dataset"] = runs.get("params.dataset")
+    table["model"] = runs.get("params.model_name")
+    table["dataset_family"] = [dataset_family(str(d)) for d in table["dataset"]]
+    return table.reset_index(drop=True)
+
+
+def dataset_family(source: str) -> str:
+    """``liar_train_alpaca.jsonl`` and ``train.tsv`` under ``liar/`` are one family: the folder or the stem."""
+    from pathlib import PurePath
+
+    path = PurePath(source)
+    return path.parent.name or path.stem if path.suffix else source
+
+
+def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[str]:
+    if settings.feature_columns:
+        missing = [c for c in settings.feature_columns if c not in table]
+        if missing:
+            raise ValueError(f"predictor.feature_columns not in the runs table: {missing}")
+        return list(settings.feature_columns)
+    excluded = {"mf_feature_seconds", "mf_probe_seconds", "mf_cost_ratio"}  # cost, not a property of the run
+    columns = [c for c in table.columns if c.startswith(settings.feature_prefix) and c not in excluded
+               and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
+    if not columns:
+        raise ValueError(f"No numeric feature columns starting with {settings.feature_prefix!r}")
+    return columns
+
+
+# --- models: each is fit(X, y) -> predict(X) -------------------------------------------------------------
+
+
+Model = Callable[[pd.DataFrame, np.ndarray], Callable[[pd.DataFrame], np.ndarray]]
+
+
+def mean_model(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
+    value = float(np.mean(y))
+    return lambda new: np.full(len(new), value)
+
+
+def _linear(columns: Sequence[str]) -> Model:
+    def fit(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        cols = [c for c in columns if c in x]
+        medians = x[cols].median()
+        model = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x[cols].fillna(medians), y)
+        return lambda new: model.predict(new[cols].fillna(medians))
+    return fit
+
+
+def ridge_model(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
+    return _linear(list(x.columns))(x, y)
+
+
+def best_single_feature_model(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The one feature with the largest |Spearman| on the training fold, fitted linearly."""
+    scores = {}
+    for column in x.columns:
+        values = x[column]
+        if values.nunique() > 1:
+            rho = spearmanr(values.fillna(values.median()), y).statistic
+            scores[column] = abs(rho) if np.isfinite(rho) else 0.0
+    if not scores:
+        return mean_model(x, y)
+    return _linear([max(scores, key=scores.get)])(x, y)
+
+
+def early_stopping_model(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
+    columns = [c for c in EARLY_STOPPING_FEATURES if c in x]
+    return _linear(columns)(x, y) if columns else mean_model(x, y)
+
+
+def lightgbm_model(settings: PredictorSettings) -> Callable[..., Any]:
+    def fit(x: pd.DataFrame, y: np.ndarray) -> Any:
+        import lightgbm as lgb
+
+        params = {**settings.lightgbm, "random_state": settings.seed, "deterministic": True, "n_jobs": 1}
+        if len(x) < 4 * params.get("min_child_samples", 20):
+            params["min_child_samples"] = max(2, len(x) // 4)
+        model = lgb.LGBMRegressor(**params).fit(x, y)
+        predict = lambda new: model.predict(new[list(x.columns)])  # noqa: E731
+        predict.booster = model  # type: ignore[attr-defined]
+        return predict
+    return fit
+
+
+def shap_ranking(predict: Any, x: pd.DataFrame) -> pd.Series:
+    """Mean |SHAP| per feature of a fitted LightGBM (TreeExplainer), largest first."""
+    import shap
+
+    values = shap.TreeExplainer(predict.booster).shap_values(x)
+    return pd.Series(np.abs(values).mean(axis=0), index=x.columns).sort_values(ascending=False)
+
+
+def select_by_shap(ranking: pd.Series, mass: float) -> list[str]:
+    """The smallest set of top features that carries ``mass`` of the total mean |SHAP| (at least one)."""
+    total = ranking.sum()
+    if total <= 0:
+        return list(ranking.index[:1])
+    cumulative = ranking.cumsum() / total
+    count = int((cumulative < mass).sum()) + 1
+    return list(ranking.index[:count])
+
+
+def shap_selected_model(settings: PredictorSettings) -> Callable[..., Any]:
+    """Fit on all features, rank by SHAP on the training fold, refit on the selected ones."""
+    def fit(x: pd.DataFrame, y: np.ndarray) -> Any:
+        first = lightgbm_model(settings)(x, y)
+        selected = select_by_shap(shap_ranking(first, x), settings.shap_mass)
+        refined = lightgbm_model(settings)(x[selected], y)
+        predict = lambda new: refined(new[selected])  # noqa: E731
+        predict.booster, predict.selected = refined.booster, selected  # type: ignore[attr-defined]
+        return predict
+    return fit
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Random K-fold, and leave-one-group-out for each group column with at least two groups."""
+    from sklearn.model_selection import KFold
+
+    n = len(table)
+    folds = min(settings.n_folds, n)
+    splits = {"random": list(KFold(folds, shuffle=True, random_state=settings.seed).split(np.arange(n)))}
+    grouped: list[tuple[np.ndarray, np.ndarray]] = []
+    for column in settings.group_columns:
+        if column in table and table[column].nunique() >= 2:
+            for value in sorted(table[column].astype(str).unique()):
+                test = np.flatnonzero(table[column].astype(str).to_numpy() == value)
+                grouped.append((np.setdiff1d(np.arange(n), test), test))
+    if grouped:
+        splits["grouped"] = grouped
+    return splits
+
+
+def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float, seed: int) -> float:
+    """(1 - alpha) quantile of out-of-fold |residuals| inside the training data (split conformal, CV flavour)."""
+    from sklearn.model_selection import KFold
+
+    if len(x) < 4:
+        return float("inf")
+    residuals = np.empty(len(x))
+    for train_idx, test_idx in KFold(min(5, len(x)), shuffle=True, random_state=seed).split(x):
+        residuals[test_idx] = np.abs(y[test_idx] - fit(x.iloc[train_idx], y[train_idx])(x.iloc[test_idx]))
+    level = min(1.0, math.ceil((len(x) + 1) * (1 - alpha)) / len(x))
+    return float(np.quantile(residuals, level))
+
+
+def selection_regret(frame: pd.DataFrame) -> float:
+    """Mean over candidate groups (same family and model) of best true accuracy minus the true accuracy
+    of the configuration the predictions rank first."""
+    regrets = []
+    keys = [c for c in ("dataset_family", "model") if c in frame]
+    for _, group in frame.groupby(keys) if keys else [(None, frame)]:
+        if len(group) >= 2:
+            regrets.append(group["y"].max() - group.loc[group["prediction"].idxmax(), "y"])
+    return float(np.mean(regrets)) if regrets else float("nan")
+
+
+def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every model on every split: RMSE/MAE (points), Spearman, within ±3 points, regret, interval
+    coverage and width; plus the SHAP ranking per fold and its stability."""
+    features = feature_columns(table, settings)
+    x, y = table[features].astype(float), table[settings.target_column].to_numpy(dtype=float)
+    models: dict[str, Callable[..., Any]] = {
+        "lightgbm_all": lightgbm_model(settings), "lightgbm_shap": shap_selected_model(settings),
+        "baseline_mean": mean_model, "baseline_best_single_feature": best_single_feature_model,
+        "baseline_ridge": ridge_model, "baseline_early_stopping": early_stopping_model,
+    }
+    rows, rankings = [], []
+    for split_name, folds in split_indices(table, settings).items():
+        for name, fit in models.items():
+            predictions = np.full(len(y), np.nan)
+            low, high = np.full(len(y), np.nan), np.full(len(y), np.nan)
+            for train_idx, test_idx in folds:
+                model = fit(x.iloc[train_idx], y[train_idx])
+                predictions[test_idx] = model(x.iloc[test_idx])
+                if name == "lightgbm_shap":
+                    q = conformal_quantile(x.iloc[train_idx], y[train_idx], fit, settings.interval_alpha, settings.seed)
+                    low[test_idx], high[test_idx] = predictions[test_idx] - q, predictions[test_idx] + q
+                    if split_name == "random":
+                        rankings.append(shap_ranking(model, x.iloc[train_idx][model.selected]).reindex(features)
+                                        .fillna(0.0))
+            rows.append(_scores(name, split_name, y, predictions, low, high, table))
+    results = pd.DataFrame(rows)
+    shap_info = _shap_stability(rankings, features)
+    return results, shap_info
+
+
+def _scores(name: str, split: str, y: np.ndarray, predictions: np.ndarray, low: np.ndarray, high: np.ndarray,
+            table: pd.DataFrame) -> dict[str, Any]:
+    mask = np.isfinite(predictions)
+    error = (predictions[mask] - y[mask]) * POINTS
+    rho = spearmanr(predictions[mask], y[mask]).statistic if mask.sum() > 2 else float("nan")
+    frame = table.loc[mask, [c for c in ("dataset_family", "model") if c in table]].copy()
+    frame["y"], frame["prediction"] = y[mask], predictions[mask]
+    row = {"model": name, "split": split, "n": int(mask.sum()),
+           "rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
+           "spearman": float(rho) if rho == rho else float("nan"),
+           "within3": float(np.mean(np.abs(error) <= 3.0)),
+           "regret": selection_regret(frame) * POINTS}
+    if np.isfinite(low).any():
+        covered = (y >= low) & (y <= high)
+        row["interval_coverage"] = float(np.mean(covered[mask]))
+        row["interval_width"] = float(np.mean((high - low)[mask]) * POINTS)
+    return row
+
+
+def _shap_stability(rankings: list[pd.Series], features: list[str]) -> dict[str, Any]:
+    if not rankings:
+        return {"mean_abs_shap": {}, "rank_stability": float("nan")}
+    stacked = pd.concat(rankings, axis=1)
+    correlations = [spearmanr(stacked.iloc[:, i], stacked.iloc[:, j]).statistic
+                    for i in range(stacked.shape[1]) for j in range(i + 1, stacked.shape[1])]
+    finite = [c for c in correlations if np.isfinite(c)]
+    return {"mean_abs_shap": stacked.mean(axis=1).sort_values(ascending=False).to_dict(),
+            "rank_stability": float(np.mean(finite)) if finite else float("nan")}
+
+
+# --- the final model, saved as LightGBM text + JSON ------------------------------------------------------------
+
+
+@dataclass
+class TrainedPredictor:
+    model_text: str  # LightGBM's own text format
+    card: dict[str, Any]  # features, selected features, conformal half-width, versions, metrics
+
+
+def train_final(table: pd.DataFrame, settings: PredictorSettings) -> TrainedPredictor:
+    """SHAP-selected LightGBM on every run, with a conformal half-width from out-of-fold residuals."""
+    import lightgbm
+    import shap
+    import sklearn
+
+    features = feature_columns(table, settings)
+    x, y = table[features].astype(float), table[settings.target_column].to_numpy(dtype=float)
+    fit = shap_selected_model(settings)
+    model = fit(x, y)
+    half_width = conformal_quantile(x, y, fit, settings.interval_alpha, settings.seed)
+    card = {"target": settings.target_column, "features": features, "selected_features": model.selected,
+            "interval_alpha": settings.interval_alpha, "interval_half_width": half_width,
+            "training_runs": len(table), "feature_medians": x.median().to_dict(),
+            "versions": {"lightgbm": lightgbm.__version__, "shap": shap.__version__, "sklearn": sklearn.__version__}}
+    return TrainedPredictor(model.booster.booster_.model_to_string(), card)
+
+
+def predict_with_reasons(model_text: str, card: dict[str, Any], features: dict[str, float],
+                         top: int = 5) -> dict[str, Any]:
+    """Prediction, conformal interval and the top SHAP reasons for one candidate."""
+    import lightgbm as lgb
+    import shap
+
+    booster = lgb.Booster(model_str=model_text)
+    selected = card["selected_features"]
+    row = pd.DataFrame([{name: features.get(name, card["feature_medians"].get(name)) for name in selected}])
+    prediction = float(booster.predict(row)[0])
+    contributions = shap.TreeExplainer(booster).shap_values(row)[0]
+    order = np.argsort(-np.abs(contributions))[:top]
+    return {
+        "predicted_accuracy": prediction,
+        "interval": [prediction - card["interval_half_width"], prediction + card["interval_half_width"]],
+        "interval_level": 1 - card["interval_alpha"],
+        "reasons": [{"feature": selected[i], "value": float(row.iloc[0, i]), "shap": float(contributions[i])}
+                    for i in order],
+        "missing_features": sorted(set(selected) - set(features)),
+    }
+
+
+def metrics_for_mlflow(results: pd.DataFrame) -> dict[str, float]:
+    """The issue's named metrics: rmse_random, rmse_grouped, ..., baseline_<name>_rmse_grouped."""
+    out: dict[str, float] = {}
+    main = results[results["model"] == "lightgbm_shap"].set_index("split")
+    for split in main.index:
+        for metric in ("rmse", "mae", "spearman", "within3", "regret", "interval_coverage", "interval_width"):
+            if metric in main and main.loc[split, metric] == main.loc[split, metric]:
+                out[f"{metric}_{split}"] = float(main.loc[split, metric])
+    for _, row in results[results["model"] != "lightgbm_shap"].iterrows():
+        name = row["model"].removeprefix("baseline_")
+        out[f"baseline_{name}_rmse_{row['split']}"] = float(row["rmse"])
+    return out
+
+
+def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings) -> str:
+    lines = []
+    if runs < settings.min_runs:
+        lines.append(f"Only {runs} runs (< predictor.min_runs={settings.min_runs}): these figures are too few to "
+                     "support any claim about the predictor's accuracy.")
+    for split in results["split"].unique():
+        part = results[results["split"] == split].set_index("model")["rmse"]
+        best_baseline = part.drop(index=[m for m in part.index if not m.startswith("baseline_")]).idxmin()
+        if part["lightgbm_shap"] > part[best_baseline]:
+            lines.append(f"On {split} splits the predictor (RMSE {part['lightgbm_shap']:.2f} points) does NOT beat "
+                         f"{best_baseline} ({part[best_baseline]:.2f}).")
+        else:
+            lines.append(f"On {split} splits the predictor (RMSE {part['lightgbm_shap']:.2f} points) beats the best "
+                         f"baseline {best_baseline} ({part[best_baseline]:.2f}).")
+    return " ".join(lines)
+
+
+def to_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))

@@ -1,0 +1,98 @@
+"""The predictor on a synthetic runs table whose answer is known: splits, baselines, SHAP, intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finetune_predictor.predictor import (
+    PredictorSettings,
+    dataset_family,
+    evaluate,
+    metrics_for_mlflow,
+    predict_with_reasons,
+    select_by_shap,
+    selection_regret,
+    split_indices,
+    train_final,
+)
+
+
+def synthetic_runs(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({
+        "mf_log_size": rng.uniform(5, 12, n), "mf_initial_loss": rng.uniform(0.5, 3, n),
+        "mf_loss_decay_rate": rng.uniform(-0.2, 0, n), "mf_noise_a": rng.normal(size=n),
+        "mf_noise_b": rng.normal(size=n),
+        "dataset_family": rng.choice(["a", "b", "c", "d"], n), "model": rng.choice(["m1", "m2"], n),
+    })
+    table["finetuned_accuracy"] = (0.5 + 0.03 * table["mf_log_size"] - 0.04 * table["mf_initial_loss"]
+                                   + rng.normal(0, 0.01, n)).clip(0, 1)
+    return table
+
+
+SETTINGS = PredictorSettings(n_folds=4, min_runs=30, lightgbm={"n_estimators": 120, "learning_rate": 0.1,
+                                                               "num_leaves": 7, "min_child_samples": 5,
+                                                               "verbose": -1})
+
+
+def test_splits_random_and_grouped():
+    table = synthetic_runs(40)
+    splits = split_indices(table, SETTINGS)
+    assert len(splits["random"]) == 4
+    assert len(splits["grouped"]) == 4 + 2  # leave one family out, leave one model out
+    for train, test in splits["grouped"]:
+        assert not set(train) & set(test)
+
+
+def test_predictor_beats_the_mean_and_reports_every_metric():
+    table = synthetic_runs()
+    results, shap_info = evaluate(table, SETTINGS)
+    rmse = results.set_index(["model", "split"])["rmse"]
+    assert rmse["lightgbm_shap", "random"] < rmse["baseline_mean", "random"] / 2
+    assert rmse["lightgbm_shap", "grouped"] < rmse["baseline_mean", "grouped"]
+    metrics = metrics_for_mlflow(results)
+    for key in ("rmse_random", "rmse_grouped", "mae_grouped", "spearman_grouped", "within3_random", "within3_grouped",
+                "interval_coverage_grouped", "baseline_mean_rmse_grouped", "baseline_ridge_rmse_grouped",
+                "baseline_best_single_feature_rmse_grouped", "baseline_early_stopping_rmse_grouped"):
+        assert key in metrics, key
+    assert 0.7 <= metrics["interval_coverage_random"] <= 1.0
+    top_two = list(shap_info["mean_abs_shap"])[:2]
+    assert set(top_two) == {"mf_log_size", "mf_initial_loss"}  # the features the target depends on
+    assert shap_info["rank_stability"] > 0.5
+
+
+def test_shap_selection_keeps_the_mass():
+    ranking = pd.Series({"a": 6.0, "b": 3.0, "c": 0.6, "d": 0.4})
+    assert select_by_shap(ranking, 0.9) == ["a", "b"]  # exactly 90% of the mass
+    assert select_by_shap(ranking, 0.95) == ["a", "b", "c"]
+    assert select_by_shap(ranking, 0.5) == ["a"]
+
+
+def test_regret_by_hand():
+    frame = pd.DataFrame({"dataset_family": ["a", "a", "b", "b"], "model": "m",
+                          "y": [0.8, 0.7, 0.6, 0.9], "prediction": [0.1, 0.2, 0.5, 0.4]})
+    assert selection_regret(frame) == pytest.approx(((0.8 - 0.7) + (0.9 - 0.6)) / 2)
+
+
+def test_final_model_round_trips_as_lightgbm_text():
+    table = synthetic_runs()
+    trained = train_final(table, SETTINGS)
+    assert trained.model_text.startswith("tree")
+    assert "mf_log_size" in trained.card["selected_features"]
+    row = table.iloc[0]
+    answer = predict_with_reasons(trained.model_text, trained.card, row.to_dict())
+    assert answer["interval"][0] < answer["predicted_accuracy"] < answer["interval"][1]
+    assert abs(answer["predicted_accuracy"] - row["finetuned_accuracy"]) < 0.05
+    assert answer["reasons"][0]["feature"] in {"mf_log_size", "mf_initial_loss"}
+
+
+def test_external_table_settings_and_families():
+    settings = PredictorSettings.from_params({"table_path": "runs.csv", "target_column": "accuracy",
+                                              "group_column": "family"})
+    assert settings.group_columns == ("family",) and settings.target_column == "accuracy"
+    with pytest.raises(ValueError, match=r"Unknown predictor setting\(s\) \['folds'\]"):
+        PredictorSettings.from_params({"folds": 3})
+    assert dataset_family("../shared/data/liar/train.tsv") == "liar"
+    assert dataset_family("bundled-synthetic-news") == "bundled-synthetic-news"
