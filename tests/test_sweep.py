@@ -192,3 +192,15 @@ def test_sensitivity_report_nodes_run_in_kedro():
     SequentialRunner().run(pipeline, catalog)
     assert catalog.load("sensitivity.reporting.report_latex").count(r"\\") >= 3
     assert "knee at 100 examples" in catalog.load("sensitivity.reporting.report_markdown")
+
+
+def test_sweep_logs_meta_features_into_each_run_and_backfills_finished_ones(tracking, tiny_model_dir):
+    plain = _sweep(tracking, tiny_model_dir, train_per_class=[2])
+    assert plain.status["ran"] == 1 and not any(c.startswith("mf_") for c in plain.results.columns)
+    probe = {"sample_size": 4, "probe_steps": 2, "knn": 2, "cache_dir": str(tracking / "mf-cache")}
+    backfilled = _sweep(tracking, tiny_model_dir, train_per_class=[2, 4], meta_features=probe)
+    assert backfilled.status["reused"] == 1 and backfilled.status["features_added"] == 1
+    assert backfilled.status["ran"] == 1
+    for row in backfilled.results.to_dict("records"):
+        assert row["mf_size"] == row["train_size"] and row["mf_probe_steps"] == 2
+        assert row["mf_cost_ratio"] > 0
