@@ -19,27 +19,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from transformers import TrainerCallback
 
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
-from finetune_predictor.training import fine_tune
+from finetune_predictor.training import StepTimer, fine_tune
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "test_per_class": 100, "seed": 42,
         "synthetic": {"num_records": 24000, "seed": 7}}
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-        self._started = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.durations.append(time.perf_counter() - self._started)
 
 
 def main() -> None:

@@ -12,28 +12,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
-
-from transformers import TrainerCallback
 
 from finetune_predictor.hardware import choose_compute_plan, cpu_has_native_bf16
 from finetune_predictor.models import load_formatter, resolve_model
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import build_training_rows, train_lora
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-        self._started = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.durations.append(time.perf_counter() - self._started)
+from finetune_predictor.training import StepTimer, build_training_rows, train_lora
 
 
 def main() -> None:

@@ -93,6 +93,20 @@ def verify_adapter(model: Any, adapter_dir: Path) -> dict[str, str]:
     return {name: sha256_file(adapter_dir / name) for name in ADAPTER_FILES}
 
 
+class StepTimer(TrainerCallback):
+    """Wall time of every optimiser step (benchmarks take the median after a warm-up)."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.durations.append(time.perf_counter() - self._started)
+
+
 class _LossLogger(TrainerCallback):
     """Progress through the logging module (the Trainer's printer writes raw dicts to stdout)."""
 
