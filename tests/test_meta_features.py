@@ -44,6 +44,9 @@ def test_representation_descriptors_by_hand():
     # Two duplicates and one orthogonal point: A and A' see (0, 1), B sees (1, 1); weights 1 and 1/2.
     duplicated = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
     assert novelty_sum(duplicated, knn=2) == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    # A binary task's answers are two strings repeated: rounding must not make the novelty negative.
+    two_answers = np.repeat(np.random.default_rng(1).normal(size=(2, 64)), 50, axis=0)
+    assert 0.0 <= novelty_sum(two_answers, knn=10) < 1e-12
     points = np.vstack([np.random.default_rng(0).normal(0, 0.01, (20, 4)), [[100, 100, 100, 100]]])
     assert outlier_ratio(points) == pytest.approx(1 / 21)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,9 @@ from finetune_predictor.predictor import (
     dataset_family,
     evaluate,
     metrics_for_mlflow,
+    noise_floor,
     predict_with_reasons,
+    runs_with_features,
     select_by_shap,
     selection_regret,
     split_indices,
@@ -96,3 +100,26 @@ def test_external_table_settings_and_families():
         PredictorSettings.from_params({"folds": 3})
     assert dataset_family("../shared/data/liar/train.tsv") == "liar"
     assert dataset_family("bundled-synthetic-news") == "bundled-synthetic-news"
+
+
+def test_runs_without_features_are_left_out(caplog):
+    table = synthetic_runs(10)
+    featureless = [c for c in table if c.startswith("mf_")]
+    table.loc[[2, 5], featureless] = np.nan
+    with caplog.at_level("WARNING"):
+        kept = runs_with_features(table, SETTINGS)
+    assert len(kept) == 8 and kept[featureless].notna().all().all()
+    assert "2 of 10 runs have no mf_ features" in caplog.text
+
+
+def test_noise_floor_by_hand():
+    table = pd.DataFrame({"finetuned_accuracy": [0.70, 0.74, 0.60, 0.62, 0.64, 0.50],
+                          "replicate_key": ["a", "a", "b", "b", "b", "c"], "finetuned_n": [100] * 6})
+    floor = noise_floor(table, SETTINGS)
+    # Pooled within-configuration sd: (0.0008 + 0.0008) / (1 + 2) degrees of freedom; c has no replicate.
+    assert floor["seed_sd"] == pytest.approx(100 * np.sqrt(0.0016 / 3))
+    assert floor["replicate_groups"] == 2
+    assert floor["within3_ceiling"] == pytest.approx(math.erf(3 / (floor["seed_sd"] * math.sqrt(2))))
+    y = table["finetuned_accuracy"]
+    assert floor["test_sampling_sd"] == pytest.approx(100 * np.sqrt(np.mean(y * (1 - y) / 100)))
+    assert noise_floor(table.drop(columns=["replicate_key", "finetuned_n"]), SETTINGS) == {}

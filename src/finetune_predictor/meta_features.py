@@ -131,7 +131,8 @@ def novelty_sum(embeddings: np.ndarray, knn: int = 10, proximity_power: float = 
     n = len(embeddings)
     if n < 2:
         return 0.0
-    distance = 1.0 - cosine_matrix(embeddings, embeddings)
+    # Clipped at 0: identical texts (a binary task's two answers) give cosine 1 + rounding error.
+    distance = np.clip(1.0 - cosine_matrix(embeddings, embeddings), 0.0, None)
     np.fill_diagonal(distance, np.inf)
     k = min(knn, n - 1)
     nearest = np.sort(distance, axis=1)[:, :k]

@@ -15,6 +15,7 @@ early-stopping baseline (initial loss + loss decay). Errors are in accuracy poin
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+logger = logging.getLogger(__name__)
+
+# The run params that define a configuration apart from its seed.
+REPLICATE_PARAMS = ("dataset", "test_sha256", "model_name", "train_size", "learning_rate", "lora_r", "lora_alpha",
+                    "lora_dropout", "num_train_epochs", "effective_batch_size", "data_variant", "label_noise",
+                    "duplicate_rate", "positive_share")
 POINTS = 100.0  # accuracy in [0, 1] -> points
 EARLY_STOPPING_FEATURES = ("mf_initial_loss", "mf_loss_decay_rate")
 
@@ -80,6 +87,9 @@ def runs_table_from_mlflow(experiment_name: str) -> pd.DataFrame:
     table["dataset"] = runs.get("params.dataset")
     table["model"] = runs.get("params.model_name")
     table["dataset_family"] = [dataset_family(str(d)) for d in table["dataset"]]
+    # Runs that differ only in their seed: their spread is the noise no predictor can explain.
+    replicate_params = [f"params.{name}" for name in REPLICATE_PARAMS if f"params.{name}" in runs]
+    table["replicate_key"] = runs[replicate_params].astype(str).agg("|".join, axis=1).to_numpy()
     return table.reset_index(drop=True)
 
 
@@ -103,6 +113,19 @@ def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[st
     if not columns:
         raise ValueError(f"No numeric feature columns starting with {settings.feature_prefix!r}")
     return columns
+
+
+def runs_with_features(table: pd.DataFrame, settings: PredictorSettings) -> pd.DataFrame:
+    """The runs that have at least one feature value. Runs logged without meta-features (a plain
+    mini_test100 run, a sweep with ``sensitivity.meta_features: null``) would otherwise enter as rows of
+    NaN that LightGBM and the median-filled baselines treat differently; they are counted and left out."""
+    columns = feature_columns(table, settings)
+    has_features = table[columns].notna().any(axis=1)
+    if not has_features.all():
+        logger.warning("%d of %d runs have no %s features and are left out of the predictor's table "
+                       "(re-run their sweep with sensitivity.meta_features set: features are added without "
+                       "retraining)", int((~has_features).sum()), len(table), settings.feature_prefix or "feature")
+    return table[has_features].reset_index(drop=True)
 
 
 # --- models: each is fit(X, y) -> predict(X) -------------------------------------------------------------
@@ -363,7 +386,31 @@ def metrics_for_mlflow(results: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings) -> str:
+def noise_floor(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
+    """How well any predictor of this table could do, in accuracy points.
+
+    ``seed_sd``: pooled standard deviation of the target among runs that differ only in their seed
+    (column ``replicate_key``); a perfect predictor of each configuration's mean still has about this
+    RMSE on a new seed. ``test_sampling_sd``: the binomial standard error of an accuracy measured on the
+    run's test set (column ``finetuned_n``): sqrt(p(1-p)/n). ``within3_ceiling``: the share of errors
+    within ±3 points for a normal error of sd ``seed_sd``."""
+    floor: dict[str, float] = {}
+    y = table[settings.target_column].astype(float)
+    if "replicate_key" in table:
+        groups = [g for _, g in y.groupby(table["replicate_key"]) if len(g) >= 2]
+        dof = sum(len(g) - 1 for g in groups)
+        if dof:
+            floor["seed_sd"] = float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) * POINTS
+            floor["replicate_groups"] = float(len(groups))
+            floor["within3_ceiling"] = math.erf(3.0 / (floor["seed_sd"] * math.sqrt(2))) if floor["seed_sd"] else 1.0
+    if "finetuned_n" in table and table["finetuned_n"].notna().any():
+        n = table["finetuned_n"].astype(float)
+        floor["test_sampling_sd"] = float(np.sqrt(np.nanmean(y * (1 - y) / n))) * POINTS
+    return floor
+
+
+def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings,
+                 floor: dict[str, float] | None = None) -> str:
     lines = []
     if runs < settings.min_runs:
         lines.append(f"Only {runs} runs (< predictor.min_runs={settings.min_runs}): these figures are too few to "
@@ -377,6 +424,14 @@ def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings) 
         else:
             lines.append(f"On {split} splits the predictor (RMSE {part['lightgbm_shap']:.2f} points) beats the best "
                          f"baseline {best_baseline} ({part[best_baseline]:.2f}).")
+    floor = floor or {}
+    if "seed_sd" in floor:
+        lines.append(f"Noise floor: runs that differ only in their seed spread by {floor['seed_sd']:.2f} points "
+                     f"(sd over {floor['replicate_groups']:.0f} configurations), so no predictor can expect an RMSE "
+                     f"below that or more than {floor['within3_ceiling']:.0%} of runs within ±3 points.")
+    if "test_sampling_sd" in floor:
+        lines.append(f"Each accuracy is itself measured with a {floor['test_sampling_sd']:.2f}-point standard error "
+                     "(the size of the runs' test set).")
     return " ".join(lines)
 
 

@@ -28,7 +28,7 @@ def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
         raise ValueError("The runs table is empty: run sweeps with sensitivity.meta_features set first, "
                          "or pass predictor.table_path")
     table = table[table[settings.target_column].notna()].reset_index(drop=True)
-    return table
+    return core.runs_with_features(table, settings)
 
 
 def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
@@ -36,9 +36,10 @@ def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
     """Predictor and baselines on random and grouped splits: the table, SHAP info, MLflow metrics, a report."""
     settings = core.PredictorSettings.from_params(predictor)
     results, shap_info = core.evaluate(table, settings)
-    metrics = {key: {"value": value, "step": 0} for key, value in core.metrics_for_mlflow(results).items()
-               if value == value}
-    note = core.honesty_note(results, len(table), settings)
+    floor = core.noise_floor(table, settings)
+    named = core.metrics_for_mlflow(results) | {f"noise_floor_{key}": value for key, value in floor.items()}
+    metrics = {key: {"value": value, "step": 0} for key, value in named.items() if value == value}
+    note = core.honesty_note(results, len(table), settings, floor)
     report = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "
                         "Errors in accuracy points.", "", note, "",
                         _markdown_table(results.round(3)), "",
