@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -127,23 +128,33 @@ def _config_label(row: pd.Series | dict[str, Any], skip: tuple[str, ...] = ()) -
 # --- plots -----------------------------------------------------------------------------------------------
 
 
-def plot_accuracy_vs_size(results: pd.DataFrame, metric: str = "finetuned_accuracy") -> Figure:
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    table = aggregate(results, metric)
-    for keys, curve in table.groupby(CONFIG_COLUMNS, dropna=False):
-        curve = curve.sort_values("train_size")
-        label = _config_label(dict(zip(CONFIG_COLUMNS, keys, strict=True)))
-        axis.errorbar(curve["train_size"], curve["mean"], yerr=curve["std"], marker="o", capsize=3, label=label)
-    for model, group in results.groupby("model"):
-        axis.axhline(group["baseline_accuracy"].mean(), linestyle=":", color="grey")
-        axis.annotate(f"{model} baseline", (results["train_size"].min(), group["baseline_accuracy"].mean()),
-                      fontsize=7, color="grey", va="bottom")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("training examples (log2)")
-    axis.set_ylabel(metric.replace("_", " ") + " (mean ± sd over seeds)")
-    axis.set_title("Data-size curve")
-    axis.legend(fontsize=6, loc="lower right")
-    axis.grid(alpha=0.3)
+def plot_accuracy_vs_size(results: pd.DataFrame,
+                          metrics: Sequence[str] = ("finetuned_accuracy", "finetuned_f1_macro")) -> Figure:
+    """One panel per metric: the data-size curve of every configuration (mean ± sd over seeds), with
+    each model's baseline as a dotted line. Ticks sit at the sizes actually trained."""
+    metrics = [m for m in metrics if m in results and results[m].notna().any()]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+    sizes = sorted(results["train_size"].unique())
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        table = aggregate(results, metric)
+        for keys, curve in table.groupby(CONFIG_COLUMNS, dropna=False):
+            curve = curve.sort_values("train_size")
+            label = _config_label(dict(zip(CONFIG_COLUMNS, keys, strict=True)))
+            axis.errorbar(curve["train_size"], curve["mean"], yerr=curve["std"], marker="o", capsize=3, label=label)
+        baseline = metric.replace("finetuned_", "baseline_", 1)
+        for model, group in results.groupby("model"):
+            if baseline in group and group[baseline].notna().any():
+                axis.axhline(group[baseline].mean(), linestyle=":", color="grey")
+                axis.annotate(f"{model} baseline", (sizes[0], group[baseline].mean()), fontsize=7, color="grey",
+                              va="bottom")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(sizes, [str(size) for size in sizes])
+        axis.minorticks_off()
+        axis.set_xlabel("training examples (log scale)")
+        axis.set_ylabel(metric.replace("_", " ") + " (mean ± sd over seeds)")
+        axis.set_title(f"Data-size curve: {metric.removeprefix('finetuned_').replace('_', ' ')}")
+        axis.legend(fontsize=6, loc="lower right")
+        axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
