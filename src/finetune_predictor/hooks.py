@@ -1,4 +1,4 @@
-"""Hooks: at the end of a run, say where its outputs are and what to try next."""
+"""Hooks: read back this run's own versions; at the end of a run, say where its outputs are and what next."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.io.core import Version
 
 
 def _saved_path(dataset: Any) -> Path | None:
@@ -45,3 +46,32 @@ class RunSummaryHooks:
         print('  run on your own data:           kedro run --pipeline=mini_test100 --params '
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
+
+
+def pin_load_to_saved_version(dataset: Any) -> bool:
+    """Make a versioned dataset load the version it has just saved. Returns whether it was pinned."""
+    version = getattr(dataset, "_version", None)
+    if not isinstance(version, Version) or not version.save or version.load == version.save:
+        return False
+    dataset._version = Version(version.save, version.save)
+    dataset._clear_version_cache()
+    return True
+
+
+class ReadOwnWritesHooks:
+    """A versioned dataset saved during a run is read back, later in the same run, at the version this run
+    saved. Kedro otherwise loads the newest version on disk, which another ``kedro run`` in the same project
+    may have written in between: two sweeps run side by side once swapped their reports this way, and two
+    mini_test100 runs could evaluate each other's adapter."""
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if self._catalog is not None and dataset_name in self._catalog:
+            pin_load_to_saved_version(self._catalog.get(dataset_name))
