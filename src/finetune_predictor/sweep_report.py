@@ -201,6 +201,11 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
+def _mean_sd(mean: float, sd: float, seeds: int, plus_minus: str) -> str:
+    """Points with the spread over seeds; a single seed has no spread to show (a 0.0 would claim one)."""
+    return f"{100 * mean:.1f} {plus_minus} {100 * sd:.1f}" if seeds > 1 else f"{100 * mean:.1f}"
+
+
 def _runs(run_ids: str, limit: int = 6) -> str:
     ids = [i[:8] for i in run_ids.split(",") if i]
     return ", ".join(ids[:limit]) + (f" (+{len(ids) - limit})" if len(ids) > limit else "")
@@ -217,8 +222,9 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
     best, best_model = analysis["best"], analysis["best_model"]
     lines += ["## Findings", "",
               f"- **Best configuration**: {_config_label(best)} with {best['train_size']} examples: "
-              f"accuracy {_pct(best['mean_accuracy'])} ± {_pct(best['std_accuracy'])} over {best['seeds']} seed(s) "
-              f"(runs {_runs(best['run_ids'])}).",
+              f"accuracy {_pct(best['mean_accuracy'])}"
+              + (f" ± {_pct(best['std_accuracy'])} over {best['seeds']} seeds" if best["seeds"] > 1 else " (1 seed)")
+              + f" (runs {_runs(best['run_ids'])}).",
               f"- **Best model** at the largest size ({best_model['train_size']}): {best_model['model']}, "
               f"{_pct(best_model['mean_accuracy'])} (runs {_runs(best_model['run_ids'])})."]
     for model, accuracy in analysis["baseline_accuracy"].items():
@@ -241,8 +247,8 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
               "| configuration | " + " | ".join(f"n={int(s)}" for s in _all_sizes(analysis)) + " |",
               "|---|" + "---|" * len(_all_sizes(analysis))]
     for curve in analysis["curves"]:
-        cells = {int(s): f"{100 * m:.1f} ± {100 * d:.1f}" for s, m, d in
-                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], strict=True)}
+        cells = {int(s): _mean_sd(m, d, n, "±") for s, m, d, n in
+                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], curve["seeds"], strict=True)}
         lines.append(f"| {_config_label(curve)} | " + " | ".join(cells.get(int(s), "") for s in _all_sizes(analysis))
                      + " |")
     lines += ["", "![accuracy vs size](accuracy_vs_size.png)",
@@ -271,8 +277,8 @@ def latex_fragment(analysis: dict[str, Any]) -> str:
              r"\begin{tabular}{l" + "r" * len(sizes) + r"}", r"\toprule",
              "Configuration & " + " & ".join(f"$n={int(s)}$" for s in sizes) + r" \\", r"\midrule"]
     for curve in analysis["curves"]:
-        cells = {int(s): f"{100 * m:.1f} $\\pm$ {100 * d:.1f}" for s, m, d in
-                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], strict=True)}
+        cells = {int(s): _mean_sd(m, d, n, "$\\pm$") for s, m, d, n in
+                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], curve["seeds"], strict=True)}
         lines.append(_tex(_config_label(curve)) + " & " + " & ".join(cells.get(int(s), "--") for s in sizes) + r" \\")
     knees = [c for c in analysis["curves"] if c["data_variant"] == CLEAN and c["knee_size"] is not None]
     caption = "Fine-tuned accuracy (\\%, mean $\\pm$ sd over seeds) by training-set size."
