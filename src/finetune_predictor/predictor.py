@@ -80,17 +80,16 @@ def runs_table_from_mlflow(experiment_name: str) -> pd.DataFrame:
     if runs.empty or "metrics.finetuned_accuracy" not in runs:
         return pd.DataFrame()
     runs = runs[runs["metrics.finetuned_accuracy"].notna()]
-    table = pd.DataFrame({"run_id": runs["run_id"]})
-    for column in runs.columns:
-        if column.startswith("metrics."):
-            table[column.removeprefix("metrics.")] = runs[column].to_numpy()
+    runs = runs.reset_index(drop=True)
+    metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
+    table = pd.concat([runs[["run_id"]], metrics.rename(columns=lambda c: c.removeprefix("metrics."))], axis=1)
     table["dataset"] = runs.get("params.dataset")
     table["model"] = runs.get("params.model_name")
     table["dataset_family"] = [dataset_family(str(d)) for d in table["dataset"]]
     # Runs that differ only in their seed: their spread is the noise no predictor can explain.
     replicate_params = [f"params.{name}" for name in REPLICATE_PARAMS if f"params.{name}" in runs]
-    table["replicate_key"] = runs[replicate_params].astype(str).agg("|".join, axis=1).to_numpy()
-    return table.reset_index(drop=True)
+    table["replicate_key"] = runs[replicate_params].fillna("").astype(str).agg("|".join, axis=1).to_numpy()
+    return table
 
 
 def dataset_family(source: str) -> str:
