@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.hardware import choose_compute_plan
+from finetune_predictor.hardware import choose_compute_plan, release_accelerator_memory
 from finetune_predictor.models import load_causal_lm, load_formatter, resolve_model
 from finetune_predictor.scoring import (
     candidate_probabilities,
@@ -75,6 +75,8 @@ def predict(
             texts = generate_answers(model, formatter, records, max_new_tokens, batch_size=batch_size)
         frame["generated_text"] = texts
         frame["generated_prediction"] = [task.parse(text) for text in texts]
+    model = None
+    release_accelerator_memory()
     return frame
 
 

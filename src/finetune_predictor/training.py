@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 from finetune_predictor import warning_filters
 from finetune_predictor.batching import LeftPadCollator, answer_window
 from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.hardware import ComputePlan
+from finetune_predictor.hardware import ComputePlan, release_accelerator_memory
 from finetune_predictor.models import ModelEntry, ResolvedModel, load_causal_lm
 from finetune_predictor.settings_schema import TrainingSettings
 
@@ -185,6 +185,8 @@ def train_lora(
     # The HF Trainer would otherwise open its own MLflow run and log clashing params into ours.
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
     resolved = model
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the peak of this run, not of the process
     base_model = load_causal_lm(resolved.path, plan, for_training=True, trust_remote_code=resolved.trust_remote_code)
     lora = settings.lora
     peft_config = LoraConfig(
@@ -251,7 +253,7 @@ def train_lora(
          "learning_rate": float(entry.get("learning_rate", float("nan")))}
         for entry in trainer.state.log_history if "loss" in entry
     ]
-    return TrainingResult(
+    result = TrainingResult(
         adapter_dir=adapter_dir,
         loss_history=history,
         train_runtime_s=runtime,
@@ -261,6 +263,9 @@ def train_lora(
         num_steps=int(trainer.state.global_step),
         supervised_tokens=sum(sum(1 for label in row["labels"] if label != -100) for row in rows),
     )
+    del trainer, base_model
+    release_accelerator_memory()
+    return result
 
 
 def fine_tune(
