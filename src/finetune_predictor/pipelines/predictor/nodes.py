@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -78,7 +79,8 @@ def plot_shap_beeswarm(table: pd.DataFrame, model_text: str, card: dict[str, Any
     selected = card["selected_features"]
     x = table[selected].astype(float)
     values = shap.TreeExplainer(lgb.Booster(model_str=model_text)).shap_values(x)
-    shap.summary_plot(values, x, show=False, max_display=20)
+    # The beeswarm jitters points at random: a fixed generator makes the plot reproducible.
+    shap.summary_plot(values, x, show=False, max_display=20, rng=np.random.default_rng(0))
     figure = plt.gcf()
     figure.tight_layout()
     return figure
