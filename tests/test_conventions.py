@@ -81,3 +81,17 @@ def test_every_parameter_key_is_read_by_the_code():
     unread = [key for key in _leaf_keys(_parameters())
               if not re.search(rf"\b{re.escape(key.split('.')[-1])}\b", source)]
     assert not unread, f"parameters never read in src/: {unread}"
+
+
+def test_environments_only_override_settings_that_exist():
+    """A misspelt key in an environment (conf/<env>/parameters_*.yml) would silently add a setting that
+    nothing reads, and the run would use the base value the user meant to change."""
+    base = set(_leaf_keys(_parameters()))
+    environments = [path for path in (PROJECT_ROOT / "conf").iterdir()
+                    if path.is_dir() and path.name not in {"base", "local"}]
+    assert environments, "expected at least the predictor_study environment"
+    for environment in environments:
+        for path in sorted(environment.glob("parameters_*.yml")):
+            overrides = _leaf_keys(yaml.safe_load(path.read_text()) or {})
+            unknown = [key for key in overrides if key not in base]
+            assert not unknown, f"{path.relative_to(PROJECT_ROOT)} sets keys absent from conf/base: {unknown}"
