@@ -12,6 +12,7 @@ from finetune_predictor.predictor import (
     PredictorSettings,
     dataset_family,
     evaluate,
+    interval_for,
     metrics_for_mlflow,
     noise_floor,
     predict_with_reasons,
@@ -123,3 +124,22 @@ def test_noise_floor_by_hand():
     y = table["finetuned_accuracy"]
     assert floor["test_sampling_sd"] == pytest.approx(100 * np.sqrt(np.mean(y * (1 - y) / 100)))
     assert noise_floor(table.drop(columns=["replicate_key", "finetuned_n"]), SETTINGS) == {}
+
+
+def test_a_new_family_gets_the_leave_one_family_out_interval():
+    table = synthetic_runs(80)
+    trained = train_final(table, SETTINGS)
+    card = trained.card
+    assert card["families"] == ["a", "b", "c", "d"] and card["family_column"] == "dataset_family"
+    assert card["interval_half_width_new_family"] > 0
+    assert interval_for(card, "a") == (card["interval_half_width"], "known family")
+    width, calibration = interval_for(card, "e")
+    assert width == card["interval_half_width_new_family"] and "leave-one-family-out" in calibration
+    row = table.iloc[0].to_dict()
+    answer = predict_with_reasons(trained.model_text, card, row, family="e")
+    low, high = answer["interval"]
+    assert high - low == pytest.approx(2 * card["interval_half_width_new_family"])
+    # Trained on one family, a new one cannot be calibrated: the answer says so instead of pretending.
+    single = train_final(table.assign(dataset_family="a"), SETTINGS).card
+    assert single["interval_half_width_new_family"] is None
+    assert "too narrow" in interval_for(single, "e")[1]

@@ -238,14 +238,22 @@ def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str,
     return splits
 
 
-def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float, seed: int) -> float:
-    """(1 - alpha) quantile of out-of-fold |residuals| inside the training data (split conformal, CV flavour)."""
-    from sklearn.model_selection import KFold
+def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float, seed: int,
+                       groups: Sequence[Any] | None = None) -> float:
+    """(1 - alpha) quantile of out-of-fold |residuals| inside the training data (split conformal, CV flavour).
+
+    With ``groups`` (at least two distinct), the residuals are leave-one-group-out: the interval then
+    covers a run from a group the model has not seen, which is wider than one for a known group."""
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     if len(x) < 4:
         return float("inf")
+    if groups is not None and len(set(groups)) >= 2:
+        folds = LeaveOneGroupOut().split(x, groups=np.asarray(groups, dtype=str))
+    else:
+        folds = KFold(min(5, len(x)), shuffle=True, random_state=seed).split(x)
     residuals = np.empty(len(x))
-    for train_idx, test_idx in KFold(min(5, len(x)), shuffle=True, random_state=seed).split(x):
+    for train_idx, test_idx in folds:
         residuals[test_idx] = np.abs(y[test_idx] - fit(x.iloc[train_idx], y[train_idx])(x.iloc[test_idx]))
     level = min(1.0, math.ceil((len(x) + 1) * (1 - alpha)) / len(x))
     return float(np.quantile(residuals, level))
@@ -273,6 +281,7 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
         "baseline_ridge": ridge_model, "baseline_early_stopping": early_stopping_model,
     }
     rows, rankings = [], []
+    family = _family_column(table, settings)
     for split_name, folds in split_indices(table, settings).items():
         for name, fit in models.items():
             predictions = np.full(len(y), np.nan)
@@ -281,7 +290,10 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
                 model = fit(x.iloc[train_idx], y[train_idx])
                 predictions[test_idx] = model(x.iloc[test_idx])
                 if name == "lightgbm_shap":
-                    q = conformal_quantile(x.iloc[train_idx], y[train_idx], fit, settings.interval_alpha, settings.seed)
+                    # A held-out group is new to the model: calibrate on held-out groups when the fold has two.
+                    groups = table[family].iloc[train_idx] if split_name == "grouped" and family else None
+                    q = conformal_quantile(x.iloc[train_idx], y[train_idx], fit, settings.interval_alpha, settings.seed,
+                                           groups)
                     low[test_idx], high[test_idx] = predictions[test_idx] - q, predictions[test_idx] + q
                     if split_name == "random":
                         rankings.append(shap_ranking(model, x.iloc[train_idx][model.selected]).reindex(features)
@@ -342,16 +354,39 @@ def train_final(table: pd.DataFrame, settings: PredictorSettings) -> TrainedPred
     fit = shap_selected_model(settings)
     model = fit(x, y)
     half_width = conformal_quantile(x, y, fit, settings.interval_alpha, settings.seed)
+    family = _family_column(table, settings)
+    families = sorted(table[family].astype(str).unique()) if family else []
+    new_family_half_width = (conformal_quantile(x, y, fit, settings.interval_alpha, settings.seed, table[family])
+                             if len(families) >= 2 else None)
     card = {"target": settings.target_column, "features": features, "selected_features": model.selected,
             "interval_alpha": settings.interval_alpha, "interval_half_width": half_width,
+            "family_column": family, "families": families,
+            "interval_half_width_new_family": new_family_half_width,
             "training_runs": len(table), "feature_medians": x.median().to_dict(),
             "versions": {"lightgbm": lightgbm.__version__, "shap": shap.__version__, "sklearn": sklearn.__version__}}
     return TrainedPredictor(model.booster.booster_.model_to_string(), card)
 
 
+def _family_column(table: pd.DataFrame, settings: PredictorSettings) -> str | None:
+    """The first group column present (the dataset family by default): the unit a new candidate may be new in."""
+    return next((column for column in settings.group_columns if column in table), None)
+
+
+def interval_for(card: dict[str, Any], family: str | None) -> tuple[float, str]:
+    """The conformal half-width for a candidate, and which calibration it comes from: a family the predictor
+    was trained on gets the random-split width; a new one the leave-one-family-out width when there is one."""
+    known = card.get("families") or []
+    if family is None or family in known or not known:
+        return card["interval_half_width"], "known family" if family in known else "random-split calibration"
+    if card.get("interval_half_width_new_family") is not None:
+        return card["interval_half_width_new_family"], f"new family {family!r} (leave-one-family-out calibration)"
+    return card["interval_half_width"], (f"new family {family!r}, but the predictor saw one family only: "
+                                         "the interval is likely too narrow")
+
+
 def predict_with_reasons(model_text: str, card: dict[str, Any], features: dict[str, float],
-                         top: int = 5) -> dict[str, Any]:
-    """Prediction, conformal interval and the top SHAP reasons for one candidate."""
+                         top: int = 5, family: str | None = None) -> dict[str, Any]:
+    """Prediction, conformal interval and the top SHAP reasons for one candidate (from ``family``)."""
     import lightgbm as lgb
     import shap
 
@@ -361,10 +396,12 @@ def predict_with_reasons(model_text: str, card: dict[str, Any], features: dict[s
     prediction = float(booster.predict(row)[0])
     contributions = shap.TreeExplainer(booster).shap_values(row)[0]
     order = np.argsort(-np.abs(contributions))[:top]
+    half_width, calibration = interval_for(card, family)
     return {
         "predicted_accuracy": prediction,
-        "interval": [prediction - card["interval_half_width"], prediction + card["interval_half_width"]],
+        "interval": [prediction - half_width, prediction + half_width],
         "interval_level": 1 - card["interval_alpha"],
+        "interval_calibration": calibration,
         "reasons": [{"feature": selected[i], "value": float(row.iloc[0, i]), "shap": float(contributions[i])}
                     for i in order],
         "missing_features": sorted(set(selected) - set(features)),

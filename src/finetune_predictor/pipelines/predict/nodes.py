@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_predictor.predictor import predict_with_reasons, to_json
+from finetune_predictor.predictor import dataset_family, predict_with_reasons, to_json
 
 
 def predict_candidate(features: dict[str, float], model_text: str, card: dict[str, Any],
                       model: dict[str, Any], training: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """The predicted accuracy with its conformal interval and the top SHAP reasons, printed and returned."""
-    answer = predict_with_reasons(model_text, card, features)
-    answer["candidate"] = {"model": model["name"], "data": data.get("path") or "bundled-synthetic-news",
-                           "training": training}
+    source = data.get("path") or "bundled-synthetic-news"
+    answer = predict_with_reasons(model_text, card, features, family=dataset_family(source))
+    answer["candidate"] = {"model": model["name"], "data": source, "training": training}
     low, high = answer["interval"]
     print(f"\nPredicted fine-tuned accuracy: {100 * answer['predicted_accuracy']:.1f}% "
           f"[{100 * low:.1f}%, {100 * high:.1f}%] ({100 * answer['interval_level']:.0f}% conformal interval, "
-          f"predictor trained on {card['training_runs']} runs)")
+          f"{answer['interval_calibration']}; predictor trained on {card['training_runs']} runs)")
     for reason in answer["reasons"]:
         print(f"  {reason['feature']:<30} = {reason['value']:<12.4g} {100 * reason['shap']:+.1f} points")
     if answer["missing_features"]:
