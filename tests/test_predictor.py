@@ -143,3 +143,11 @@ def test_a_new_family_gets_the_leave_one_family_out_interval():
     single = train_final(table.assign(dataset_family="a"), SETTINGS).card
     assert single["interval_half_width_new_family"] is None
     assert "too narrow" in interval_for(single, "e")[1]
+
+
+def test_results_do_not_depend_on_the_column_order_mlflow_returns():
+    table = synthetic_runs(40)
+    shuffled = table[list(reversed(table.columns))]
+    first, _ = evaluate(table, SETTINGS)
+    second, _ = evaluate(shuffled, SETTINGS)
+    pd.testing.assert_frame_equal(first, second)

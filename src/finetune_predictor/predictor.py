@@ -107,8 +107,10 @@ def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[st
             raise ValueError(f"predictor.feature_columns not in the runs table: {missing}")
         return list(settings.feature_columns)
     excluded = {"mf_feature_seconds", "mf_probe_seconds", "mf_cost_ratio"}  # cost, not a property of the run
-    columns = [c for c in table.columns if c.startswith(settings.feature_prefix) and c not in excluded
-               and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
+    # Sorted: mlflow.search_runs orders metric columns differently from one process to the next, and
+    # LightGBM's ties (and so the SHAP selection) follow column order; unsorted, two runs disagreed.
+    columns = sorted(c for c in table.columns if c.startswith(settings.feature_prefix) and c not in excluded
+                     and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any())
     if not columns:
         raise ValueError(f"No numeric feature columns starting with {settings.feature_prefix!r}")
     return columns
