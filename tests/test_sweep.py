@@ -118,12 +118,16 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
                           "dropout": 0.0}], "num_train_epochs": [1], "seeds": [1]}, str(tiny_model_dir))[0]
     *_, fingerprint = prepare_data(DATA, [2, 4, 6], 3)
     experiment = mlflow.get_experiment_by_name("finetune_predictor")
-    mlflow.tracking.MlflowClient().create_run(experiment.experiment_id,
-                                              tags={CONFIG_KEY_TAG: bigger.key(fingerprint)})
+    client = mlflow.tracking.MlflowClient()
+    killed_parent = client.create_run(experiment.experiment_id, tags={"mlflow.runName": "killed sweep"})
+    client.create_run(experiment.experiment_id, tags={CONFIG_KEY_TAG: bigger.key(fingerprint),
+                                                      "mlflow.parentRunId": killed_parent.info.run_id})
     resumed = _sweep(tracking, tiny_model_dir, train_per_class=[2, 4, 6])
     assert resumed.status["interrupted_marked_failed"] == 1
     assert resumed.status["ran"] == 1 and resumed.status["reused"] == 2  # adding a size reuses the others
-    assert len(_runs("FAILED")) == 1
+    assert len(_runs("FAILED")) == 2  # the interrupted child and the parent sweep run that died with it
+    assert client.get_run(killed_parent.info.run_id).data.tags["sweep_failure"].startswith("interrupted")
+    assert not _runs("RUNNING")
 
     # Data a configuration cannot have is refused before any run starts.
     with pytest.raises(ValueError, match="needs 80 examples of 'fake'"):
@@ -141,7 +145,7 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     failing = _sweep(tracking, tiny_model_dir, learning_rates=[5e-2, 1e-2])
     assert failing.status["failed"] == 2 and failing.status["reused"] == 2
     assert "out of memory (simulated)" in failing.status["failures"][0]["error"]
-    assert len(failing.results) == 2 and len(_runs("FAILED")) == 3
+    assert len(failing.results) == 2 and len(_runs("FAILED")) == 4
 
 
 def test_ray_executor_runs_locally_and_refuses_missing_gpus(tracking, tiny_model_dir):

@@ -166,12 +166,23 @@ def existing_runs(experiment_id: str, key: str) -> list[Any]:
     return _client().search_runs([experiment_id], filter_string=f"tags.{CONFIG_KEY_TAG} = '{key}'")
 
 
-def mark_crashed_runs_failed(experiment_id: str, key: str) -> int:
-    """A RUNNING run for this key at sweep start belongs to a sweep that was killed: mark it FAILED."""
+def mark_crashed_runs_failed(experiment_id: str, key: str, current_parent_run_id: str | None = None) -> int:
+    """A RUNNING run for this key at sweep start belongs to a sweep that was killed: mark it FAILED.
+
+    Its parent sweep run died with it (kedro-mlflow never got to end it), so that parent is marked FAILED
+    too, unless it is the sweep now running.
+    """
     crashed = [run for run in existing_runs(experiment_id, key) if run.info.status == "RUNNING"]
     for run in crashed:
         _client().set_tag(run.info.run_id, "sweep_failure", "interrupted: found RUNNING when the sweep restarted")
         _client().set_terminated(run.info.run_id, status="FAILED")
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        if parent_id and parent_id != current_parent_run_id:
+            parent = _client().get_run(parent_id)
+            if parent.info.status == "RUNNING":
+                _client().set_tag(parent_id, "sweep_failure",
+                                  f"interrupted: its child run {run.info.run_id} was found RUNNING at restart")
+                _client().set_terminated(parent_id, status="FAILED")
     return len(crashed)
 
 
@@ -402,7 +413,7 @@ def run_sweep(sensitivity: dict[str, Any], data: dict[str, Any], model: dict[str
     pending = []
     keys = {config: config.key(fingerprint) for config in configs}
     for config in configs:
-        status["interrupted_marked_failed"] += mark_crashed_runs_failed(experiment_id, keys[config])
+        status["interrupted_marked_failed"] += mark_crashed_runs_failed(experiment_id, keys[config], parent_run_id)
         previous = finished_run(experiment_id, keys[config])
         if previous is None:
             pending.append(config)
