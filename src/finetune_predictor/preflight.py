@@ -223,7 +223,13 @@ def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, mode
     if params_b is None:
         return Check("memory", WARN, f"size of {model['name']!r} unknown: set model_registry.<name>.params_b")
     sequence = int(model.get("max_length", 512))
-    estimate = estimate_training_memory(params_b, plan, settings, model_shape(resolved), sequence, margin)
+    shape = model_shape(resolved)
+
+    def needs(compute_plan: ComputePlan, gradient_checkpointing: bool) -> MemoryEstimate:
+        checkpointing = replace(settings, gradient_checkpointing=gradient_checkpointing)
+        return estimate_training_memory(params_b, compute_plan, checkpointing, shape, sequence, margin)
+
+    estimate = needs(plan, settings.gradient_checkpointing)
     notes = []
     if quantization == "4bit" and not plan.load_in_4bit:
         notes.append("4-bit QLoRA needs CUDA (bitsandbytes), so this machine would load full precision")
@@ -238,14 +244,11 @@ def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, mode
     if not fits:
         verdict += " -> will not fit"
         if not settings.gradient_checkpointing:
-            checkpointed = estimate_training_memory(params_b, plan, replace(settings, gradient_checkpointing=True),
-                                                    model_shape(resolved), sequence, margin)
-            verdict += f"; with training.gradient_checkpointing=true it would need ~{checkpointed.total / GIB:.1f} GiB"
+            verdict += (f"; with training.gradient_checkpointing=true it would need "
+                        f"~{needs(plan, True).total / GIB:.1f} GiB")
         if plan.device == "cpu":
-            qlora = estimate_training_memory(params_b, _qlora_plan(), settings, model_shape(resolved), sequence, margin)
-            qlora_checkpointed = estimate_training_memory(
-                params_b, _qlora_plan(), replace(settings, gradient_checkpointing=True), model_shape(resolved),
-                sequence, margin)
+            qlora = needs(_qlora_plan(), settings.gradient_checkpointing)
+            qlora_checkpointed = needs(_qlora_plan(), True)
             verdict += (f"; QLoRA on a GPU with >= {qlora.total / GIB:.0f} GiB free (model.quantization=4bit; "
                         f">= {qlora_checkpointed.total / GIB:.0f} GiB with training.gradient_checkpointing=true) "
                         "or a smaller model would")
