@@ -27,27 +27,26 @@ import torch
 from finetune_predictor.evaluation import metrics_of, predict
 from finetune_predictor.hardware import choose_compute_plan, release_accelerator_memory
 from finetune_predictor.models import load_causal_lm, resolve_model
+from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
 from finetune_predictor.scoring import vllm_available
-from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import build_task
 from finetune_predictor.training import StepTimer, fine_tune
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
 
 
-def balanced(per_class: int, seed: int) -> pd.DataFrame:
-    frame = pd.DataFrame(list(iter_articles(per_class * 8, seed=seed)))
-    frame = pd.concat([group.head(per_class) for _, group in frame.groupby("output")]).reset_index(drop=True)
-    frame["id"] = [f"{seed}-{i}" for i in range(len(frame))]
-    return frame
+def train_and_test(per_class: int, test_per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bundled task split as the pipelines split it: balanced, deduplicated, train disjoint from test."""
+    data = {**DATA, "train_per_class": per_class, "test_per_class": test_per_class}
+    records, _, read = load_task_records(data)
+    train, test, _ = split_train_test(records, read, data)
+    return train, test
 
 
 def random_init_copy(source: str, target: Path, overrides: dict[str, Any] | None = None) -> str:
     """The model's config (with ``overrides``, e.g. a 7B's widths) and tokenizer with freshly drawn weights,
     saved to ``target``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from finetune_predictor.models import resolve_model
 
     path = resolve_model(source).path
     torch.manual_seed(0)
@@ -112,7 +111,7 @@ def main() -> None:
     if args.config_overrides and not args.random_init:
         raise SystemExit("--config-overrides only applies with --random-init")
 
-    train, test = balanced(args.per_class, seed=11), balanced(args.test_per_class, seed=12)
+    train, test = train_and_test(args.per_class, args.test_per_class)
     training = {"learning_rate": args.learning_rate, "num_train_epochs": args.epochs,
                 "per_device_train_batch_size": 8, "logging_steps": 5, "seed": 42}
     engines = ["hf"] + (["vllm"] if vllm_available() else [])
