@@ -24,10 +24,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from finetune_predictor import task_data
 from finetune_predictor.evaluation import metrics_of, predict
-from finetune_predictor.hardware import choose_compute_plan, release_accelerator_memory
-from finetune_predictor.models import load_causal_lm, resolve_model
-from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
+from finetune_predictor.hardware import release_accelerator_memory
+from finetune_predictor.model_session import open_session, resolve_model
 from finetune_predictor.scoring import vllm_available
 from finetune_predictor.tasks import build_task
 from finetune_predictor.training import StepTimer, fine_tune
@@ -38,8 +38,8 @@ DATA = {"task": "binary_classification", "label_positive": "fake", "label_negati
 def train_and_test(per_class: int, test_per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The bundled task split as the pipelines split it: balanced, deduplicated, train disjoint from test."""
     data = {**DATA, "train_per_class": per_class, "test_per_class": test_per_class}
-    records, _, read = load_task_records(data)
-    train, test, _ = split_train_test(records, read, data)
+    records, _, read = task_data.load_task_records(data)
+    train, test, _ = task_data.split_train_test(records, read, data)
     return train, test
 
 
@@ -64,15 +64,15 @@ def random_init_copy(source: str, target: Path, overrides: dict[str, Any] | None
 def run_path(quantization: str, model: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame,
              training: dict[str, Any], engines: list[str], workdir: Path) -> dict[str, Any]:
     # Loading alone: its transient peak and what the loaded model holds, apart from training's peak.
-    plan = choose_compute_plan("auto", quantization)
+    session = open_session({**model, "quantization": quantization}, None, "train")
     torch.cuda.reset_peak_memory_stats()
-    loaded = load_causal_lm(resolve_model(model["name"]).path, plan, for_training=True)
+    loaded = session.load_model()
     load_held, load_peak = torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
     del loaded
     release_accelerator_memory()
     timer = StepTimer()
-    adapter, summary = fine_tune(train, {**model, "quantization": quantization}, None, training, DATA,
-                                 workdir / quantization, callbacks=[timer])
+    task = build_task(DATA)
+    adapter, summary = fine_tune(train, session, task, training, workdir / quantization, callbacks=[timer])
     row: dict[str, Any] = {
         "path": "QLoRA nf4" if quantization == "4bit" else "LoRA",
         "precision": summary["precision"], "steps": summary["num_steps"],
@@ -83,10 +83,10 @@ def run_path(quantization: str, model: dict[str, Any], train: pd.DataFrame, test
         "first_loss": summary["loss_history"][0]["loss"], "last_loss": summary["loss_history"][-1]["loss"],
         "adapter_files": len(summary["adapter_sha256"]),
     }
-    task = build_task(DATA)
     for engine in engines:
         evaluation = {"engine": engine, "batch_size": 32, "max_new_tokens": 4}
-        predictions = predict(test, task, model, evaluation, str(adapter))
+        # The adapter is scored on the base it was trained on (4-bit for QLoRA), as the pipelines do.
+        predictions = predict(test, task, session.with_purpose("evaluate"), evaluation, str(adapter))
         metrics = metrics_of(predictions, task)
         row[f"{engine}_accuracy"] = metrics["accuracy"]
         row[f"{engine}_gen_accuracy"] = metrics.get("gen_accuracy")

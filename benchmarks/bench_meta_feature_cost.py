@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from finetune_predictor import task_data
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
-from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
+from finetune_predictor.model_session import open_session
+from finetune_predictor.tasks import build_task
 from finetune_predictor.training import StepTimer, fine_tune
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
@@ -42,14 +44,15 @@ def main() -> None:
     args = parser.parse_args()
 
     data = {**DATA, "train_per_class": args.per_class}
-    records, _, read = load_task_records(data)
-    train, _, _ = split_train_test(records, read, data)
+    records, _, read = task_data.load_task_records(data)
+    train, _, _ = task_data.split_train_test(records, read, data)
     model = {"name": "SmolLM2-135M-Instruct", "max_length": 512}
     training = {"num_train_epochs": args.epochs, "per_device_train_batch_size": 8}
     probe = ProbeSettings(sample_size=args.sample_size, probe_steps=args.probe_steps, cache=False)
 
     started = time.perf_counter()
-    features = compute_meta_features(train, model, {}, training, data, probe)
+    session, task = open_session(model, {}, "probe"), build_task(data)
+    features = compute_meta_features(train, session, task, training, probe)
     feature_seconds = time.perf_counter() - started
     planned = int(features["mf_planned_steps"])
 
@@ -57,12 +60,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         if args.full_run:
             started = time.perf_counter()
-            fine_tune(train, model, {}, training, data, Path(workdir), callbacks=[timer])
+            fine_tune(train, session.with_purpose("train"), task, training, Path(workdir), callbacks=[timer])
             full_seconds = time.perf_counter() - started
             how = "measured full fine-tune"
         else:
-            fine_tune(train.head(8 * args.timing_steps), model, {},
-                      {**training, "max_steps": args.timing_steps, "num_train_epochs": 1}, data, Path(workdir),
+            fine_tune(train.head(8 * args.timing_steps), session.with_purpose("train"), task,
+                      {**training, "max_steps": args.timing_steps, "num_train_epochs": 1}, Path(workdir),
                       callbacks=[timer])
             step = statistics.median(timer.durations[2:])
             full_seconds = step * planned

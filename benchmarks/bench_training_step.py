@@ -14,8 +14,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from finetune_predictor.hardware import choose_compute_plan, cpu_has_native_bf16
-from finetune_predictor.models import load_formatter, resolve_model
+from finetune_predictor.hardware import cpu_has_native_bf16
+from finetune_predictor.model_session import open_session
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.training import StepTimer, build_training_rows, train_lora
@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
 
-    resolved = resolve_model("SmolLM2-135M-Instruct")
-    formatter = load_formatter(resolved, {"max_length": 512})
+    model = {"name": "SmolLM2-135M-Instruct", "max_length": 512}
+    formatter = open_session(model, None, "train").formatter
     records = list(iter_articles(args.batch_size * args.steps, seed=3))
     rows = build_training_rows(formatter, records, [r["output"] for r in records])
     medians: dict[tuple[str, str], float] = {}
@@ -38,14 +38,14 @@ def main() -> None:
         if precision == "bf16" and not cpu_has_native_bf16():
             print(f"{precision}: skipped, this CPU has no native bf16 (it would be emulated, ~13x slower)")
             continue
-        plan = choose_compute_plan(precision, "none")
+        session = open_session(model, None, "train", precision)
         for window in ("full", "answer"):
             settings = TrainingSettings.from_params({"max_steps": args.steps, "precision": precision,
                                                      "per_device_train_batch_size": args.batch_size,
                                                      "loss_window": window})
             timer = StepTimer()
             with tempfile.TemporaryDirectory() as workdir:
-                train_lora(resolved.path, formatter, rows, settings, plan, Path(workdir), callbacks=[timer])
+                train_lora(session, rows, settings, Path(workdir), callbacks=[timer])
             kept = timer.durations[args.warmup:]
             medians[precision, window] = statistics.median(kept)
             print(f"{precision:>5} loss_window={window:<6}: median {medians[precision, window]:.2f} s/step over "

@@ -18,14 +18,14 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def embedded_model():
     """The embedded SmolLM2-135M-Instruct, converted to an HF folder once (cached between runs)."""
-    from finetune_predictor.models import resolve_model
+    from finetune_predictor.model_session import resolve_model
 
     return resolve_model("SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model):
-    from finetune_predictor.models import load_tokenizer
+    from finetune_predictor.model_session import load_tokenizer
 
     return load_tokenizer(embedded_model.path)
 
@@ -55,3 +55,11 @@ def liar_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared LIAR data not present at {path} (a user's fresh clone has none)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_model_dir):
+    """The tiny Llama's model session (fp32, 256-token prompts), as training opens it."""
+    from finetune_predictor.model_session import open_session
+
+    return open_session({"name": str(tiny_model_dir), "max_length": 256}, {}, "train", "fp32")

@@ -12,9 +12,8 @@ from finetune_predictor.batching import (
     left_pad,
     position_ids_of,
 )
-from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import choose_compute_plan
-from finetune_predictor.models import load_causal_lm, load_tokenizer
+from finetune_predictor.model_session import load_causal_lm
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.training import build_training_rows, train_lora
@@ -42,10 +41,9 @@ def test_answer_window(labels, expected):
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
+def tiny(tiny_model_dir, tiny_session):
     model = load_causal_lm(str(tiny_model_dir), choose_compute_plan("fp32"))
-    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
-    return model, formatter
+    return model, tiny_session.formatter
 
 
 def test_answer_window_loss_equals_the_per_token_definition(tiny):
@@ -71,8 +69,8 @@ def test_answer_window_loss_equals_the_per_token_definition(tiny):
     assert windowed.item() == pytest.approx(total / count, rel=1e-4)
 
 
-def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_model_dir, tmp_path):
-    formatter = PromptFormatter(load_tokenizer(str(tiny_model_dir)), max_length=256)
+def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_session, tmp_path):
+    formatter = tiny_session.formatter
     records = list(iter_articles(8, seed=9))
     rows = build_training_rows(formatter, records, [r["output"] for r in records])
     first_losses = {}
@@ -80,7 +78,6 @@ def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_model_dir, tm
         settings = TrainingSettings.from_params({
             "max_steps": 1, "per_device_train_batch_size": 8, "precision": "fp32", "learning_rate": 1e-2,
             "loss_window": window, "warmup_ratio": 0.0, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
-        result = train_lora(str(tiny_model_dir), formatter, rows, settings, choose_compute_plan("fp32"),
-                            tmp_path / window)
+        result = train_lora(tiny_session, rows, settings, tmp_path / window)
         first_losses[window] = result.loss_history[0]["loss"]
     assert first_losses["answer"] == pytest.approx(first_losses["full"], rel=1e-3)

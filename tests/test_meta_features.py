@@ -22,6 +22,7 @@ from finetune_predictor.meta_features import (
     special_char_ratio,
 )
 from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.tasks import build_task
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
 
@@ -58,18 +59,24 @@ def test_probe_curve_descriptors_by_hand():
     assert loss_stability([1.0, 2.0, 1.0, 2.0, 1.0]) > 0.2
 
 
+def test_too_few_probe_losses_are_missing_not_zero():
+    """One or two losses carry no slope or residual: NaN (counted as missing), never a measured 0.0."""
+    assert math.isnan(loss_decay_rate([1.0]))
+    assert math.isnan(loss_stability([1.0, 0.5]))
+
+
 def _train(n: int = 24) -> pd.DataFrame:
     frame = pd.DataFrame(list(iter_articles(n, seed=4)))
     frame["source"], frame["group"] = "s", "g"
     return frame
 
 
-def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_model_dir, tmp_path):
-    model = {"name": str(tiny_model_dir), "max_length": 256}
+def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_session, tmp_path):
+    session, task = tiny_session.with_purpose("probe"), build_task(DATA)
     training = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "precision": "fp32"}
     probe = ProbeSettings(sample_size=12, probe_steps=4, knn=3, cache=False)
-    first = compute_meta_features(_train(), model, {}, training, DATA, probe)
-    second = compute_meta_features(_train(), model, {}, training, DATA, probe)
+    first = compute_meta_features(_train(), session, task, training, probe)
+    second = compute_meta_features(_train(), session, task, training, probe)
     for key in ("mf_size", "mf_log10_learning_rate", "mf_planned_steps", "mf_out_semdiv", "mf_io_sim",
                 "mf_initial_loss", "mf_input_perplexity", "mf_loss_decay_rate", "mf_grad_norm_mean",
                 "mf_grad_consistency", "mf_label_balance", "mf_type_token_ratio"):
@@ -80,10 +87,10 @@ def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_mod
             assert second[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key  # same inputs, same features
 
     cached = ProbeSettings(sample_size=12, probe_steps=4, knn=3, cache=True)
-    stored = compute_meta_features(_train(), model, {}, training, DATA, cached, tmp_path)
-    assert compute_meta_features(_train(), model, {}, training, DATA, cached, tmp_path) == stored
+    stored = compute_meta_features(_train(), session, task, training, cached, tmp_path)
+    assert compute_meta_features(_train(), session, task, training, cached, tmp_path) == stored
     assert len(list(tmp_path.glob("*.json"))) == 1
-    assert cache_key(_train(), model, training, cached) != cache_key(_train(), model, {**training,
-                                                                                         "learning_rate": 1e-3}, cached)
+    assert cache_key(_train(), session, training, cached) != cache_key(_train(), session,
+                                                                       {**training, "learning_rate": 1e-3}, cached)
     with pytest.raises(ValueError, match=r"Unknown meta_features setting\(s\) \['steps'\]"):
         ProbeSettings.from_params({"steps": 3})

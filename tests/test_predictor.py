@@ -10,7 +10,7 @@ import pytest
 
 from finetune_predictor.predictor import (
     PredictorSettings,
-    dataset_family,
+    conservative_quantile,
     evaluate,
     interval_for,
     metrics_for_mlflow,
@@ -42,13 +42,55 @@ SETTINGS = PredictorSettings(n_folds=4, min_runs=30, lightgbm={"n_estimators": 1
                                                                "verbose": -1})
 
 
-def test_splits_random_and_grouped():
+def test_splits_random_and_one_per_group_column():
     table = synthetic_runs(40)
     splits = split_indices(table, SETTINGS)
     assert len(splits["random"]) == 4
-    assert len(splits["grouped"]) == 4 + 2  # leave one family out, leave one model out
-    for train, test in splits["grouped"]:
-        assert not set(train) & set(test)
+    assert len(splits["grouped_dataset_family"]) == 4 and len(splits["grouped_model"]) == 2
+    for folds in splits.values():  # every split predicts every row exactly once
+        tested = np.concatenate([test for _, test in folds])
+        assert sorted(tested) == list(range(len(table)))
+        for train, test in folds:
+            assert not set(train) & set(test)
+
+
+def test_grouped_scores_are_per_column_with_a_group_dependent_target():
+    """Family and model folds used to share one list: every row was predicted twice and the model fold
+    overwrote the family one. With a target that depends on the family, the leave-one-family-out error of
+    the mean baseline is computable by hand."""
+    table = synthetic_runs(48)
+    effect = {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.4}
+    table["finetuned_accuracy"] = table["dataset_family"].map(effect) + 0.3
+    results, _ = evaluate(table, SETTINGS)
+    by_hand = np.sqrt(np.mean([(table.loc[table["dataset_family"] != f, "finetuned_accuracy"].mean() - y) ** 2
+                               for f, y in zip(table["dataset_family"], table["finetuned_accuracy"], strict=True)]))
+    rmse = results.set_index(["model", "split"])["rmse"]
+    assert rmse["baseline_mean", "grouped_dataset_family"] == pytest.approx(100 * by_hand)
+    metrics = metrics_for_mlflow(results, SETTINGS)
+    assert metrics["baseline_mean_rmse_grouped"] == metrics["baseline_mean_rmse_grouped_dataset_family"]
+    assert "rmse_grouped_model" in metrics
+
+
+def test_seed_twins_never_straddle_a_random_fold():
+    """Twins share their features; a random fold that trains on one twin and tests the other reports an
+    error below the seed noise. Configuration means here do not follow the features, so an honest split
+    cannot beat the mean by much, while a leaky one would nearly memorise them."""
+    rng = np.random.default_rng(3)
+    configs = pd.DataFrame({"mf_a": rng.normal(size=30), "mf_b": rng.normal(size=30),
+                            "mean": rng.uniform(0.4, 0.9, 30), "replicate_key": [f"c{i}" for i in range(30)]})
+    table = configs.loc[configs.index.repeat(3)].reset_index(drop=True)
+    table["finetuned_accuracy"] = table["mean"] + rng.normal(0, 0.01, len(table))
+    table = table.drop(columns="mean").assign(dataset_family="a", model="m")
+    for train, test in split_indices(table, SETTINGS)["random"]:
+        assert not set(table["replicate_key"].iloc[train]) & set(table["replicate_key"].iloc[test])
+    rmse = evaluate(table, SETTINGS)[0].set_index(["model", "split"])["rmse"]
+    assert rmse["lightgbm_all", "random"] > 0.7 * rmse["baseline_mean", "random"]
+
+
+def test_conformal_quantile_uses_the_conservative_rank():
+    residuals = np.arange(1.0, 11.0)
+    assert conservative_quantile(residuals, 0.2) == 9.0  # ceil(11 * 0.8) = 9th; interpolation gave 9.1
+    assert conservative_quantile(residuals, 0.05) == float("inf")  # rank 11 of 10: no finite guarantee
 
 
 def test_predictor_beats_the_mean_and_reports_every_metric():
@@ -56,8 +98,8 @@ def test_predictor_beats_the_mean_and_reports_every_metric():
     results, shap_info = evaluate(table, SETTINGS)
     rmse = results.set_index(["model", "split"])["rmse"]
     assert rmse["lightgbm_shap", "random"] < rmse["baseline_mean", "random"] / 2
-    assert rmse["lightgbm_shap", "grouped"] < rmse["baseline_mean", "grouped"]
-    metrics = metrics_for_mlflow(results)
+    assert rmse["lightgbm_shap", "grouped_dataset_family"] < rmse["baseline_mean", "grouped_dataset_family"]
+    metrics = metrics_for_mlflow(results, SETTINGS)
     for key in ("rmse_random", "rmse_grouped", "mae_grouped", "spearman_grouped", "within3_random", "within3_grouped",
                 "interval_coverage_grouped", "baseline_mean_rmse_grouped", "baseline_ridge_rmse_grouped",
                 "baseline_best_single_feature_rmse_grouped", "baseline_early_stopping_rmse_grouped"):
@@ -99,8 +141,6 @@ def test_external_table_settings_and_families():
     assert settings.group_columns == ("family",) and settings.target_column == "accuracy"
     with pytest.raises(ValueError, match=r"Unknown predictor setting\(s\) \['folds'\]"):
         PredictorSettings.from_params({"folds": 3})
-    assert dataset_family("../shared/data/liar/train.tsv") == "liar"
-    assert dataset_family("bundled-synthetic-news") == "bundled-synthetic-news"
 
 
 def test_runs_without_features_are_left_out(caplog):

@@ -12,13 +12,14 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from finetune_predictor.hardware import ComputePlan
-from finetune_predictor.models import ModelEntry, ModelNotFoundError, resolve_model
+from finetune_predictor.model_session import resolve_model
+from finetune_predictor.models import ModelEntry, ModelNotFoundError
 from finetune_predictor.pipelines.preflight import create_pipeline
 from finetune_predictor.preflight import FAIL, PASS, PreflightError, estimate_training_memory, run_checks
 from finetune_predictor.settings_schema import TrainingSettings
 from tests.conftest import PROJECT_ROOT
 
-REGISTRY = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_models.yml").read_text())["model_registry"]
+REGISTRY = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_model_registry.yml").read_text())["model_registry"]
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "train_per_class": 100, "test_per_class": 100}
 TRAINING = {"per_device_train_batch_size": 8}

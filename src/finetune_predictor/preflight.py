@@ -8,6 +8,7 @@ safety margin, so that a run that cannot fit is refused up front instead of dyin
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.hardware import ComputePlan, choose_compute_plan
-from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel, load_formatter, resolve_model
+from finetune_predictor.hardware import ComputePlan
+from finetune_predictor.model_session import ModelSession, compute_plan, open_session
+from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel
 from finetune_predictor.records import RecordError, SourceSpec, read_records
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
@@ -141,16 +143,17 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
         return Check(name, FAIL, str(error))
 
 
-def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any]) -> tuple[Check, ResolvedModel | None]:
+def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any],
+                 precision: str) -> tuple[Check, ModelSession | None]:
     try:
-        resolved = resolve_model(model["name"], model.get("cache_dir"), registry)
+        session = open_session(model, registry, "preflight", precision)
     except (ModelNotFoundError, ValueError, OSError) as error:
         return Check(name, FAIL, str(error)), None
-    return Check(name, PASS, f"{resolved.source}: {resolved.path}"), resolved
+    return Check(name, PASS, f"{session.resolved.source}: {session.resolved.path}"), session
 
 
-def _check_template(resolved: ResolvedModel, model: dict[str, Any], labels: list[str]) -> Check:
-    formatter = load_formatter(resolved, model)
+def _check_template(session: ModelSession, labels: list[str]) -> Check:
+    formatter = session.formatter
     prompt = formatter.prompt_ids("Is this text fake or legitimate?", "A short test sentence.")
     answers = {label: formatter.answer_ids(label) for label in labels}
     decoded = {label: formatter.tokenizer.decode(ids) for label, ids in answers.items()}
@@ -216,7 +219,7 @@ def _check_disk(paths: list[str], need_bytes: float, min_free_gb: float) -> Chec
 def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, model: dict[str, Any],
                   settings: TrainingSettings, margin: float) -> Check:
     quantization = model.get("quantization", "none")
-    plan = choose_compute_plan(settings.precision, quantization)
+    plan = compute_plan(model, settings.precision)
     params_b = entry.params_b if entry is not None and entry.params_b else None
     if params_b is None and resolved is not None:
         params_b = _count_params_b(resolved)
@@ -268,15 +271,8 @@ def _count_params_b(resolved: ResolvedModel) -> float | None:
 
         with safe_open(str(path), "pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                total += _numel(handle.get_slice(key).get_shape())
+                total += math.prod(handle.get_slice(key).get_shape())
     return total / 1e9 if total else None
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, Any], training: dict[str, Any],
@@ -288,10 +284,11 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
                                                  Check("settings", PASS, "training settings valid"))[1])
     checks.append(settings_check)
     entry = _guard_entry(model["name"], registry, checks)
-    model_check, resolved = _check_model("model resolvable", model, registry)
+    model_check, session = _check_model("model resolvable", model, registry, str(training.get("precision", "auto")))
+    resolved = session.resolved if session is not None else None
     checks.append(model_check)
-    if resolved is not None:
-        checks.append(_guard("tokenizer and template", lambda: _check_template(resolved, model, labels)))
+    if session is not None:
+        checks.append(_guard("tokenizer and template", lambda: _check_template(session, labels)))
     else:
         checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))

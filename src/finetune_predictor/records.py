@@ -398,11 +398,6 @@ def _raw_text(item: Any) -> str:
         return repr(item)[:2000]
 
 
-def read_alpaca_records(path: str | Path, labels: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read an Alpaca JSON list or JSONL file strictly (the first bad record stops the read)."""
-    return read_records(SourceSpec(Path(path), format="alpaca"), labels).records
-
-
 def normalised_text(instruction: str, input_text: str) -> str:
     """Text used to detect near duplicates and train/test leaks: case, punctuation and spacing ignored."""
     text = f"{instruction} {input_text}".lower()

@@ -5,7 +5,6 @@ Both feed the model exactly the prompt ids of :class:`PromptFormatter`, the same
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +13,6 @@ import torch
 
 from finetune_predictor.batching import attention_mask_of, left_pad, position_ids_of
 from finetune_predictor.chat_format import PromptFormatter
-
-logger = logging.getLogger(__name__)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -67,13 +64,6 @@ def score_candidates(
                 cache.crop(-(len(ids) - 1))  # drop this candidate's keys before scoring the next one
             scores[start:start + len(chunk), cand_index] = total.cpu().numpy()
     return scores
-
-
-def candidate_probabilities(scores: np.ndarray) -> np.ndarray:
-    """Softmax of the candidates' log-probabilities: the model's choice restricted to the label set."""
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def stop_token_ids(formatter: PromptFormatter) -> list[int]:

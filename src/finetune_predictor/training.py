@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import resource
 import time
 from collections.abc import Sequence
@@ -19,11 +18,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from finetune_predictor import warning_filters
-from finetune_predictor.batching import LeftPadCollator, answer_window
+from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, answer_window
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import ComputePlan, release_accelerator_memory
-from finetune_predictor.models import ModelEntry, ResolvedModel, load_causal_lm
+from finetune_predictor.model_session import ModelSession
 from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,6 @@ def warmup_steps(settings: TrainingSettings, num_rows: int) -> int:
     return int(settings.warmup_ratio * total)
 
 
-def lora_target_modules(setting: tuple[str, ...] | str, entry: ModelEntry | None) -> list[str] | str:
-    """``training.lora.target_modules``; ``auto`` takes the registry's modules for the model (else all linear)."""
-    if setting == "auto":
-        setting = entry.lora_target_modules if entry is not None else "all-linear"
-    return setting if isinstance(setting, str) else list(setting)
-
-
 @lru_cache(maxsize=1)
 def answer_window_trainer_class() -> type:
     """TRL's ``SFTTrainer`` whose loss projects only the trailing answer window onto the vocabulary.
@@ -159,11 +152,9 @@ def answer_window_trainer_class() -> type:
 
 
 def train_lora(
-    model: str | ResolvedModel,
-    formatter: PromptFormatter,
+    session: ModelSession,
     rows: list[dict[str, list[int]]],
     settings: TrainingSettings,
-    plan: ComputePlan,
     output_dir: Path,
     callbacks: Sequence[TrainerCallback] = (),
     verify: bool = True,
@@ -173,70 +164,12 @@ def train_lora(
     ``callbacks`` are extra Trainer callbacks (probes read loss and gradient norms through them).
     ``verify=False`` (probes) skips saving and checking the adapter.
     """
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
-
-    if isinstance(model, str):
-        model = ResolvedModel(name=model, path=model, source="local")
     if not rows:
         raise ValueError("No training examples")
     seed_everything(settings.seed)
-    # The HF Trainer would otherwise open its own MLflow run and log clashing params into ours.
-    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
-    resolved = model
-    if plan.device == "cuda":
+    if session.plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # the peak of this run, not of the process
-    base_model = load_causal_lm(resolved.path, plan, for_training=True, trust_remote_code=resolved.trust_remote_code)
-    lora = settings.lora
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora_target_modules(lora.target_modules, resolved.entry),
-        task_type="CAUSAL_LM",
-    )
-    warning_filters.install()
-    config = SFTConfig(
-        output_dir=str(output_dir / "trainer"),
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        warmup_steps=warmup_steps(settings, len(rows)),
-        weight_decay=settings.weight_decay,
-        lr_scheduler_type=settings.lr_scheduler_type,
-        logging_steps=settings.logging_steps,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        # SFTConfig turns bf16 on by default; precision comes from the hardware plan instead.
-        bf16=plan.bf16,
-        fp16=plan.fp16,
-        use_cpu=plan.device == "cpu",
-        max_length=None,  # the formatter already bounded each row, keeping the answer intact
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        completion_only_loss=False,  # labels are already masked to the answer by the formatter
-    )
-    if settings.loss_window == "answer":
-        trainer_class: type = answer_window_trainer_class()
-        collator: Any = LeftPadCollator(formatter.tokenizer.pad_token_id)
-    else:
-        trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
-    trainer = trainer_class(
-        model=base_model,
-        args=config,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=formatter.tokenizer,
-        peft_config=peft_config,
-        data_collator=collator,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_LossLogger())
+    trainer = _build_trainer(session, rows, settings, output_dir)
     for callback in callbacks:
         trainer.add_callback(callback)
     started = time.perf_counter()
@@ -247,54 +180,101 @@ def train_lora(
     if verify:
         trainer.model.save_pretrained(adapter_dir)
         checksums = verify_adapter(trainer.model, adapter_dir)
-    history = [
-        {"step": float(entry["step"]), "loss": float(entry["loss"]),
-         "grad_norm": float(entry.get("grad_norm", float("nan"))),
-         "learning_rate": float(entry.get("learning_rate", float("nan")))}
-        for entry in trainer.state.log_history if "loss" in entry
-    ]
     result = TrainingResult(
         adapter_dir=adapter_dir,
-        loss_history=history,
+        loss_history=_loss_history(trainer.state.log_history),
         train_runtime_s=runtime,
-        peak_memory_mb=_peak_memory_mb(plan),
+        peak_memory_mb=_peak_memory_mb(session.plan),
         adapter_sha256=checksums,
         num_examples=len(rows),
         num_steps=int(trainer.state.global_step),
-        supervised_tokens=sum(sum(1 for label in row["labels"] if label != -100) for row in rows),
+        supervised_tokens=sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows),
     )
-    del trainer, base_model
+    del trainer
     release_accelerator_memory()
     return result
 
 
-def fine_tune(
-    train: Any, model: dict[str, Any], model_registry: dict[str, Any] | None, training: dict[str, Any],
-    data: dict[str, Any], workdir: Path, callbacks: Sequence[TrainerCallback] = (),
-) -> tuple[Path, dict[str, Any]]:
-    """The whole fine-tune of one configuration from parameter dicts: the one path used by the
-    sft_training pipeline, the sensitivity sweep and the probes. Returns the adapter folder (inside
-    ``workdir``) and the training summary (loss history, checksums, cost)."""
-    from finetune_predictor.hardware import choose_compute_plan
-    from finetune_predictor.models import load_formatter, resolve_model
-    from finetune_predictor.tasks import build_task
+def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
+                   output_dir: Path) -> Any:
+    """TRL's SFTTrainer (answer-window loss unless ``training.loss_window=full``) on the session's base model."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTTrainer
 
+    lora = settings.lora
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=session.lora_target_modules(lora.target_modules), task_type="CAUSAL_LM")
+    warning_filters.install()
+    if settings.loss_window == "answer":
+        trainer_class: type = answer_window_trainer_class()
+        collator: Any = LeftPadCollator(session.tokenizer.pad_token_id)
+    else:
+        trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
+    trainer = trainer_class(
+        model=session.load_model(),
+        args=_sft_config(settings, session.plan, output_dir, len(rows)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=session.tokenizer,
+        peft_config=peft_config,
+        data_collator=collator,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_LossLogger())
+    return trainer
+
+
+def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path, num_rows: int) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir / "trainer"),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        warmup_steps=warmup_steps(settings, num_rows),
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        logging_steps=settings.logging_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        # SFTConfig turns bf16 on by default; precision comes from the session's compute plan instead.
+        bf16=plan.bf16,
+        fp16=plan.fp16,
+        use_cpu=plan.device == "cpu",
+        max_length=None,  # the formatter already bounded each row, keeping the answer intact
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        completion_only_loss=False,  # labels are already masked to the answer by the formatter
+    )
+
+
+def _loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    return [
+        {"step": float(entry["step"]), "loss": float(entry["loss"]),
+         "grad_norm": float(entry.get("grad_norm", float("nan"))),
+         "learning_rate": float(entry.get("learning_rate", float("nan")))}
+        for entry in log_history if "loss" in entry
+    ]
+
+
+def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str, Any], workdir: Path,
+              callbacks: Sequence[TrainerCallback] = ()) -> tuple[Path, dict[str, Any]]:
+    """The whole fine-tune of one configuration: the one path used by the sft_training pipeline, the
+    sensitivity sweep and the probes. Returns the adapter folder (inside ``workdir``) and the training
+    summary (loss history, checksums, cost, and the settings the session actually ran with)."""
     settings = TrainingSettings.from_params(training)
-    plan = choose_compute_plan(settings.precision, model.get("quantization", "none"))
-    resolved = resolve_model(model["name"], model.get("cache_dir"), model_registry)
-    formatter = load_formatter(resolved, model)
-    task = build_task(data)
     records = train.to_dict("records")
-    rows = build_training_rows(formatter, records, [task.target(record) for record in records])
-    result = train_lora(resolved, formatter, rows, settings, plan, workdir, callbacks=callbacks)
+    rows = build_training_rows(session.formatter, records, [task.target(record) for record in records])
+    result = train_lora(session, rows, settings, workdir, callbacks=callbacks)
     summary = {
-        "model_name": model["name"],
-        "model_path": resolved.path,
-        "model_source": resolved.source,
-        "device": plan.device,
-        "precision": plan.precision_name,
-        "precision_reason": plan.reason,
-        "quantization_requested": model.get("quantization", "none"),
+        "model_name": session.resolved.name,
+        **session.record(),
         "train_runtime_s": result.train_runtime_s,
         "peak_memory_mb": result.peak_memory_mb,
         "num_examples": result.num_examples,
@@ -303,6 +283,6 @@ def fine_tune(
         "adapter_sha256": result.adapter_sha256,
         "loss_history": result.loss_history,
         "effective_batch_size": settings.effective_batch_size,
-        "lora_target_modules": lora_target_modules(settings.lora.target_modules, resolved.entry),
+        "lora_target_modules": session.lora_target_modules(settings.lora.target_modules),
     }
     return result.adapter_dir, summary

@@ -24,6 +24,7 @@ def _catalog(tiny_model_dir, pipeline, **extra) -> DataCatalog:
         "params:model_registry": MemoryDataset({}),
         "params:training": MemoryDataset({"max_steps": 2, "per_device_train_batch_size": 4, "precision": "fp32",
                                           "learning_rate": 1e-2, "warmup_ratio": 0.0}),
+        "params:training.precision": MemoryDataset("fp32"),
         "params:data": MemoryDataset(DATA),
         "params:evaluation": MemoryDataset({"batch_size": 8, "generation": True, "max_new_tokens": 3,
                                             "engine": "hf"}),
@@ -59,9 +60,14 @@ def test_sft_training_and_evaluation_pipelines(tiny_model_dir, tmp_path):
     SequentialRunner().run(evaluating, catalog)
     table = catalog.load("evaluation.reporting.comparison_table").set_index("metric")
     assert table.loc["n", "baseline"] == table.loc["n", "finetuned"] == 6
-    params = catalog.load("evaluation.tracking.run_params")
+    record = catalog.load("evaluation.tracking.run_record")
+    params = record.params
     assert params["train_size"] == 8 and params["adapter_sha256"] == summary["adapter_sha256"][
         "adapter_model.safetensors"]
+    # What the model session actually ran with is on the record.
+    assert (params["precision"], params["quantization_requested"], params["quantization_actual"],
+            params["engine"]) == ("fp32", "none", "none", "hf")
+    assert params["replicate_key"] == record.replicate_key and "seed=42" in record.name
 
 
 def test_meta_features_pipeline(tiny_model_dir):

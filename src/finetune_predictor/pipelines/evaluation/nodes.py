@@ -7,22 +7,26 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_predictor import plots
+from finetune_predictor import tracking
 from finetune_predictor.evaluation import metrics_of, predict
-from finetune_predictor.run_record import build_run_metrics, build_run_params
+from finetune_predictor.model_session import open_session
+from finetune_predictor.pipelines.evaluation import plots
 from finetune_predictor.tasks import build_task
 
 
-def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any],
+def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any], precision: str,
                      evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
-    """Predictions of the base model without adapter."""
-    return predict(test, build_task(data), model, evaluation, registry=model_registry)
+    """Predictions of the base model without adapter, in the model session the fine-tune used."""
+    session = open_session(model, model_registry, "evaluate", precision)
+    return predict(test, build_task(data), session, evaluation)
 
 
 def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], model_registry: dict[str, Any],
-                      evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
-    """Predictions of the base model with the trained adapter."""
-    return predict(test, build_task(data), model, evaluation, adapter_dir=adapter_dir, registry=model_registry)
+                      precision: str, evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
+    """Predictions of the base model with the trained adapter, on the same (possibly 4-bit) base it was
+    trained on."""
+    session = open_session(model, model_registry, "evaluate", precision)
+    return predict(test, build_task(data), session, evaluation, adapter_dir=adapter_dir)
 
 
 def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,
@@ -59,9 +63,6 @@ def plot_metric_comparison(metrics: dict[str, Any]) -> Figure:
 
 
 def build_run_record(split_summary: dict[str, Any], training_summary: dict[str, Any], metrics: dict[str, Any],
-                     model: dict[str, Any], training: dict[str, Any],
-                     data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's params and metrics for MLflow."""
-    params = build_run_params(split_summary, training_summary, model, training, data)
-    run_metrics = build_run_metrics(training_summary, metrics["baseline"], metrics["finetuned"])
-    return params, run_metrics
+                     model: dict[str, Any], training: dict[str, Any], data: dict[str, Any]) -> tracking.RunRecord:
+    """The run's record (name, params, metrics) for MLflow."""
+    return tracking.build_run_record(split_summary, training_summary, metrics, model, training, data)

@@ -11,11 +11,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     test = "data_engineering.prm.test_set"
     return Pipeline([
         node(nodes.predict_baseline,
-             [test, "params:model", "params:model_registry", "params:evaluation", "params:data"],
+             [test, "params:model", "params:model_registry", "params:training.precision", "params:evaluation",
+              "params:data"],
              "evaluation.model_output.baseline_predictions", name="predict_baseline"),
         node(nodes.predict_finetuned,
-             [test, "sft_training.model.adapter", "params:model", "params:model_registry", "params:evaluation",
-              "params:data"],
+             [test, "sft_training.model.adapter", "params:model", "params:model_registry", "params:training.precision",
+              "params:evaluation", "params:data"],
              "evaluation.model_output.finetuned_predictions", name="predict_finetuned"),
         node(nodes.compute_metrics,
              ["evaluation.model_output.baseline_predictions", "evaluation.model_output.finetuned_predictions",
@@ -32,5 +33,5 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(nodes.build_run_record,
              ["data_engineering.reporting.split_summary", "sft_training.reporting.training_summary",
               "evaluation.reporting.metrics", "params:model", "params:training", "params:data"],
-             ["evaluation.tracking.run_params", "evaluation.tracking.run_metrics"], name="build_run_record"),
+             "evaluation.tracking.run_record", name="build_run_record"),
     ])

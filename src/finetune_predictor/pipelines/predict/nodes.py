@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_predictor.predictor import dataset_family, predict_with_reasons, to_json
+from finetune_predictor.predictor import predict_with_reasons, to_json
+from finetune_predictor.task_data import dataset_family
 
 
 def predict_candidate(features: dict[str, float], model_text: str, card: dict[str, Any],
                       model: dict[str, Any], training: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """The predicted accuracy with its conformal interval and the top SHAP reasons, printed and returned."""
     source = data.get("path") or "bundled-synthetic-news"
-    answer = predict_with_reasons(model_text, card, features, family=dataset_family(source))
+    answer = predict_with_reasons(model_text, card, features, family=dataset_family(data))
     answer["candidate"] = {"model": model["name"], "data": source, "training": training}
     low, high = answer["interval"]
     print(f"\nPredicted fine-tuned accuracy: {100 * answer['predicted_accuracy']:.1f}% "

@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from finetune_predictor import predictor as core
+from finetune_predictor import tracking
 
 
 def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
@@ -24,7 +25,7 @@ def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
             raise ValueError(f"{predictor['table_path']}: no target column {settings.target_column!r} "
                              f"(predictor.target_column); columns: {list(table.columns)}")
     else:
-        table = core.runs_table_from_mlflow(str(predictor.get("experiment_name") or "finetune_predictor"))
+        table = tracking.runs_table(str(predictor.get("experiment_name") or tracking.EXPERIMENT_NAME))
     if table.empty:
         raise ValueError("The runs table is empty: run sweeps with sensitivity.meta_features set first, "
                          "or pass predictor.table_path")
@@ -38,7 +39,7 @@ def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
     settings = core.PredictorSettings.from_params(predictor)
     results, shap_info = core.evaluate(table, settings)
     floor = core.noise_floor(table, settings)
-    named = core.metrics_for_mlflow(results) | {f"noise_floor_{key}": value for key, value in floor.items()}
+    named = core.metrics_for_mlflow(results, settings) | {f"noise_floor_{key}": value for key, value in floor.items()}
     metrics = {key: {"value": value, "step": 0} for key, value in named.items() if value == value}
     note = core.honesty_note(results, len(table), settings, floor)
     report = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "

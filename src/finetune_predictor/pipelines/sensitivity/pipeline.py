@@ -1,4 +1,4 @@
-"""The sensitivity pipeline: preflight, the sweep, then its report."""
+"""The sensitivity pipeline: preflight, the sweep's catalogued data, the sweep, then its report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from finetune_predictor.pipelines.preflight.pipeline import GATE
 from finetune_predictor.pipelines.sensitivity import nodes
 
 RESULTS = "sensitivity.reporting.experiment_summary"
+DATA = ["sensitivity.prm.train_subsets", "sensitivity.prm.test_set", "sensitivity.prm.variant_pool",
+        "sensitivity.reporting.split_summary"]
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
@@ -16,9 +18,10 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              ("accuracy_vs_lora_r", nodes.plot_accuracy_vs_lora_r),
              ("model_size_heatmap", nodes.plot_model_size_heatmap)]
     return Pipeline([
+        node(nodes.prepare_sweep_data, ["params:sensitivity", "params:data", GATE], DATA, name="prepare_sweep_data"),
         node(nodes.run_sensitivity_sweep,
-             ["params:sensitivity", "params:data", "params:model", "params:model_registry", "params:training",
-              "params:evaluation", GATE],
+             [*DATA, "params:sensitivity", "params:data", "params:model", "params:model_registry",
+              "params:training", "params:evaluation"],
              [RESULTS, f"{RESULTS}_csv", "sensitivity.reporting.sweep_status"], name="run_sensitivity_sweep"),
         node(nodes.analyse_sweep, RESULTS, "sensitivity.reporting.analysis", name="analyse_sweep"),
         *[node(function, RESULTS, f"sensitivity.reporting.{name}_plot", name=f"plot_{name}")

@@ -8,15 +8,17 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.model_session import open_session
+from finetune_predictor.tasks import build_task
 from finetune_predictor.training import ADAPTER_FILES, fine_tune
 
 
-def train_adapter(
-    train: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any], training: dict[str, Any],
-    data: dict[str, Any],
-) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Fine-tune a LoRA adapter; return its files and a training summary (loss history, checksums, cost)."""
+def train_adapter(train: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any],
+                  training: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Fine-tune a LoRA adapter; return its files and a training summary (loss history, checksums, cost and
+    the precision and quantization the model session actually used)."""
+    session = open_session(model, model_registry, "train", str(training.get("precision", "auto")))
     with tempfile.TemporaryDirectory(prefix="sft-") as workdir:
-        adapter_dir, summary = fine_tune(train, model, model_registry, training, data, Path(workdir))
+        adapter_dir, summary = fine_tune(train, session, build_task(data), training, Path(workdir))
         adapter_files = {name: (adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
     return adapter_files, summary

@@ -1,0 +1,192 @@
+"""The one model session: device, precision, quantization, tokenizer, formatter and weights, decided once.
+
+Training, evaluation, meta-feature probes and preflight all open a :class:`ModelSession` from the same
+``model`` parameters and the run's ``training.precision``, so a QLoRA adapter is scored on the same
+4-bit base it was trained on, and a probe trains under the settings of the run it predicts. This is the
+only module that loads causal-LM weights (``from_pretrained``), GGUF conversion included.
+
+What a session actually used (``precision``, ``quantization_requested``, ``quantization_actual``,
+``device``) is returned by :meth:`ModelSession.record` and logged on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.hardware import ComputePlan, choose_compute_plan
+from finetune_predictor.models import ModelEntry, ResolvedModel, locate_model
+
+logger = logging.getLogger(__name__)
+
+PURPOSES = ("train", "evaluate", "probe", "preflight")
+_COMPLETE_MARKER = ".conversion-complete"
+
+
+def convert_gguf_to_hf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF file into an HF folder at ``target`` once, and reuse it afterwards.
+
+    The folder is written under a temporary name and renamed when complete, so an interrupted
+    conversion never leaves a half-written model that a later run would trust.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("Converting %s to an HF folder in %s (once)", gguf_path, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantizer marker that makes save_pretrained refuse; the weights are
+    # already dequantized to fp32, so the marker is cleared before saving.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE_MARKER).write_text(str(gguf_path))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str, cache_dir: str | Path | None = None,
+                  registry: dict[str, Any] | None = None) -> ResolvedModel:
+    """``model.name`` as an HF folder on this machine: located by the registry, GGUF converted once."""
+    location = locate_model(name, cache_dir, registry)
+    if location.gguf_path is not None:
+        convert_gguf_to_hf(location.gguf_path, Path(location.resolved.path))
+    return location.resolved
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False, trust_remote_code: bool = False) -> Any:
+    """The base model for ``plan``: fp32 on CPU, bf16/fp16 on CUDA, NF4 4-bit for QLoRA."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar clutters the run's log
+    kwargs: dict[str, Any] = {"dtype": plan.load_dtype, "trust_remote_code": trust_remote_code}
+    if plan.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=plan.load_dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if plan.load_in_4bit and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    elif plan.device == "cuda" and not plan.load_in_4bit:
+        model = model.to("cuda")
+    return model
+
+
+@dataclass
+class ModelSession:
+    """One base model as every stage of a run sees it: where it lives, how it runs, how prompts look."""
+
+    resolved: ResolvedModel
+    plan: ComputePlan
+    formatter: PromptFormatter
+    purpose: str
+    quantization_requested: str = "none"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.formatter.tokenizer
+
+    @property
+    def entry(self) -> ModelEntry | None:
+        return self.resolved.entry
+
+    def with_purpose(self, purpose: str) -> ModelSession:
+        """The same model, settings and tokenizer for another purpose (no reload)."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        return replace(self, purpose=purpose)
+
+    def load_model(self, adapter_dir: str | Path | None = None) -> Any:
+        """The base model for this session's purpose; with ``adapter_dir``, the trained adapter on top.
+
+        A full-precision base gets the adapter merged (one matmul per layer at inference). A 4-bit base
+        keeps it unmerged: merging into NF4 weights would round the adapter away.
+        """
+        model = load_causal_lm(self.resolved.path, self.plan, for_training=self.purpose in ("train", "probe"),
+                               trust_remote_code=self.resolved.trust_remote_code)
+        if adapter_dir is None:
+            return model
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return model if self.plan.load_in_4bit else model.merge_and_unload()
+
+    def lora_target_modules(self, setting: tuple[str, ...] | list[str] | str) -> list[str] | str:
+        """``training.lora.target_modules``; ``auto`` takes the registry's modules (else all linear layers)."""
+        if setting == "auto":
+            setting = self.entry.lora_target_modules if self.entry is not None else "all-linear"
+        return setting if isinstance(setting, str) else list(setting)
+
+    def record(self) -> dict[str, Any]:
+        """The settings this session actually runs with, for the run record."""
+        return {
+            "model_path": self.resolved.path,
+            "model_source": self.resolved.source,
+            "device": self.plan.device,
+            "precision": self.plan.precision_name,
+            "precision_reason": self.plan.reason,
+            "quantization_requested": self.quantization_requested,
+            "quantization_actual": "4bit" if self.plan.load_in_4bit else "none",
+        }
+
+
+def compute_plan(model: dict[str, Any], precision: str = "auto") -> ComputePlan:
+    """Device, precision and quantization for ``model`` params on this machine (no model files needed)."""
+    return choose_compute_plan(precision, str(model.get("quantization", "none")))
+
+
+def open_session(model: dict[str, Any], registry: dict[str, Any] | None, purpose: str,
+                 precision: str = "auto") -> ModelSession:
+    """Decide device, precision and quantization for ``purpose`` and load tokenizer and formatter once.
+
+    ``model`` is the ``model`` parameter group; ``precision`` is ``training.precision`` (the same for
+    every purpose, so evaluation and probes run as the training they judge did).
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    plan = compute_plan(model, precision)
+    resolved = resolve_model(model["name"], model.get("cache_dir"), registry)
+    formatter = PromptFormatter(
+        tokenizer=load_tokenizer(resolved.path, resolved.trust_remote_code),
+        max_length=int(model.get("max_length", 512)),
+        system_prompt=model.get("system_prompt"),
+        use_chat_template=resolved.entry.chat_template if resolved.entry else True,
+    )
+    return ModelSession(resolved, plan, formatter, purpose, str(model.get("quantization", "none")))

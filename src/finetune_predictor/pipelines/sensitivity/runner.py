@@ -1,0 +1,356 @@
+"""Running a sweep: plan -> resume -> execute -> collect.
+
+Every configuration is its own MLflow run nested under the sweep's run. Its key
+(:meth:`SweepConfig.key`) hashes the configuration, the exact data it sees and every resolved setting
+that can change a result, and is stored as the run tag ``sweep_config_key``:
+
+- a configuration whose key already has a FINISHED run is skipped, and that run's results are reused;
+- a run left RUNNING by a killed sweep is marked FAILED when the sweep starts again, and is retried;
+- a run that raises is ended FAILED by MLflow, the sweep goes on, and FAILED runs never enter a result.
+
+Execution is sequential by default. With ``executor: ray`` every configuration is a Ray task asking
+for ``gpus_per_run`` GPUs, on a local Ray or on the cluster at ``ray_address``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from finetune_predictor import task_data, tracking
+from finetune_predictor.evaluation import metrics_of, predict
+from finetune_predictor.hardware import release_accelerator_memory
+from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
+from finetune_predictor.model_session import open_session
+from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
+from finetune_predictor.records import content_sha256
+from finetune_predictor.tasks import build_task
+from finetune_predictor.training import fine_tune
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS = ("sequential", "ray")
+
+
+@dataclass
+class SweepData:
+    """The sweep's catalogued data: nested subsets (column ``train_per_class``), the fixed test set, the
+    candidate pool of class-share variants, and the split summary with every subset's hash."""
+
+    subsets: pd.DataFrame
+    test: pd.DataFrame
+    pool: pd.DataFrame
+    split_summary: dict[str, Any]
+
+    def fingerprint(self, config: SweepConfig) -> str:
+        """The data one configuration sees: its own subset and the test set (and the pool it re-draws
+        classes from); adding a size to the sweep leaves the other sizes' fingerprints as they were."""
+        parts = [self.split_summary["subset_sha256"][str(config.train_per_class)], self.split_summary["test_sha256"]]
+        if config.variant.positive_share != 0.5:
+            parts.append(content_sha256(self.pool))
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def training_set(self, config: SweepConfig, labels: list[str]) -> pd.DataFrame:
+        return apply_variant(task_data.subset(self.subsets, config.train_per_class), config.variant, labels,
+                             config.seed, self.pool)
+
+
+@dataclass
+class SweepContext:
+    """What every configuration of one sweep shares (picklable, for Ray workers)."""
+
+    sweep_name: str
+    experiment_id: str
+    parent_run_id: str | None
+    tracking_uri: str
+    output_dir: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    model_registry: dict[str, Any]
+    training: dict[str, Any]
+    evaluation: dict[str, Any]
+    split_summary: dict[str, Any]
+    meta_features: dict[str, Any] | None = None
+
+    def model_params(self, config: SweepConfig) -> dict[str, Any]:
+        return {**self.model, "name": config.model}
+
+    def run_name(self, config: SweepConfig) -> str:
+        return config.label(self.split_summary["source"], self.training)
+
+
+@dataclass
+class SweepOutcome:
+    results: pd.DataFrame  # one row per FINISHED configuration (reused or new)
+    status: dict[str, Any]  # counts: total, reused, ran, failed, interrupted_marked_failed; failures
+
+
+def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], evaluation: Mapping[str, Any],
+                         data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every resolved setting that can change a result, for the resume key. The grid's own axes are in the
+    configuration; the data's content is in the data fingerprint."""
+    task_keys = ("task", "label_positive", "label_negative", "labels", "instruction")
+    return {"model": dict(model), "training": dict(training), "evaluation": dict(evaluation),
+            "task": {key: data.get(key) for key in task_keys if key in data}}
+
+
+# --- plan -----------------------------------------------------------------------------------------------------
+
+
+def plan(sensitivity: Mapping[str, Any], sweep_data: SweepData, context: SweepContext) -> dict[SweepConfig, str]:
+    """Every configuration of the grid with its resume key."""
+    configs = expand_grid(sensitivity, context.model["name"])
+    missing = sorted({c.train_per_class for c in configs} - {int(s) for s in sweep_data.split_summary["subset_sha256"]})
+    if missing:
+        raise ValueError(f"sensitivity.train_per_class {missing} have no prepared subset: re-run prepare_sweep_data")
+    settings = settings_fingerprint(context.model, context.training, context.evaluation, context.data)
+    return {config: config.key(sweep_data.fingerprint(config), settings) for config in configs}
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+
+
+def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepContext,
+           status: dict[str, Any]) -> list[SweepConfig]:
+    """Mark interrupted runs FAILED, reuse FINISHED ones (adding features they lack), return what to run."""
+    pending = []
+    labels = build_task(context.data).candidates()
+    for config, key in keys.items():
+        status["interrupted_marked_failed"] += tracking.mark_interrupted_runs_failed(
+            context.experiment_id, key, context.parent_run_id)
+        previous = tracking.finished_run(context.experiment_id, key)
+        if previous is None:
+            pending.append(config)
+            continue
+        status["reused"] += 1
+        if context.meta_features is not None and not any(k.startswith(tracking.FEATURE_PREFIX)
+                                                         for k in previous.data.metrics):
+            # Features asked for after the run finished: add them to that run instead of retraining.
+            log_meta_features(previous.info.run_id, config, sweep_data.training_set(config, labels), context)
+            status["features_added"] = status.get("features_added", 0) + 1
+    return pending
+
+
+# --- execute ---------------------------------------------------------------------------------------------------
+
+
+def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext) -> dict[str, dict[str, Any]]:
+    """The base model's metrics on the fixed test set, once per model."""
+    task = build_task(context.data)
+    precision = str(context.training.get("precision", "auto"))
+    baselines = {}
+    for name in sorted(models):
+        session = open_session({**context.model, "name": name}, context.model_registry, "evaluate", precision)
+        baselines[name] = metrics_of(predict(test, task, session, context.evaluation), task)
+    return baselines
+
+
+def run_configuration(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
+                      baseline: dict[str, Any], context: SweepContext) -> dict[str, Any]:
+    """Train and evaluate one configuration inside its own MLflow child run (ended FAILED on error)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(context.tracking_uri)
+    tags = {tracking.CONFIG_KEY_TAG: key, tracking.SWEEP_TAG: context.sweep_name}
+    with tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id:
+        return train_and_evaluate(config, key, train, test, baseline, context, run_id)
+
+
+def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
+                       baseline: dict[str, Any], context: SweepContext, run_id: str) -> dict[str, Any]:
+    """The body of a configuration's run: the same session, fine-tune, evaluation and run record as
+    mini_test100."""
+    import mlflow
+
+    model, training = context.model_params(config), config.training_params(context.training)
+    task = build_task(context.data)
+    run_dir = Path(context.output_dir) / key
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    session = open_session(model, context.model_registry, "train", str(training.get("precision", "auto")))
+    adapter_dir, training_summary = fine_tune(train, session, task, training, run_dir)
+    started = time.perf_counter()
+    predictions = predict(test, task, session.with_purpose("evaluate"), context.evaluation, str(adapter_dir))
+    inference_s = time.perf_counter() - started
+    metrics = {"baseline": baseline, "finetuned": metrics_of(predictions, task)}
+    split = {**context.split_summary, "train_size": len(train), "train_sha256": content_sha256(train)}
+    record = tracking.build_run_record(split, training_summary, metrics, model, training, context.data,
+                                       variant=config.variant.as_params())
+    record.provenance.update({"sweep_name": context.sweep_name, tracking.CONFIG_KEY_TAG: key,
+                              "train_per_class": config.train_per_class})
+    record.metrics["inference_runtime_s"] = inference_s
+    tracking.log_record(run_id, record)
+    predictions.to_json(run_dir / "finetuned_predictions.jsonl", orient="records", lines=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    mlflow.log_artifacts(str(adapter_dir), "adapter")
+    mlflow.log_artifact(str(run_dir / "finetuned_predictions.jsonl"), "predictions")
+    mlflow.log_artifact(str(run_dir / "metrics.json"))
+    if context.meta_features is not None:
+        log_meta_features(run_id, config, train, context)
+    release_accelerator_memory()
+    return {"run_id": run_id, "artifact_dir": str(run_dir.resolve())}
+
+
+def log_meta_features(run_id: str, config: SweepConfig, train: pd.DataFrame, context: SweepContext) -> dict:
+    """The configuration's ``mf_*`` features on its run, with ``mf_cost_ratio`` = feature seconds / the run's
+    training seconds; probes run in the configuration's own model session."""
+    settings = dict(context.meta_features or {})
+    training = config.training_params(context.training)
+    session = open_session(context.model_params(config), context.model_registry, "probe",
+                           str(training.get("precision", "auto")))
+    cache_dir = Path(settings.get("cache_dir") or Path(context.output_dir) / "meta_features_cache")
+    features = compute_meta_features(train, session, build_task(context.data), training,
+                                     ProbeSettings.from_params(settings), cache_dir)
+    train_seconds = tracking.run_metric(run_id, "train_runtime_s")
+    if train_seconds:
+        features["mf_cost_ratio"] = features["mf_feature_seconds"] / train_seconds
+    tracking.log_metrics(run_id, features)
+    return features
+
+
+def execute_sequential(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, Any],
+                       context: SweepContext) -> list[tuple[SweepConfig, str | None]]:
+    outcomes = []
+    for index, job in enumerate(jobs, start=1):
+        config = job[0]
+        logger.info("Sweep run %d/%d: %s", index, len(jobs), context.run_name(config))
+        try:
+            run_configuration(*job)
+        except Exception as error:
+            logger.error("Sweep run %s failed: %s\n%s", context.run_name(config), error,
+                         traceback.format_exc(limit=3))
+            outcomes.append((config, f"{type(error).__name__}: {error}"))
+        else:
+            outcomes.append((config, None))
+    return outcomes
+
+
+def execute_ray(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, Any],
+                context: SweepContext) -> list[tuple[SweepConfig, str | None]]:
+    """One Ray task per configuration, each asking for ``gpus_per_run`` GPUs."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("sensitivity.executor=ray needs Ray: pip install -e '.[ray]'") from None
+    address = sensitivity.get("ray_address") or None
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
+    gpus = float(sensitivity.get("gpus_per_run", 1))
+    available = float(ray.cluster_resources().get("GPU", 0))
+    if gpus > available:
+        raise ValueError(f"sensitivity.gpus_per_run={gpus:g} but the Ray cluster at {address or 'local'} has "
+                         f"{available:g} GPU(s): the tasks would wait forever. Set gpus_per_run: 0 to run on CPUs.")
+    task = ray.remote(num_gpus=gpus, max_retries=0)(run_configuration)
+    refs = [(job[0], task.remote(*job)) for job in jobs]
+    outcomes = []
+    for config, ref in refs:
+        try:
+            ray.get(ref)
+        except Exception as error:
+            logger.error("Sweep run %s failed on Ray: %s", context.run_name(config), error)
+            outcomes.append((config, f"{type(error).__name__}: {error}"[:2000]))
+        else:
+            outcomes.append((config, None))
+    return outcomes
+
+
+# --- collect ---------------------------------------------------------------------------------------------------
+
+
+def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
+    """One row of the experiment summary, read back from the FINISHED MLflow run (nothing typed in)."""
+    metrics, params = run.data.metrics, run.data.params
+    row: dict[str, Any] = {
+        "config_key": key, "run_id": run.info.run_id, "model": config.model,
+        "train_size": 2 * config.train_per_class, "train_per_class": config.train_per_class,
+        "learning_rate": config.learning_rate, "lora_r": config.lora_r, "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout, "num_train_epochs": config.num_train_epochs, "seed": config.seed,
+        **config.variant.as_params(),
+        "dataset": params.get("dataset"), "dataset_family": params.get("dataset_family"),
+        "train_sha256": params.get("train_sha256"), "test_sha256": params.get("test_sha256"),
+        "train_time_s": metrics.get("train_runtime_s"), "inference_time_s": metrics.get("inference_runtime_s"),
+        "peak_memory_mb": metrics.get("train_peak_memory_mb"),
+        "artifact_uri": run.info.artifact_uri,
+    }
+    for name in ("accuracy", "f1_macro", "auc", "parse_failure_rate"):
+        row[f"baseline_{name}"] = metrics.get(f"baseline_{name}")
+        row[f"finetuned_{name}"] = metrics.get(f"finetuned_{name}")
+    row["accuracy_gain"] = metrics.get("accuracy_gain")
+    row.update({name: value for name, value in metrics.items() if name.startswith(tracking.FEATURE_PREFIX)})
+    return row
+
+
+def collect(keys: dict[SweepConfig, str], experiment_id: str) -> pd.DataFrame:
+    rows = []
+    for config, key in keys.items():
+        run = tracking.finished_run(experiment_id, key)
+        if run is not None:
+            rows.append(result_row(config, key, run))
+    return pd.DataFrame(rows)
+
+
+# --- the whole sweep -------------------------------------------------------------------------------------
+
+
+def _absolute_tracking_uri(uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def sweep_context(sensitivity: Mapping[str, Any], sweep_data: SweepData, data: dict[str, Any],
+                  model: dict[str, Any], model_registry: dict[str, Any], training: dict[str, Any],
+                  evaluation: dict[str, Any], sweep_name: str) -> SweepContext:
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        experiment_id, parent_run_id = active.info.experiment_id, active.info.run_id
+    else:
+        experiment_id, parent_run_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id, None
+    batch_size = int(sensitivity.get("evaluation_batch_size") or evaluation.get("batch_size", 16))
+    return SweepContext(
+        sweep_name=sweep_name, experiment_id=experiment_id, parent_run_id=parent_run_id,
+        tracking_uri=_absolute_tracking_uri(mlflow.get_tracking_uri()),
+        output_dir=str(Path(sensitivity.get("output_dir") or "data/06_models/sweeps").resolve()),
+        data=data, model=model, model_registry=model_registry, training=training,
+        evaluation={**evaluation, "batch_size": batch_size}, split_summary=sweep_data.split_summary,
+        meta_features=sensitivity.get("meta_features"),
+    )
+
+
+def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str, Any], model: dict[str, Any],
+              model_registry: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any],
+              sweep_name: str = "sensitivity") -> SweepOutcome:
+    """Run (or resume) every configuration of the sweep; return the FINISHED runs' result rows."""
+    executor = str(sensitivity.get("executor", "sequential"))
+    if executor not in EXECUTORS:
+        raise ValueError(f"sensitivity.executor must be one of {EXECUTORS}, got {executor!r}")
+    context = sweep_context(sensitivity, sweep_data, data, model, model_registry, training, evaluation, sweep_name)
+    keys = plan(sensitivity, sweep_data, context)
+    labels = build_task(data).candidates()
+    jobs_data = {config: sweep_data.training_set(config, labels) for config in keys}  # bad variants fail here
+    status: dict[str, Any] = {"total": len(keys), "reused": 0, "ran": 0, "failed": 0,
+                              "interrupted_marked_failed": 0, "failures": []}
+    pending = resume(keys, sweep_data, context, status)
+    logger.info("Sweep %s: %d configurations, %d already finished, %d to run (%s)", sweep_name, len(keys),
+                status["reused"], len(pending), executor)
+    baselines = baseline_metrics({config.model for config in pending}, sweep_data.test, context)
+    jobs = [(config, keys[config], jobs_data[config], sweep_data.test, baselines[config.model], context)
+            for config in pending]
+    execute = execute_ray if executor == "ray" else execute_sequential
+    for config, error in execute(jobs, sensitivity, context):
+        status["ran" if error is None else "failed"] += 1
+        if error is not None:
+            status["failures"].append({"config": context.run_name(config), "error": error})
+    return SweepOutcome(collect(keys, context.experiment_id), status)

@@ -1,0 +1,158 @@
+"""The task's data as a library: read every record, split a fixed test set from nested training subsets,
+and describe the split. The data_engineering nodes and the sensitivity sweep both call these functions,
+so a sweep's subsets are drawn exactly as a ``mini_test100`` run's are.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+from typing import Any
+
+import pandas as pd
+
+from finetune_predictor.records import CANONICAL_COLUMNS, ReadResult, SourceSpec, content_sha256, read_records
+from finetune_predictor.splits import (
+    assert_disjoint,
+    deduplicate,
+    nested_balanced_subset,
+    remove_test_overlap,
+    select_test_set,
+)
+from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.tasks import build_task
+
+ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
+BUNDLED_SOURCE = "bundled-synthetic-news"
+REJECT_COLUMNS = ["file", "location", "reason", "raw"]
+_SPLIT_WORDS = re.compile(r"(^|[_\-.])(train|training|test|testing|valid|validation|val|dev|eval|alpaca|split)"
+                          r"(?=$|[_\-.])")
+
+
+def dataset_family(data: dict[str, Any]) -> str:
+    """The family a run's data belongs to, for grouped splits: ``data.family`` when set; else the training
+    file's stem without split words (``liar_train_alpaca.jsonl`` -> ``liar``); the generator's name for the
+    bundled task. Never a folder name: ``data/01_raw/a.jsonl`` and ``data/01_raw/b.jsonl`` differ."""
+    if data.get("family"):
+        return str(data["family"])
+    if not data.get("path"):
+        return BUNDLED_SOURCE
+    stem = PurePath(str(data["path"])).name.split(".")[0].lower()
+    return _SPLIT_WORDS.sub("", stem).strip("_-.") or stem
+
+
+def _read(data: dict[str, Any], path: str, labels: list[str] | None) -> ReadResult:
+    return read_records(SourceSpec.from_params(data, path), labels, str(data.get("on_invalid", "error")))
+
+
+def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """All records of the task in the canonical table (with the column ``origin``), the rejected ones, and
+    what reading them found. ``data.path`` null means the bundled generated task; rejects
+    (``data.on_invalid: quarantine``) are returned, never dropped silently."""
+    labels = build_task(data).candidates()
+    results: dict[str, ReadResult] = {}
+    if data.get("path"):
+        results["train_file"] = _read(data, data["path"], labels)
+        pool = results["train_file"].records.copy()
+    else:
+        synthetic = data.get("synthetic", {})
+        pool = pd.DataFrame(iter_articles(int(synthetic.get("num_records", 24000)), int(synthetic.get("seed", 7))))
+        pool["source"] = BUNDLED_SOURCE
+        pool["group"] = BUNDLED_SOURCE
+        pool = pool[CANONICAL_COLUMNS]
+    pool[ORIGIN] = "pool"
+    frames = [pool]
+    if data.get("test_path"):
+        results["test_file"] = _read(data, data["test_path"], labels)
+        test = results["test_file"].records.copy()
+        test[ORIGIN] = "test_file"
+        frames.append(test)
+    rejects = [reject for result in results.values() for reject in result.rejects]
+    summary = {name: result.summary() for name, result in results.items()}
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(rejects, columns=REJECT_COLUMNS), summary
+
+
+def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The fixed test set and the training candidates: deduplicated, from training-origin records only
+    (a test file's records never become candidates), and with no text shared with the test set."""
+    labels = build_task(data).candidates()
+    seed = int(data.get("seed", 42))
+    policy = str(data.get("duplicates", "drop"))
+    pool, pool_dups = deduplicate(records[records[ORIGIN] == "pool"], policy)
+    duplicates = {"pool": pool_dups}
+    if (records[ORIGIN] == "test_file").any():
+        test_file, duplicates["test_file"] = deduplicate(records[records[ORIGIN] == "test_file"], policy)
+        test = select_test_set(test_file, labels, data.get("test_per_class"), seed)
+    else:
+        test = select_test_set(pool, labels, data.get("test_per_class"), seed)
+        pool = pool[~pool["id"].isin(set(test["id"]))]
+    pool, overlap_removed = remove_test_overlap(pool, test, str(data.get("test_overlap", "drop")))
+    return test[CANONICAL_COLUMNS], pool[CANONICAL_COLUMNS], {"duplicates": duplicates,
+                                                                "train_test_overlap_removed": overlap_removed}
+
+
+def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame, read_summary: dict[str, Any],
+                  data: dict[str, Any], checks: dict[str, Any]) -> dict[str, Any]:
+    """What a split is: sources, family, sizes, label counts, duplicates and overlap handled, content hashes."""
+    return {
+        "source": str(data.get("path") or BUNDLED_SOURCE),
+        "family": dataset_family(data),
+        "test_source": str(data.get("test_path") or "held-out split of the training source"),
+        "read": read_summary,
+        "records_available": int((records[ORIGIN] == "pool").sum()),
+        **checks,
+        "train_size": len(train),
+        "train_per_class": int(data["train_per_class"]),
+        "test_size": len(test),
+        "train_label_counts": {k: int(v) for k, v in train["output"].value_counts().items()},
+        "test_label_counts": {k: int(v) for k, v in test["output"].value_counts().items()},
+        "train_sha256": content_sha256(train),
+        "test_sha256": content_sha256(test),
+    }
+
+
+def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
+                     data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """A fixed balanced test set, then a balanced training subset disjoint from it.
+
+    The test set depends only on the records and ``data.seed``, never on the training size; training
+    subsets are nested (a larger one contains the smaller ones) and never share text with the test set.
+    """
+    test, pool, checks = test_set_and_pool(records, data)
+    labels = build_task(data).candidates()
+    train = nested_balanced_subset(pool, labels, int(data["train_per_class"]), int(data.get("seed", 42)))
+    train = train[CANONICAL_COLUMNS]
+    assert_disjoint(train, test)
+    return train, test, split_summary(train, test, records, read_summary, data, checks)
+
+
+def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: dict[str, Any],
+                   sizes: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Every training size of a sweep from one test set and one candidate pool.
+
+    Returns the subsets as one table (column ``train_per_class`` says which subset a row belongs to;
+    a record of a small subset is in every larger one), the test set, the shuffled candidate pool that
+    class-share variants draw from, and the summary of the largest split with every subset's hash.
+    """
+    test, pool, checks = test_set_and_pool(records, data)
+    labels = build_task(data).candidates()
+    seed = int(data.get("seed", 42))
+    parts, hashes = [], {}
+    for size in sorted(sizes):
+        train = nested_balanced_subset(pool, labels, size, seed)[CANONICAL_COLUMNS]
+        assert_disjoint(train, test)
+        hashes[str(size)] = content_sha256(train)
+        parts.append(train.assign(train_per_class=size))
+    subsets = pd.concat(parts, ignore_index=True)
+    summary = split_summary(train, test, records, read_summary, {**data, "train_per_class": max(sizes)}, checks)
+    summary["subset_sha256"] = hashes
+    shuffled_pool = pool.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return subsets, test, shuffled_pool, summary
+
+
+def subset(subsets: pd.DataFrame, train_per_class: int) -> pd.DataFrame:
+    """One training subset back out of :func:`nested_subsets`' table."""
+    chosen = subsets[subsets["train_per_class"] == train_per_class]
+    if chosen.empty:
+        raise KeyError(f"no training subset with train_per_class={train_per_class}")
+    return chosen[CANONICAL_COLUMNS].reset_index(drop=True)
