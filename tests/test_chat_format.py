@@ -67,3 +67,18 @@ def test_base_model_without_template_uses_fallback(tokenizer):
     row = formatter.training_example("Classify.", "Some text.", "fake")
     assert _supervised_text(bare, row) == "fake" + bare.eos_token
     assert "### Response:" in bare.decode(row["input_ids"])
+
+
+def test_truncation_cuts_only_the_input_and_is_counted(tokenizer):
+    """The old fallback sliced the prompt's tail when re-encoding overshot, which could cut the assistant
+    header the answer follows; now only the input shrinks, and every shortened prompt is counted."""
+    formatter = PromptFormatter(tokenizer, max_length=64)
+    header = formatter.prompt_ids("Classify.", "")[-3:]
+    long_input = " ".join(f"word{i}," for i in range(400))
+    ids = formatter.prompt_ids("Classify.", long_input, reserve=5)
+    assert len(ids) <= 64 - 5 and ids[-3:] == header
+    assert formatter.truncated_prompts == 1
+    formatter.prompt_ids("Classify.", "short")
+    assert formatter.truncated_prompts == 1
+    with pytest.raises(ValueError, match="instruction alone"):
+        formatter.prompt_ids("Classify " * 200, long_input)

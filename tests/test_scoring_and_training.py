@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -135,3 +136,36 @@ def test_compute_plan_on_cpu(monkeypatch):
         hardware.choose_compute_plan("fp16")
     with pytest.raises(ValueError, match=r"training\.precision"):
         hardware.choose_compute_plan("int3")
+
+
+def test_label_scoring_rules(tiny, tiny_session):
+    """sum favours short labels; mean divides by the label's token count; calibrated removes the model's
+    prior for each label, measured after a content-free input with the same instruction."""
+    from finetune_predictor.evaluation import CONTENT_FREE_INPUT, label_scores
+
+    model, formatter = tiny
+    records = list(iter_articles(4, seed=3))
+    log_probs = score_candidates(model, formatter, records, CANDIDATES)
+    lengths = np.array([len(formatter.answer_ids(label)) for label in CANDIDATES])
+    assert lengths[0] != lengths[1]  # "fake" and "legitimate" differ in length: the bias is real here
+    np.testing.assert_allclose(label_scores(log_probs, "sum", model, tiny_session, records, CANDIDATES), log_probs)
+    np.testing.assert_allclose(label_scores(log_probs, "mean", model, tiny_session, records, CANDIDATES),
+                               log_probs / lengths)
+    prior = score_candidates(model, formatter, [{"instruction": records[0]["instruction"],
+                                                 "input": CONTENT_FREE_INPUT}], CANDIDATES)
+    np.testing.assert_allclose(label_scores(log_probs, "calibrated", model, tiny_session, records, CANDIDATES),
+                               log_probs - prior, atol=1e-5)
+    with pytest.raises(ValueError, match=r"evaluation\.label_scoring"):
+        label_scores(log_probs, "max", model, tiny_session, records, CANDIDATES)
+
+
+def test_metrics_report_the_share_of_each_predicted_label():
+    from finetune_predictor.evaluation import metrics_of
+    from finetune_predictor.tasks import build_task
+
+    task = build_task({"label_positive": "fake", "label_negative": "legitimate"})
+    predictions = pd.DataFrame({"reference": ["fake", "legitimate"] * 2, "scored_prediction": ["fake"] * 4,
+                                "prob_positive": [0.9, 0.8, 0.7, 0.6]})
+    metrics = metrics_of(predictions, task)
+    assert metrics["accuracy"] == 0.5 and metrics["predicted_share_fake"] == 1.0
+    assert metrics["predicted_share_legitimate"] == 0.0

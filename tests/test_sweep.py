@@ -67,7 +67,7 @@ def test_knee_and_gain_per_doubling_by_hand():
 def _sweep_data(sizes, data=None) -> runner.SweepData:
     data = {**DATA, "test_per_class": 3, **(data or {})}
     records, _rejects, read_summary = task_data.load_task_records(data)
-    return runner.SweepData(*task_data.nested_subsets(records, read_summary, data, sizes))
+    return runner.SweepData(*task_data.nested_subsets(records, read_summary, data, sizes, validation_per_class=2))
 
 
 def test_prepared_test_set_is_fixed_and_subsets_nested():
@@ -76,6 +76,10 @@ def test_prepared_test_set_is_fixed_and_subsets_nested():
     assert set(small["id"]) <= set(large["id"])
     assert not set(sweep_data.test["id"]) & set(large["id"])
     assert not set(sweep_data.test["id"]) & set(sweep_data.pool["id"])
+    # The validation set is disjoint from the test set and from every training subset and the pool.
+    assert len(sweep_data.validation) == 4
+    assert not set(sweep_data.validation["id"]) & (set(sweep_data.test["id"]) | set(large["id"])
+                                                   | set(sweep_data.pool["id"]))
     summary = sweep_data.split_summary
     assert len(sweep_data.test) == 6 and summary["test_sha256"] and set(summary["subset_sha256"]) == {"2", "5"}
     # Adding a size leaves the other sizes' data fingerprints (and so their resume keys) as they were.
@@ -149,7 +153,8 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     assert first.status["ran"] == 2 and first.status["failed"] == 0
     assert sorted(first.results["train_size"]) == [4, 8]
     assert {"finetuned_accuracy", "baseline_accuracy", "train_time_s", "inference_time_s", "peak_memory_mb",
-            "artifact_uri"} <= set(first.results.columns)
+            "artifact_uri", "classical_accuracy", "validation_accuracy"} <= set(first.results.columns)
+    assert first.results["validation_accuracy"].notna().all()
     run = _runs("FINISHED")[0]
     assert run.data.params["data_variant"] == "clean" and "train_loss" in run.data.metrics
 
@@ -228,6 +233,21 @@ def test_analysis_traces_every_number_to_runs():
     assert effect["mean_delta_accuracy"] == pytest.approx(-0.1) and effect["pairs"] == 6
     report = markdown_report(_fake_results(), analysis, {"ran": 12})
     assert "knee at 100 examples" in report and "-10.0 accuracy points vs clean" in report
+    assert analysis["selected_on"] == "test" and "selected on test" in report
+
+
+def test_best_configuration_is_selected_on_validation_never_on_test():
+    """Picking the best of many configurations on the test set reports the luckiest draw; the selection
+    must use the validation set and report that configuration's test figure."""
+    results = _fake_results()
+    results["validation_accuracy"] = results["finetuned_accuracy"]
+    # On test, n=200 looks best; on validation, n=100 is better: the report follows validation.
+    results.loc[results["train_size"] == 100, "validation_accuracy"] = 0.95
+    analysis = analyse(results)
+    assert analysis["selected_on"] == "validation"
+    assert analysis["best"]["train_size"] == 100 and analysis["best"]["mean_accuracy"] == pytest.approx(0.76)
+    report = markdown_report(results, analysis, {"ran": 12})
+    assert "selected on the validation set (95.0% there), reported on the test set" in report
 
 
 def test_sensitivity_report_nodes_run_in_kedro():

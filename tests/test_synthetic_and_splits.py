@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pandas as pd
 import pytest
 
 from finetune_predictor.splits import InsufficientDataError, nested_balanced_subset
-from finetune_predictor.synthetic_news import generate_article, iter_articles
+from finetune_predictor.synthetic_news import bayes_ceiling, generate_article, iter_articles
 from finetune_predictor.task_data import dataset_family, load_task_records, split_train_test
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
@@ -32,7 +35,7 @@ def test_generator_is_balanced_distinct_and_labelled():
 
 def test_no_single_cue_decides_the_label():
     """The strongest fake-style phrase agrees with the label well short of always (noisy cues)."""
-    records = list(iter_articles(4000, seed=7))
+    records = list(iter_articles(4000, seed=7, difficulty="easy"))
     with_cue = [r for r in records if "refused to be named" in r["input"]]
     share_fake = sum(r["output"] == "fake" for r in with_cue) / len(with_cue)
     assert 0.7 < share_fake < 0.95
@@ -89,3 +92,17 @@ def test_dataset_family_is_the_file_stem_without_split_words_not_the_folder():
     assert dataset_family({"path": "x/news-valid.csv"}) == "news"
     assert dataset_family({"path": None}) == "bundled-synthetic-news"
     assert dataset_family({"path": "x/train.tsv", "family": "liar6"}) == "liar6"
+
+
+def test_easy_is_the_original_corpus_and_the_default_is_harder():
+    """Runs logged before the difficulty setting stay reproducible (easy = the original corpus, pinned by
+    its first record), and the default no longer falls to a handful of keywords."""
+    original = json.dumps(list(iter_articles(500, seed=7, difficulty="easy")))
+    assert hashlib.sha256(original.encode()).hexdigest()[:16] == "bc1b04bd61a553d2"  # the pre-setting corpus
+    assert bayes_ceiling("easy") == pytest.approx(0.868, abs=1e-3)
+    assert bayes_ceiling("hard") < bayes_ceiling("standard") < bayes_ceiling("easy")
+    records = pd.DataFrame(iter_articles(3000, seed=7))
+    keyword = records["input"].str.contains("insiders|whispering|shared|anonymous")
+    assert abs((keyword == records["output"].eq("fake")).mean() - 0.5) < 0.05  # the keyword rule is a coin flip
+    with pytest.raises(ValueError, match=r"data\.synthetic\.difficulty"):
+        generate_article(0, seed=7, difficulty="trivial")

@@ -27,6 +27,8 @@ class PromptFormatter:
     system_prompt: str | None = None
     use_chat_template: bool = True  # False for base models: the fallback template, whatever the tokenizer has
     _answer_cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    # Prompts whose input was shortened to fit max_length, counted so that the run record can say so.
+    truncated_prompts: int = field(default=0, repr=False)
 
     @property
     def uses_chat_template(self) -> bool:
@@ -80,12 +82,17 @@ class PromptFormatter:
         if len(ids) <= budget:
             return ids
         input_ids = self.tokenizer(input_text, add_special_tokens=False)["input_ids"]
-        overflow = len(ids) - budget
-        if overflow >= len(input_ids):
-            raise ValueError(f"The instruction alone is longer than max_length={self.max_length} tokens.")
-        shortened = self.tokenizer.decode(input_ids[: len(input_ids) - overflow - 2])
-        ids = self._encode_prompt(instruction, shortened)
-        return ids[: budget] if len(ids) > budget else ids
+        keep = len(input_ids) - (len(ids) - budget) - 2
+        # Only the input is ever cut: slicing the prompt's tail would cut the assistant header the answer
+        # follows. Decoding and re-encoding can merge tokens differently, so shorten until it fits.
+        while keep > 0:
+            ids = self._encode_prompt(instruction, self.tokenizer.decode(input_ids[:keep]))
+            if len(ids) <= budget:
+                self.truncated_prompts += 1
+                return ids
+            keep -= max(1, len(ids) - budget)
+        raise ValueError(f"The instruction alone (with the answer's {reserve} tokens) is longer than "
+                         f"max_length={self.max_length} tokens: raise model.max_length or shorten the instruction.")
 
     def _encode_prompt(self, instruction: str, input_text: str) -> list[int]:
         return self.tokenizer(self.prompt_text(instruction, input_text), add_special_tokens=False)["input_ids"]

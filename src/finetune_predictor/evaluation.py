@@ -14,6 +14,8 @@ from finetune_predictor.scoring import generate_answers, generate_answers_vllm, 
 from finetune_predictor.tasks import Task
 
 ENGINES = ("auto", "hf", "vllm")
+LABEL_SCORING = ("sum", "mean", "calibrated")
+CONTENT_FREE_INPUT = "N/A"
 
 
 def _column_key(label: str) -> str:
@@ -39,13 +41,17 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     """
     engine = generation_engine(str(evaluation_params.get("engine", "auto")))
     model = session.load_model(adapter_dir)
+    truncated_before = session.formatter.truncated_prompts
     records = test.to_dict("records")
     batch_size = int(evaluation_params.get("batch_size", 16))
     frame = pd.DataFrame({"id": test["id"].to_numpy(), "reference": [task.target(r) for r in records]})
     candidates = task.candidates()
     if candidates:
-        _add_label_scores(frame, task, candidates, score_candidates(model, session.formatter, records, candidates,
-                                                                    batch_size=batch_size))
+        rule = str(evaluation_params.get("label_scoring", "sum"))
+        log_probs = score_candidates(model, session.formatter, records, candidates, batch_size=batch_size)
+        _add_label_scores(frame, task, candidates, label_scores(log_probs, rule, model, session, records, candidates))
+    # Each record's prompt is built once per view; the first view's count is the number of records cut.
+    truncated = session.formatter.truncated_prompts - truncated_before
     if evaluation_params.get("generation", True):
         max_new_tokens = int(evaluation_params.get("max_new_tokens", 8))
         if engine == "vllm":
@@ -58,9 +64,33 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
         frame["generated_text"] = texts
         frame["generated_prediction"] = [task.parse(text) for text in texts]
     frame["engine"] = engine
+    frame["prompts_truncated"] = truncated if candidates else session.formatter.truncated_prompts - truncated_before
     model = None
     release_accelerator_memory()
     return frame
+
+
+def label_scores(log_probs: np.ndarray, rule: str, model: Any, session: ModelSession,
+                 records: list[dict[str, Any]], candidates: list[str]) -> np.ndarray:
+    """Per-label scores under ``evaluation.label_scoring``.
+
+    ``sum``: the summed log-probability of the label's tokens (favours labels with fewer tokens);
+    ``mean``: per token; ``calibrated``: minus the log-probability the model gives the label after a
+    content-free input ("N/A") with the same instruction (contextual calibration, Zhao et al. 2021),
+    which removes the model's prior preference for one label.
+    """
+    if rule not in LABEL_SCORING:
+        raise ValueError(f"evaluation.label_scoring must be one of {LABEL_SCORING}, got {rule!r}")
+    if rule == "mean":
+        lengths = np.array([len(session.formatter.answer_ids(label)) for label in candidates], dtype=float)
+        return log_probs / lengths
+    if rule == "calibrated":
+        instructions = sorted({str(r["instruction"]) for r in records})
+        content_free = [{"instruction": text, "input": CONTENT_FREE_INPUT} for text in instructions]
+        priors = dict(zip(instructions, score_candidates(model, session.formatter, content_free, candidates),
+                          strict=True))
+        return log_probs - np.stack([priors[str(r["instruction"])] for r in records])
+    return log_probs
 
 
 def _add_label_scores(frame: pd.DataFrame, task: Task, candidates: list[str], log_probs: np.ndarray) -> None:
@@ -95,6 +125,13 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         # Parse failures are a property of what the model writes: reported from the generation view.
         result["parse_failures"] = generated["parse_failures"]
         result["parse_failure_rate"] = generated["parse_failure_rate"]
+    if "scored_prediction" in predictions:
+        # A base model that always answers one label scores 50% on a balanced test: the shares show it.
+        shares = predictions["scored_prediction"].value_counts(normalize=True)
+        for label in task.candidates() or []:
+            result[f"predicted_share_{_column_key(label)}"] = float(shares.get(label, 0.0))
     if "engine" in predictions:
         result["engine"] = str(predictions["engine"].iloc[0])
+    if "prompts_truncated" in predictions:
+        result["records_truncated"] = int(predictions["prompts_truncated"].iloc[0])
     return result

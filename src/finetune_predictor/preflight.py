@@ -25,6 +25,7 @@ from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedMo
 from finetune_predictor.records import RecordError, SourceSpec, read_records
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
+from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
 from finetune_predictor.tasks import build_task
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -169,7 +170,9 @@ def _check_template(session: ModelSession, labels: list[str]) -> Check:
 
 def _check_data(data: dict[str, Any], labels: list[str]) -> Check:
     if not data.get("path"):
-        return Check("dataset", PASS, "bundled generated task")
+        difficulty = str((data.get("synthetic") or {}).get("difficulty", DEFAULT_DIFFICULTY))
+        return Check("dataset", PASS, f"bundled generated task, difficulty {difficulty} "
+                                      f"(Bayes ceiling {bayes_ceiling(difficulty):.1%})")
     need = {label: int(data["train_per_class"]) for label in labels}
     details = []
     for key in ("path", "test_path"):

@@ -1,30 +1,59 @@
-"""Deterministic generator of the bundled fake-vs-legitimate news task.
+"""Deterministic generator of the bundled fake-vs-legitimate news task, at a chosen difficulty.
 
 Every word list and template here is written for this project. Each article is a short local-news
 item whose label is signalled by five independent *cues* (who is quoted, how numbers are given, the
 tone of the verbs, whether a date is named, how it closes). Each cue agrees with the label only with
-probability ``CUE_RELIABILITY[k]`` and is sometimes absent, so no single cue decides the label:
+probability ``cue_reliability[k]`` and is sometimes absent, and some articles carry no cue at all, so no
+single cue decides the label. The generator knows its own Bayes ceiling (:func:`bayes_ceiling`): the
+accuracy of the optimal reader of all cues, which no model can beat on average.
 
-* a model that learns only the strongest cue reaches about 78% accuracy,
-* the Bayes-optimal reader of all five cues about 86%,
+Difficulty (``data.synthetic.difficulty``):
 
-which leaves room for a data-size curve that keeps rising past a few hundred examples. Record ``i``
-depends only on ``(seed, i)``, so any prefix of a large corpus equals the smaller corpus.
+* ``easy``: the original corpus: fixed cue phrases, so a handful of words ("insiders", "whispering",
+  "shared", "anonymous") classify about 80% of it and a bag-of-words model nears the 86% ceiling;
+* ``standard`` (the default): every cue is drawn from many composed paraphrases, so no few words carry
+  it, cues are weaker and more often absent, and a tenth of the articles carry no cue;
+* ``hard``: weaker and rarer still.
+
+Record ``i`` depends only on ``(seed, i, difficulty)``, so any prefix of a large corpus equals the
+smaller corpus.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 INSTRUCTION = "Decide whether the following news article is fake or legitimate. Answer with one word."
 POSITIVE_LABEL = "fake"
 NEGATIVE_LABEL = "legitimate"
 
-# Probability that each cue agrees with the label when present (strongest first), and how often a cue
-# is left out of an article altogether.
-CUE_RELIABILITY = (0.85, 0.78, 0.72, 0.66, 0.60)
-CUE_ABSENT_RATE = 0.15
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard the bundled task is: cue reliabilities (strongest first), how often each cue is absent,
+    the share of articles with no cue at all, and whether cues are drawn from composed paraphrases."""
+
+    name: str
+    cue_reliability: tuple[float, ...]
+    cue_absent_rate: float
+    no_cue_share: float
+    paraphrased: bool
+
+
+DIFFICULTIES = {
+    "easy": Difficulty("easy", (0.85, 0.78, 0.72, 0.66, 0.60), 0.15, 0.0, False),
+    "standard": Difficulty("standard", (0.80, 0.74, 0.70, 0.66, 0.62), 0.25, 0.10, True),
+    "hard": Difficulty("hard", (0.74, 0.68, 0.64, 0.60, 0.57), 0.35, 0.20, True),
+}
+DEFAULT_DIFFICULTY = "standard"
+# The original corpus's settings, kept under these names for readers of earlier runs.
+CUE_RELIABILITY = DIFFICULTIES["easy"].cue_reliability
+CUE_ABSENT_RATE = DIFFICULTIES["easy"].cue_absent_rate
 
 _SYLLABLES = ["mar", "lo", "ven", "tor", "bel", "qui", "ran", "del", "ash", "ford", "wyn", "cal", "dor", "mi",
               "sel", "bro", "tan", "hal", "rid", "gen", "fal", "ost", "per", "vin"]
@@ -120,6 +149,44 @@ _CUES = [
     (_DATE_LEGIT, _DATE_FAKE),
     (_CLOSE_LEGIT, _CLOSE_FAKE),
 ]
+
+
+def _composed(*parts: list[str]) -> list[str]:
+    return [" ".join(words) for words in itertools.product(*parts)]
+
+
+# Paraphrased cues: each phrase is composed from two or three slot lists, so the words that carry a cue
+# are spread over dozens of phrasings and no single word is frequent.
+_PARAPHRASED_CUES = [
+    (_composed(["according to", "as stated by", "as documented by", "as shown by"],
+               ["the {place} {agency}", "a report of the {agency}", "{name} of the {agency}",
+                "minutes published by the {agency}", "an audit of the {agency}", "the annual review of the {agency}"]),
+     _composed(["according to", "as claimed by", "as passed around by", "as hinted at by"],
+               ["people who would not give a name", "a message going around online", "a friend of someone on staff",
+                "a forum account with no name", "rumours in a group chat", "someone who says they know"])),
+    (_composed(["{measure}"], ["changed by {pct} percent over {months} months", "rose by {pct} percent",
+                               "fell by {pct} percent since {month}", "moved from {count} to {count2} cases",
+                               "stood at {count} in the latest count", "shifted slightly, to {count2}"]),
+     _composed(["{measure}"], ["has exploded beyond belief", "tripled overnight", "went through the roof",
+                               "crashed to nothing", "doubled in a single day", "is off the charts"])),
+    (_composed(["Officials", "Staff", "Analysts", "The committee", "Reviewers", "The agency"],
+               ["described the results as", "called the numbers", "presented the figures as"],
+               ["preliminary.", "provisional.", "subject to review.", "an early estimate."]),
+     _composed(["Officials", "Politicians", "The authorities", "Those in charge", "The council", "Experts"],
+               ["are hiding", "keep burying", "refuse to admit", "are lying about", "have suppressed"],
+               ["the truth!", "what really happened!", "the real story!"])),
+    (["The figures were presented on {weekday}.", "The review was completed in {month}.",
+      "A follow-up session is scheduled for {weekday}, {month} {day}.", "Data were collected in {month}.",
+      "The meeting took place on {month} {day}.", "Results were filed on {weekday}, {month} {day}."],
+     _composed(["It happened recently,", "It started a while ago,", "It began some time back,",
+                "Nobody knows when it began,", "It has gone on for ages,"],
+               ["people say.", "they claim.", "or so the story goes.", "apparently."])),
+    (["The full report is available from the {agency}.", "Comments can be sent to the {agency} until {month} {day}.",
+      "Further details will appear in the next council minutes.", "Questions may go to the {agency} office.",
+      "A summary will be posted on the {agency} notice board.", "The next update is expected in {month}."],
+     _composed(["Share this", "Send this to everyone", "Pass this on", "Repost this", "Tell your neighbours"],
+               ["before it is deleted!", "before they take it down!", "now!", "while you still can!"])),
+]
 _WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
            "October", "November", "December"]
@@ -135,9 +202,36 @@ def _person(rng: random.Random) -> str:
     return f"{rng.choice(_FIRST_NAMES)} {surname}"
 
 
-def generate_article(index: int, seed: int) -> dict[str, str]:
+def difficulty_of(name: str) -> Difficulty:
+    if name not in DIFFICULTIES:
+        raise ValueError(f"data.synthetic.difficulty must be one of {sorted(DIFFICULTIES)}, got {name!r}")
+    return DIFFICULTIES[name]
+
+
+def bayes_ceiling(difficulty: str = DEFAULT_DIFFICULTY) -> float:
+    """The accuracy of the Bayes-optimal reader of every cue, exactly: each cue is absent, agrees or
+    disagrees with the label independently; the reader sums the log-likelihood ratios. Articles without
+    any cue are a coin flip."""
+    level = difficulty_of(difficulty)
+    present = 1 - level.cue_absent_rate
+    correct = 0.0
+    for states in itertools.product((None, True, False), repeat=len(level.cue_reliability)):
+        probability, evidence = 1.0, 0.0
+        for reliability, agrees in zip(level.cue_reliability, states, strict=True):
+            if agrees is None:
+                probability *= level.cue_absent_rate
+                continue
+            probability *= present * (reliability if agrees else 1 - reliability)
+            evidence += (1 if agrees else -1) * math.log(reliability / (1 - reliability))
+        correct += probability * (1.0 if evidence > 0 else 0.5 if evidence == 0 else 0.0)
+    return level.no_cue_share * 0.5 + (1 - level.no_cue_share) * correct
+
+
+def generate_article(index: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> dict[str, str]:
     """Return record ``index`` of the corpus for ``seed`` as an Alpaca-shaped dict with an ``id``."""
-    rng = random.Random(f"{seed}:{index}")
+    level = difficulty_of(difficulty)
+    # The easy corpus keeps the original seeding, so earlier runs' data is reproduced exactly.
+    rng = random.Random(f"{seed}:{index}" if difficulty == "easy" else f"{seed}:{difficulty}:{index}")
     is_fake = rng.random() < 0.5
     topic, measure, agency = rng.choice(_TOPICS)
     count = rng.randint(40, 4000)
@@ -157,10 +251,11 @@ def generate_article(index: int, seed: int) -> dict[str, str]:
     }
     parts = [rng.choice(_LEADS).format(**slots)]
     source_and_number: list[str] = []
-    for cue_index, (legit_variants, fake_variants) in enumerate(_CUES):
-        if rng.random() < CUE_ABSENT_RATE:
+    no_cue = level.no_cue_share > 0 and rng.random() < level.no_cue_share
+    for cue_index, (legit_variants, fake_variants) in enumerate(_PARAPHRASED_CUES if level.paraphrased else _CUES):
+        if no_cue or rng.random() < level.cue_absent_rate:
             continue
-        agrees = rng.random() < CUE_RELIABILITY[cue_index]
+        agrees = rng.random() < level.cue_reliability[cue_index]
         shows_fake = is_fake if agrees else not is_fake
         phrase = rng.choice(fake_variants if shows_fake else legit_variants).format(**slots)
         if cue_index < 2:
@@ -180,7 +275,7 @@ def generate_article(index: int, seed: int) -> dict[str, str]:
     }
 
 
-def iter_articles(count: int, seed: int) -> Iterator[dict[str, str]]:
-    """Yield the first ``count`` records of the corpus for ``seed``."""
+def iter_articles(count: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY) -> Iterator[dict[str, str]]:
+    """Yield the first ``count`` records of the corpus for ``seed`` at ``difficulty``."""
     for index in range(count):
-        yield generate_article(index, seed)
+        yield generate_article(index, seed, difficulty)

@@ -19,7 +19,7 @@ from finetune_predictor.splits import (
     remove_test_overlap,
     select_test_set,
 )
-from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
 from finetune_predictor.tasks import build_task
 
 ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
@@ -56,7 +56,8 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
         pool = results["train_file"].records.copy()
     else:
         synthetic = data.get("synthetic", {})
-        pool = pd.DataFrame(iter_articles(int(synthetic.get("num_records", 24000)), int(synthetic.get("seed", 7))))
+        pool = pd.DataFrame(iter_articles(int(synthetic.get("num_records", 24000)), int(synthetic.get("seed", 7)),
+                                          str(synthetic.get("difficulty", DEFAULT_DIFFICULTY))))
         pool["source"] = BUNDLED_SOURCE
         pool["group"] = BUNDLED_SOURCE
         pool = pool[CANONICAL_COLUMNS]
@@ -126,17 +127,24 @@ def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
     return train, test, split_summary(train, test, records, read_summary, data, checks)
 
 
-def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: dict[str, Any],
-                   sizes: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Every training size of a sweep from one test set and one candidate pool.
+def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: dict[str, Any], sizes: list[int],
+                   validation_per_class: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                           pd.DataFrame, dict[str, Any]]:
+    """Every training size of a sweep from one test set, one validation set and one candidate pool.
 
     Returns the subsets as one table (column ``train_per_class`` says which subset a row belongs to;
-    a record of a small subset is in every larger one), the test set, the shuffled candidate pool that
-    class-share variants draw from, and the summary of the largest split with every subset's hash.
+    a record of a small subset is in every larger one), the test set, the validation set (carved from the
+    training pool, disjoint from every subset and from the test set: configurations are selected on it,
+    never on the test set they are reported on), the shuffled candidate pool that class-share variants
+    draw from, and the summary of the largest split with every subset's hash.
     """
     test, pool, checks = test_set_and_pool(records, data)
     labels = build_task(data).candidates()
     seed = int(data.get("seed", 42))
+    validation = pool.head(0)
+    if validation_per_class > 0:
+        validation = select_test_set(pool, labels, validation_per_class, seed + 1)[CANONICAL_COLUMNS]
+        pool = pool[~pool["id"].isin(set(validation["id"]))]
     parts, hashes = [], {}
     for size in sorted(sizes):
         train = nested_balanced_subset(pool, labels, size, seed)[CANONICAL_COLUMNS]
@@ -146,8 +154,10 @@ def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: di
     subsets = pd.concat(parts, ignore_index=True)
     summary = split_summary(train, test, records, read_summary, {**data, "train_per_class": max(sizes)}, checks)
     summary["subset_sha256"] = hashes
+    summary["validation_size"] = len(validation)
+    summary["validation_sha256"] = content_sha256(validation) if len(validation) else None
     shuffled_pool = pool.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    return subsets, test, shuffled_pool, summary
+    return subsets, test, validation.reset_index(drop=True), shuffled_pool, summary
 
 
 def subset(subsets: pd.DataFrame, train_per_class: int) -> pd.DataFrame:

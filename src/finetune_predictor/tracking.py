@@ -109,19 +109,25 @@ def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping
         "model_source": training_summary["model_source"], "device": training_summary["device"],
         "quantization_requested": training_summary.get("quantization_requested", "none"),
         "engine": metrics["finetuned"].get("engine", "hf"),
-        "records_truncated": split_summary.get("records_truncated", 0),
+        "records_truncated": training_summary.get("records_truncated", 0),
+        "test_records_truncated": metrics["finetuned"].get("records_truncated", 0),
         "train_sha256": split_summary["train_sha256"],
         "adapter_sha256": training_summary["adapter_sha256"]["adapter_model.safetensors"],
     }
     name = run_name(model["name"], split_summary["source"], split_summary["train_size"], settings,
                     variant["data_variant"])
     return RunRecord(name, configuration, settings.seed, provenance,
-                     run_metrics(training_summary, metrics["baseline"], metrics["finetuned"]))
+                     run_metrics(training_summary, metrics["baseline"], metrics["finetuned"], metrics.get("classical"),
+                                 metrics.get("validation")))
 
 
-def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any],
-                finetuned: Mapping[str, Any]) -> dict[str, Any]:
-    """The loss curve by step, cost, and every finite scalar of both evaluations."""
+def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any], finetuned: Mapping[str, Any],
+                classical: Mapping[str, Any] | None = None,
+                validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The loss curve by step, cost, and every finite scalar of the evaluations: the base model, the
+    fine-tuned model and the classical classifier on the test set (``classical_accuracy``,
+    ``classical_f1_macro``, ``classical_auc``), and the fine-tuned model on a validation set
+    (``validation_accuracy``, the figure sweeps select configurations on)."""
     history = training_summary["loss_history"]
     metrics: dict[str, Any] = {
         "train_loss": [(h["loss"], int(h["step"])) for h in history],
@@ -129,7 +135,8 @@ def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any]
         "train_runtime_s": training_summary["train_runtime_s"],
         "train_peak_memory_mb": training_summary["peak_memory_mb"],
     }
-    for prefix, values in (("baseline", baseline), ("finetuned", finetuned)):
+    for prefix, values in (("baseline", baseline), ("finetuned", finetuned), ("classical", classical or {}),
+                           ("validation", validation or {})):
         metrics.update({f"{prefix}_{key}": float(value) for key, value in values.items() if _finite(value)})
     metrics["accuracy_gain"] = finetuned["accuracy"] - baseline["accuracy"]
     return metrics

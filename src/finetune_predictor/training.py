@@ -270,7 +270,12 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
     summary (loss history, checksums, cost, and the settings the session actually ran with)."""
     settings = TrainingSettings.from_params(training)
     records = train.to_dict("records")
+    truncated_before = session.formatter.truncated_prompts
     rows = build_training_rows(session.formatter, records, [task.target(record) for record in records])
+    truncated = session.formatter.truncated_prompts - truncated_before
+    if truncated:
+        logger.warning("%d of %d training records were longer than model.max_length=%d: their input was "
+                       "shortened (never the answer)", truncated, len(records), session.formatter.max_length)
     result = train_lora(session, rows, settings, workdir, callbacks=callbacks)
     summary = {
         "model_name": session.resolved.name,
@@ -278,6 +283,7 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
         "train_runtime_s": result.train_runtime_s,
         "peak_memory_mb": result.peak_memory_mb,
         "num_examples": result.num_examples,
+        "records_truncated": truncated,
         "num_steps": result.num_steps,
         "supervised_tokens": result.supervised_tokens,
         "adapter_sha256": result.adapter_sha256,

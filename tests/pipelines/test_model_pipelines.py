@@ -59,7 +59,8 @@ def test_sft_training_and_evaluation_pipelines(tiny_model_dir, tmp_path):
                                                       "sft_training.reporting.training_summary": summary})
     SequentialRunner().run(evaluating, catalog)
     table = catalog.load("evaluation.reporting.comparison_table").set_index("metric")
-    assert table.loc["n", "baseline"] == table.loc["n", "finetuned"] == 6
+    assert table.loc["n", "baseline"] == table.loc["n", "finetuned"] == table.loc["n", "classical"] == 6
+    assert 0 <= table.loc["accuracy", "classical"] <= 1  # the TF-IDF classifier beside the fine-tune
     record = catalog.load("evaluation.tracking.run_record")
     params = record.params
     assert params["train_size"] == 8 and params["adapter_sha256"] == summary["adapter_sha256"][
@@ -68,6 +69,9 @@ def test_sft_training_and_evaluation_pipelines(tiny_model_dir, tmp_path):
     assert (params["precision"], params["quantization_requested"], params["quantization_actual"],
             params["engine"]) == ("fp32", "none", "none", "hf")
     assert params["replicate_key"] == record.replicate_key and "seed=42" in record.name
+    assert {"classical_accuracy", "classical_f1_macro", "classical_auc", "finetuned_predicted_share_fake",
+            "baseline_predicted_share_legitimate"} <= set(record.metrics)
+    assert params["records_truncated"] == 0 and params["dataset_family"] is None  # the summary here has none
 
 
 def test_meta_features_pipeline(tiny_model_dir):

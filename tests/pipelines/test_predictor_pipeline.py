@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightgbm as lgb
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -26,7 +25,8 @@ def test_predictor_pipeline_on_an_external_table(tmp_path):
     pipeline = create_pipeline()
     catalog = DataCatalog({"params:predictor": MemoryDataset({
         "table_path": str(path), "target_column": "accuracy", "group_column": "family", "n_folds": 4,
-        "min_runs": 30, "lightgbm": {"n_estimators": 80, "num_leaves": 7, "min_child_samples": 5, "verbose": -1}})})
+        "min_runs": 30, "candidates": ["lightgbm_shap", "ridge_cv", "stacked"],
+        "lightgbm": {"n_estimators": 80, "num_leaves": 7, "min_child_samples": 5, "verbose": -1}})})
     for name in pipeline.all_outputs():
         catalog[name] = KeptDataset()
     SequentialRunner().run(pipeline, catalog)
@@ -40,8 +40,8 @@ def test_predictor_pipeline_on_an_external_table(tmp_path):
         assert name in metrics, name
     assert metrics["rmse_grouped"] < metrics["baseline_mean_rmse_grouped"]
     card = catalog.load("predictor.model.card")
-    booster = lgb.Booster(model_str=catalog.load("predictor.model.lightgbm"))
-    assert booster.feature_name() == card["selected_features"]
+    assert card["model"] == min(card["inner_cv_rmse"], key=card["inner_cv_rmse"].get)
+    assert "selected_rmse_random" not in metrics and "lightgbm_shap_rmse_random" in metrics
     assert "Runs: 59" in catalog.load("predictor.reporting.report")
 
     # The saved model and card drive the predict pipeline's last node for a new candidate.
@@ -49,7 +49,7 @@ def test_predictor_pipeline_on_an_external_table(tmp_path):
     features = {c: float(candidate[c]) for c in table if c.startswith("mf_")}
     predict_catalog = DataCatalog({
         "meta_features.reporting.features": MemoryDataset(features),
-        "predictor.model.lightgbm": MemoryDataset(catalog.load("predictor.model.lightgbm")),
+        "predictor.model_input.runs_table": MemoryDataset(catalog.load("predictor.model_input.runs_table")),
         "predictor.model.card": MemoryDataset(card), "params:model": MemoryDataset({"name": "m1"}),
         "params:training": MemoryDataset({"learning_rate": 1e-3}), "params:data": MemoryDataset({}),
         "predict.reporting.prediction": KeptDataset()})

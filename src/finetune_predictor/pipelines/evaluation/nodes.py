@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from finetune_predictor import tracking
+from finetune_predictor.classical import classical_metrics
 from finetune_predictor.evaluation import metrics_of, predict
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.evaluation import plots
@@ -29,20 +30,27 @@ def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any
     return predict(test, build_task(data), session, evaluation, adapter_dir=adapter_dir)
 
 
+def score_classical_baseline(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
+    """TF-IDF + logistic regression on the same training subset, scored on the same test set."""
+    return classical_metrics(train, test, build_task(data), int(data.get("seed", 42)))
+
+
 def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,
-                    data: dict[str, Any]) -> dict[str, Any]:
-    """Metrics of both models on the same test set."""
+                    classical: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of the base model, the fine-tuned model and the classical classifier on the same test set."""
     if baseline_predictions["id"].tolist() != finetuned_predictions["id"].tolist():
         raise ValueError("Baseline and fine-tuned predictions cover different test records")
     task = build_task(data)
-    return {"baseline": metrics_of(baseline_predictions, task), "finetuned": metrics_of(finetuned_predictions, task)}
+    return {"baseline": metrics_of(baseline_predictions, task), "finetuned": metrics_of(finetuned_predictions, task),
+            "classical": classical}
 
 
 def comparison_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """Baseline vs fine-tuned, one row per scalar metric."""
-    baseline, finetuned = metrics["baseline"], metrics["finetuned"]
+    """Baseline vs fine-tuned (and the classical TF-IDF classifier where it has the metric), one row per
+    scalar metric."""
+    baseline, finetuned, classical = metrics["baseline"], metrics["finetuned"], metrics.get("classical") or {}
     rows = [
-        {"metric": key, "baseline": baseline[key], "finetuned": finetuned[key],
+        {"metric": key, "baseline": baseline[key], "classical": classical.get(key), "finetuned": finetuned[key],
          "delta": finetuned[key] - baseline[key]}
         for key, value in finetuned.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and key in baseline
@@ -59,7 +67,7 @@ def plot_training_loss(training_summary: dict[str, Any]) -> Figure:
 
 
 def plot_metric_comparison(metrics: dict[str, Any]) -> Figure:
-    return plots.metric_comparison(metrics["baseline"], metrics["finetuned"])
+    return plots.metric_comparison(metrics["baseline"], metrics["finetuned"], metrics.get("classical"))
 
 
 def build_run_record(split_summary: dict[str, Any], training_summary: dict[str, Any], metrics: dict[str, Any],

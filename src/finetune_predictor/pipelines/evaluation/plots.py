@@ -40,18 +40,19 @@ def training_loss(loss_history: list[dict[str, float]]) -> Figure:
     return figure
 
 
-def metric_comparison(baseline: dict[str, Any], finetuned: dict[str, Any]) -> Figure:
+def metric_comparison(baseline: dict[str, Any], finetuned: dict[str, Any],
+                      classical: dict[str, Any] | None = None) -> Figure:
     names = [name for name in ("accuracy", "f1_macro", "auc", "gen_accuracy") if name in finetuned]
     figure, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
     positions = np.arange(len(names))
-    for offset, (title, metrics) in zip((-0.2, 0.2), (("baseline", baseline), ("fine-tuned", finetuned)),
-                                        strict=True):
-        values = [metrics[name] for name in names]
-        bars = axis.bar(positions + offset, values, width=0.4, label=title)
+    series = [("baseline", baseline), ("classical TF-IDF", classical or {}), ("fine-tuned", finetuned)]
+    for offset, (title, metrics) in zip((-0.27, 0.0, 0.27), series, strict=True):
+        values = [metrics.get(name, np.nan) for name in names]
+        bars = axis.bar(positions + offset, values, width=0.27, label=title)
         axis.bar_label(bars, fmt="%.2f", fontsize=8)
     axis.set_xticks(positions, names)
     axis.set_ylim(0, 1.05)
     axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     axis.legend()
-    axis.set_title("baseline vs fine-tuned on the fixed test set")
+    axis.set_title("baseline, classical and fine-tuned on the fixed test set")
     return figure

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from finetune_predictor.predictor import predict_with_reasons, to_json
 from finetune_predictor.task_data import dataset_family
 
 
-def predict_candidate(features: dict[str, float], model_text: str, card: dict[str, Any],
+def predict_candidate(features: dict[str, float], runs_table: pd.DataFrame, card: dict[str, Any],
                       model: dict[str, Any], training: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """The predicted accuracy with its conformal interval and the top SHAP reasons, printed and returned."""
+    """The predicted accuracy with its conformal interval and the top SHAP reasons, printed and returned.
+    The card's winning model is refitted on the runs table it was chosen on."""
     source = data.get("path") or "bundled-synthetic-news"
-    answer = predict_with_reasons(model_text, card, features, family=dataset_family(data))
+    answer = predict_with_reasons(runs_table, card, features, family=dataset_family(data))
     answer["candidate"] = {"model": model["name"], "data": source, "training": training}
     low, high = answer["interval"]
     print(f"\nPredicted fine-tuned accuracy: {100 * answer['predicted_accuracy']:.1f}% "
           f"[{100 * low:.1f}%, {100 * high:.1f}%] ({100 * answer['interval_level']:.0f}% conformal interval, "
-          f"{answer['interval_calibration']}; predictor trained on {card['training_runs']} runs)")
+          f"{answer['interval_calibration']}; {card['model']} trained on {card['training_runs']} runs)")
     for reason in answer["reasons"]:
         print(f"  {reason['feature']:<30} = {reason['value']:<12.4g} {100 * reason['shap']:+.1f} points")
     if answer["missing_features"]:

@@ -10,7 +10,7 @@ from finetune_predictor.pipelines.predict.nodes import predict_candidate
 def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
         node(predict_candidate,
-             ["meta_features.reporting.features", "predictor.model.lightgbm", "predictor.model.card",
+             ["meta_features.reporting.features", "predictor.model_input.runs_table", "predictor.model.card",
               "params:model", "params:training", "params:data"],
              "predict.reporting.prediction", name="predict_candidate"),
     ])

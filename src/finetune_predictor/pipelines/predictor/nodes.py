@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from finetune_predictor import predictor as core
 from finetune_predictor import tracking
+from finetune_predictor.model_selection import contributions
 
 
 def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
@@ -57,31 +58,38 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def train_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The final SHAP-selected LightGBM on every run: LightGBM's text format plus a JSON card."""
-    trained = core.train_final(table, core.PredictorSettings.from_params(predictor))
-    return trained.model_text, core.to_json(trained.card)
+def train_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> dict[str, Any]:
+    """The model chosen on every run (candidates and baselines compared by cross-validation), described by a
+    JSON card: the winner, every candidate's inner CV RMSE, the conformal widths, the table's fingerprint."""
+    card = core.train_final(table, core.PredictorSettings.from_params(predictor))
+    print(f"\nShipped predictor: {card['model']} (inner CV RMSE "
+          f"{card['inner_cv_rmse'].get(card['model'], float('nan')):.2f} points; "
+          + ", ".join(f"{name} {rmse:.2f}" for name, rmse in sorted(card["inner_cv_rmse"].items(),
+                                                                    key=lambda item: item[1])) + ")")
+    return core.to_json(card)
 
 
 def plot_shap_bar(shap_info: dict[str, Any]) -> Figure:
     ranking = pd.Series(shap_info["mean_abs_shap"]).sort_values().tail(20)
     figure, axis = plt.subplots(figsize=(6, 0.3 * len(ranking) + 1.2))
     axis.barh(ranking.index, ranking.to_numpy())
-    axis.set_xlabel("mean |SHAP| (accuracy), averaged over folds")
+    axis.set_xlabel("mean |SHAP| of the SHAP-filtered LightGBM (accuracy), averaged over folds")
     axis.set_title("Feature importance")
     figure.tight_layout()
     return figure
 
 
-def plot_shap_beeswarm(table: pd.DataFrame, model_text: str, card: dict[str, Any]) -> Figure:
-    import lightgbm as lgb
+def plot_shap_beeswarm(table: pd.DataFrame, card: dict[str, Any]) -> Figure:
+    """SHAP values of the shipped model over every run (the explainer that fits its kind)."""
     import shap
 
-    selected = card["selected_features"]
-    x = table[selected].astype(float)
-    values = shap.TreeExplainer(lgb.Booster(model_str=model_text)).shap_values(x)
+    model = core.fit_final(table, card)
+    x = table[card["features"]].astype(float).reset_index(drop=True)
+    values = contributions(model, x, x)
+    used = [name for name in card["features"] if values[name].abs().sum() > 0] or card["features"][:1]
     # The beeswarm jitters points at random: a fixed generator makes the plot reproducible.
-    shap.summary_plot(values, x, show=False, max_display=20, rng=np.random.default_rng(0))
+    shap.summary_plot(values[used].to_numpy(), x[used], show=False, max_display=20, rng=np.random.default_rng(0))
     figure = plt.gcf()
+    figure.suptitle(f"SHAP values of the shipped model ({card['model']})")
     figure.tight_layout()
     return figure

@@ -15,10 +15,9 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(nodes.evaluate_predictor, [TABLE, "params:predictor"],
              ["predictor.reporting.evaluation", "predictor.reporting.shap", "predictor.tracking.metrics",
               "predictor.reporting.report"], name="evaluate_predictor"),
-        node(nodes.train_predictor, [TABLE, "params:predictor"],
-             ["predictor.model.lightgbm", "predictor.model.card"], name="train_predictor"),
+        node(nodes.train_predictor, [TABLE, "params:predictor"], "predictor.model.card", name="train_predictor"),
         node(nodes.plot_shap_bar, "predictor.reporting.shap", "predictor.reporting.shap_bar_plot",
              name="plot_shap_bar"),
-        node(nodes.plot_shap_beeswarm, [TABLE, "predictor.model.lightgbm", "predictor.model.card"],
+        node(nodes.plot_shap_beeswarm, [TABLE, "predictor.model.card"],
              "predictor.reporting.shap_beeswarm_plot", name="plot_shap_beeswarm"),
     ])

@@ -84,6 +84,7 @@ def _as_list(value: Any) -> list[Any]:
 def expand_grid(sensitivity: Mapping[str, Any], default_model: str) -> list[SweepConfig]:
     """Every combination of the sweep's axes, in a stable order (smallest sizes first)."""
     known = {"executor", "ray_address", "gpus_per_run", "models", "train_per_class", "learning_rates", "lora",
+             "validation_per_class",
              "num_train_epochs", "seeds", "data_variants", "test_per_class", "output_dir", "evaluation_batch_size",
              "meta_features"}
     unknown = sorted(set(sensitivity) - known)

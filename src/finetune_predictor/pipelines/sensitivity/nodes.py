@@ -20,24 +20,27 @@ def sweep_data_params(sensitivity: dict[str, Any], data: dict[str, Any]) -> dict
     return {**data, "test_per_class": test_per_class}
 
 
-def prepare_sweep_data(sensitivity: dict[str, Any], data: dict[str, Any],
-                       preflight_passed: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Every training size of the sweep as nested subsets, the one fixed test set, the candidate pool of
+def prepare_sweep_data(sensitivity: dict[str, Any], data: dict[str, Any], preflight_passed: bool) -> tuple[
+        pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Every training size of the sweep as nested subsets, the one fixed test set, the validation set the
+    best configuration is selected on (``sensitivity.validation_per_class``), the candidate pool of
     class-share variants, and the split summary with each subset's hash: catalogued and versioned like
     mini_test100's split."""
     sizes = sorted({config.train_per_class for config in expand_grid(sensitivity, "any")})
     params = sweep_data_params(sensitivity, data)
     records, _rejects, read_summary = task_data.load_task_records(params)
-    return task_data.nested_subsets(records, read_summary, params, sizes)
+    return task_data.nested_subsets(records, read_summary, params, sizes,
+                                    int(sensitivity.get("validation_per_class") or 0))
 
 
-def run_sensitivity_sweep(train_subsets: pd.DataFrame, test_set: pd.DataFrame, variant_pool: pd.DataFrame,
-                          split_summary: dict[str, Any], sensitivity: dict[str, Any], data: dict[str, Any],
-                          model: dict[str, Any], model_registry: dict[str, Any], training: dict[str, Any],
+def run_sensitivity_sweep(train_subsets: pd.DataFrame, test_set: pd.DataFrame, validation_set: pd.DataFrame,
+                          variant_pool: pd.DataFrame, split_summary: dict[str, Any], sensitivity: dict[str, Any],
+                          data: dict[str, Any], model: dict[str, Any], model_registry: dict[str, Any],
+                          training: dict[str, Any],
                           evaluation: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Run or resume every configuration (each its own MLflow child run); return the finished runs' rows
     (twice: JSON lines and CSV) and the sweep's status counts."""
-    sweep_data = SweepData(train_subsets, test_set, variant_pool, split_summary)
+    sweep_data = SweepData(train_subsets, test_set, validation_set, variant_pool, split_summary)
     outcome = run_sweep(sensitivity, sweep_data, sweep_data_params(sensitivity, data), model, model_registry,
                         training, evaluation)
     print(f"\nSweep: {outcome.status['total']} configurations: {outcome.status['ran']} ran, "

@@ -8,8 +8,8 @@ from finetune_predictor.pipelines.preflight.pipeline import GATE
 from finetune_predictor.pipelines.sensitivity import nodes
 
 RESULTS = "sensitivity.reporting.experiment_summary"
-DATA = ["sensitivity.prm.train_subsets", "sensitivity.prm.test_set", "sensitivity.prm.variant_pool",
-        "sensitivity.reporting.split_summary"]
+DATA = ["sensitivity.prm.train_subsets", "sensitivity.prm.test_set", "sensitivity.prm.validation_set",
+        "sensitivity.prm.variant_pool", "sensitivity.reporting.split_summary"]
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:

@@ -75,24 +75,45 @@ def analyse(results: pd.DataFrame) -> dict[str, Any]:
             "monotone": bool(all(b >= a - 0.02 for a, b in itertools.pairwise(means))),
             "run_ids": curve["run_ids"].tolist(),
         })
+    selected_on = "validation" if _has(results, "validation_accuracy") else "test"
+    if selected_on == "validation":
+        table["selection"] = aggregate(results, "validation_accuracy")["mean"].to_numpy()
+    else:  # no validation split: the choice is made on the test set, and the report says so
+        table["selection"] = table["mean"]
     clean = table[table["data_variant"] == CLEAN]
     pool = clean if not clean.empty else table
-    best_row = pool.sort_values(["mean", "train_size"], ascending=[False, True]).iloc[0]
+    best_row = pool.sort_values(["selection", "train_size"], ascending=[False, True]).iloc[0]
     largest = pool[pool["train_size"] == pool["train_size"].max()]
-    per_model = largest.groupby("model")["mean"].max().sort_values(ascending=False)
-    best_model_runs = largest[largest["model"] == per_model.index[0]].sort_values("mean").iloc[-1]["run_ids"]
+    per_model = largest.sort_values("selection").groupby("model").tail(1).set_index("model")
+    per_model = per_model.sort_values("selection", ascending=False)
     return {
         "runs": len(results),
         "curves": curves,
+        "selected_on": selected_on,
         "best": {**{c: _plain(best_row[c]) for c in [*CONFIG_COLUMNS, "train_size"]},
                  "mean_accuracy": float(best_row["mean"]), "std_accuracy": float(best_row["std"]),
+                 "selection_accuracy": float(best_row["selection"]),
                  "seeds": int(best_row["n"]), "run_ids": best_row["run_ids"]},
-        "best_model": {"model": per_model.index[0], "mean_accuracy": float(per_model.iloc[0]),
-                       "train_size": int(largest["train_size"].iloc[0]), "run_ids": best_model_runs},
+        "best_model": {"model": per_model.index[0], "mean_accuracy": float(per_model["mean"].iloc[0]),
+                       "train_size": int(largest["train_size"].iloc[0]), "run_ids": per_model["run_ids"].iloc[0]},
         "variant_effects": variant_effects(results),
         "baseline_accuracy": {model: float(group["baseline_accuracy"].mean())
                               for model, group in results.groupby("model")},
+        "classical_accuracy": _classical_by_size(pool, results),
     }
+
+
+def _has(results: pd.DataFrame, column: str) -> bool:
+    return column in results and results[column].notna().all()
+
+
+def _classical_by_size(pool: pd.DataFrame, results: pd.DataFrame) -> dict[str, float]:
+    """TF-IDF + logistic regression accuracy per training size (clean data), mean over seeds."""
+    if "classical_accuracy" not in results or results["classical_accuracy"].isna().all():
+        return {}
+    clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
+    return {str(int(size)): float(group["classical_accuracy"].mean())
+            for size, group in clean.groupby("train_size") if group["classical_accuracy"].notna().any()}
 
 
 def variant_effects(results: pd.DataFrame) -> list[dict[str, Any]]:
@@ -220,15 +241,25 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
               f"Runs: {analysis['runs']} finished ({status.get('ran', 0)} new, {status.get('reused', 0)} reused, "
               f"{status.get('failed', 0)} failed and excluded). Run ids are MLflow run ids (first 8 characters).", ""]
     best, best_model = analysis["best"], analysis["best_model"]
+    if analysis.get("selected_on") == "validation":
+        how = (f"selected on the validation set ({_pct(best['selection_accuracy'])} there), reported on the "
+               "test set")
+    else:
+        how = "selected on test: no validation split, so this figure is optimistic"
     lines += ["## Findings", "",
-              f"- **Best configuration**: {_config_label(best)} with {best['train_size']} examples: "
-              f"accuracy {_pct(best['mean_accuracy'])}"
+              f"- **Best configuration** ({how}): {_config_label(best)} with {best['train_size']} examples: "
+              f"test accuracy {_pct(best['mean_accuracy'])}"
               + (f" ± {_pct(best['std_accuracy'])} over {best['seeds']} seeds" if best["seeds"] > 1 else " (1 seed)")
               + f" (runs {_runs(best['run_ids'])}).",
-              f"- **Best model** at the largest size ({best_model['train_size']}): {best_model['model']}, "
-              f"{_pct(best_model['mean_accuracy'])} (runs {_runs(best_model['run_ids'])})."]
+              f"- **Best model** at the largest size ({best_model['train_size']}, {analysis.get('selected_on', 'test')}"
+              f"-selected): {best_model['model']}, {_pct(best_model['mean_accuracy'])} on test "
+              f"(runs {_runs(best_model['run_ids'])})."]
     for model, accuracy in analysis["baseline_accuracy"].items():
         lines.append(f"- **Baseline** {model} without fine-tuning: {_pct(accuracy)}.")
+    if analysis.get("classical_accuracy"):
+        cells = ", ".join(f"n={size}: {_pct(value)}" for size, value in analysis["classical_accuracy"].items())
+        lines.append(f"- **Classical** TF-IDF + logistic regression on the same subsets and test set (seconds on a "
+                     f"CPU): {cells}. The fine-tune is worth its cost only where it beats this.")
     for curve in analysis["curves"]:
         if curve["data_variant"] != CLEAN:
             continue

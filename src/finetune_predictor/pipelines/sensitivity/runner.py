@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor import task_data, tracking
+from finetune_predictor.classical import classical_metrics
 from finetune_predictor.evaluation import metrics_of, predict
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
@@ -45,17 +46,20 @@ EXECUTORS = ("sequential", "ray")
 @dataclass
 class SweepData:
     """The sweep's catalogued data: nested subsets (column ``train_per_class``), the fixed test set, the
-    candidate pool of class-share variants, and the split summary with every subset's hash."""
+    validation set that configurations are selected on, the candidate pool of class-share variants, and
+    the split summary with every subset's hash."""
 
     subsets: pd.DataFrame
     test: pd.DataFrame
+    validation: pd.DataFrame
     pool: pd.DataFrame
     split_summary: dict[str, Any]
 
     def fingerprint(self, config: SweepConfig) -> str:
         """The data one configuration sees: its own subset and the test set (and the pool it re-draws
         classes from); adding a size to the sweep leaves the other sizes' fingerprints as they were."""
-        parts = [self.split_summary["subset_sha256"][str(config.train_per_class)], self.split_summary["test_sha256"]]
+        parts = [self.split_summary["subset_sha256"][str(config.train_per_class)], self.split_summary["test_sha256"],
+                 str(self.split_summary.get("validation_sha256"))]
         if config.variant.positive_share != 0.5:
             parts.append(content_sha256(self.pool))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -156,18 +160,19 @@ def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext
 
 
 def run_configuration(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
-                      baseline: dict[str, Any], context: SweepContext) -> dict[str, Any]:
+                      validation: pd.DataFrame, baseline: dict[str, Any], context: SweepContext) -> dict[str, Any]:
     """Train and evaluate one configuration inside its own MLflow child run (ended FAILED on error)."""
     import mlflow
 
     mlflow.set_tracking_uri(context.tracking_uri)
     tags = {tracking.CONFIG_KEY_TAG: key, tracking.SWEEP_TAG: context.sweep_name}
     with tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id:
-        return train_and_evaluate(config, key, train, test, baseline, context, run_id)
+        return train_and_evaluate(config, key, train, test, validation, baseline, context, run_id)
 
 
 def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
-                       baseline: dict[str, Any], context: SweepContext, run_id: str) -> dict[str, Any]:
+                       validation: pd.DataFrame, baseline: dict[str, Any], context: SweepContext,
+                       run_id: str) -> dict[str, Any]:
     """The body of a configuration's run: the same session, fine-tune, evaluation and run record as
     mini_test100."""
     import mlflow
@@ -182,7 +187,9 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     started = time.perf_counter()
     predictions = predict(test, task, session.with_purpose("evaluate"), context.evaluation, str(adapter_dir))
     inference_s = time.perf_counter() - started
-    metrics = {"baseline": baseline, "finetuned": metrics_of(predictions, task)}
+    metrics = {"baseline": baseline, "finetuned": metrics_of(predictions, task),
+               "classical": classical_metrics(train, test, task, config.seed),
+               "validation": _validation_metrics(validation, task, session, context, str(adapter_dir))}
     split = {**context.split_summary, "train_size": len(train), "train_sha256": content_sha256(train)}
     record = tracking.build_run_record(split, training_summary, metrics, model, training, context.data,
                                        variant=config.variant.as_params())
@@ -199,6 +206,15 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
         log_meta_features(run_id, config, train, context)
     release_accelerator_memory()
     return {"run_id": run_id, "artifact_dir": str(run_dir.resolve())}
+
+
+def _validation_metrics(validation: pd.DataFrame, task: Any, session: Any, context: SweepContext,
+                        adapter_dir: str) -> dict[str, Any]:
+    """The fine-tuned model on the validation set (label scoring only): what the report selects on."""
+    if validation.empty:
+        return {}
+    evaluation = {**context.evaluation, "generation": False}
+    return metrics_of(predict(validation, task, session.with_purpose("evaluate"), evaluation, adapter_dir), task)
 
 
 def log_meta_features(run_id: str, config: SweepConfig, train: pd.DataFrame, context: SweepContext) -> dict:
@@ -282,8 +298,8 @@ def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
         "artifact_uri": run.info.artifact_uri,
     }
     for name in ("accuracy", "f1_macro", "auc", "parse_failure_rate"):
-        row[f"baseline_{name}"] = metrics.get(f"baseline_{name}")
-        row[f"finetuned_{name}"] = metrics.get(f"finetuned_{name}")
+        for prefix in ("baseline", "classical", "finetuned", "validation"):
+            row[f"{prefix}_{name}"] = metrics.get(f"{prefix}_{name}")
     row["accuracy_gain"] = metrics.get("accuracy_gain")
     row.update({name: value for name, value in metrics.items() if name.startswith(tracking.FEATURE_PREFIX)})
     return row
@@ -346,8 +362,8 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
     logger.info("Sweep %s: %d configurations, %d already finished, %d to run (%s)", sweep_name, len(keys),
                 status["reused"], len(pending), executor)
     baselines = baseline_metrics({config.model for config in pending}, sweep_data.test, context)
-    jobs = [(config, keys[config], jobs_data[config], sweep_data.test, baselines[config.model], context)
-            for config in pending]
+    jobs = [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
+             baselines[config.model], context) for config in pending]
     execute = execute_ray if executor == "ray" else execute_sequential
     for config, error in execute(jobs, sensitivity, context):
         status["ran" if error is None else "failed"] += 1
