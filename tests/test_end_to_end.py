@@ -70,12 +70,15 @@ def test_mini_test100_end_to_end(tmp_path, embedded_model):
     assert run.info.status == "FINISHED"
     params, logged = run.data.params, run.data.metrics
     for key in ("model_name", "train_size", "learning_rate", "lora_r", "lora_alpha", "num_train_epochs", "seed",
-                "train_sha256", "test_sha256"):
+                "train_sha256", "test_sha256", "precision", "quantization_requested", "quantization_actual",
+                "engine", "records_truncated", "replicate_key"):
         assert key in params, key
+    assert params["dataset_family"] == "bundled-synthetic-news-standard" and params["quantization_actual"] == "none"
     assert params["train_size"] == "12"
     assert params["model_name"] == "SmolLM2-135M-Instruct"
     for key in ("baseline_accuracy", "finetuned_accuracy", "baseline_f1_macro", "finetuned_f1_macro",
-                "finetuned_auc", "finetuned_parse_failure_rate", "train_loss"):
+                "finetuned_auc", "finetuned_parse_failure_rate", "train_loss", "classical_accuracy",
+                "classical_f1_macro", "finetuned_predicted_share_fake"):
         assert key in logged, key
     assert run.info.run_name.startswith("SmolLM2-135M-Instruct | bundled-synthetic-news | n=12 | lr=2e-03")
     history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train_loss")

@@ -14,7 +14,7 @@ from finetune_predictor.pipelines.sensitivity import create_pipeline, runner
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.report import analyse, gain_per_doubling, knee_point, markdown_report
 from finetune_predictor.records import CANONICAL_COLUMNS
-from finetune_predictor.tracking import CONFIG_KEY_TAG
+from finetune_predictor.tracking import CONFIG_KEY_TAG, build_run_record, runs_table
 
 LABELS = ["fake", "legitimate"]
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
@@ -157,6 +157,10 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     assert first.results["validation_accuracy"].notna().all()
     run = _runs("FINISHED")[0]
     assert run.data.params["data_variant"] == "clean" and "train_loss" in run.data.metrics
+    # The predictor reads the runs back with the record's own replicate key and family.
+    table = runs_table()
+    assert len(table) == 2 and table["replicate_key"].nunique() == 2
+    assert set(table["dataset_family"]) == {"bundled-synthetic-news-standard"}
 
     # Re-running the same sweep redoes nothing.
     again = _sweep(tracking, tiny_model_dir)
@@ -272,3 +276,31 @@ def test_sweep_logs_meta_features_into_each_run_and_backfills_finished_ones(trac
     for row in backfilled.results.to_dict("records"):
         assert row["mf_size"] == row["train_size"] and row["mf_probe_steps"] == 2
         assert row["mf_cost_ratio"] > 0
+
+
+def test_report_nodes_survive_a_sweep_with_no_finished_run():
+    """Every run failed: the report and plots say so instead of crashing and losing the sweep status."""
+    pipeline = create_pipeline().from_nodes("analyse_sweep")
+    catalog = DataCatalog({"sensitivity.reporting.experiment_summary": MemoryDataset(pd.DataFrame()),
+                           "sensitivity.reporting.sweep_status": MemoryDataset({"ran": 0, "failed": 2})})
+    for name in pipeline.outputs():
+        catalog[name] = MemoryDataset()
+    SequentialRunner().run(pipeline, catalog)
+    assert "No finished runs yet" in catalog.load("sensitivity.reporting.report_markdown")
+
+
+def test_a_clean_sweep_run_and_a_mini_test100_run_share_their_replicate_key():
+    """Same configuration, same data: the sweep logs the clean variant's four fields, and mini_test100 must
+    log the same, or seed twins of one configuration would straddle the predictor's folds."""
+    split = {"source": "s", "test_source": "t", "test_sha256": "x", "train_size": 4, "test_size": 2,
+             "train_sha256": "y", "family": "f"}
+    summary = {"precision": "fp32", "model_source": "local", "device": "cpu", "loss_history": [],
+               "train_runtime_s": 1.0, "peak_memory_mb": 1.0, "adapter_sha256": {"adapter_model.safetensors": "z"}}
+    metrics = {"baseline": {"accuracy": 0.5}, "finetuned": {"accuracy": 0.7}}
+    args = (split, summary, metrics, {"name": "m"}, {"seed": 1}, {})
+    mini = build_run_record(*args)
+    sweep = build_run_record(*args, variant=DataVariant().as_params())
+    other_seed = build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 2}, {})
+    assert mini.replicate_key == sweep.replicate_key == other_seed.replicate_key
+    assert build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 1, "max_steps": 5},
+                                     {}).replicate_key != mini.replicate_key

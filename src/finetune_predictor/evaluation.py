@@ -58,7 +58,8 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
             del model  # vLLM takes the GPU memory for itself
             model = None
             texts = generate_answers_vllm(session.resolved.path, session.formatter, records, adapter_dir,
-                                          max_new_tokens, max_lora_rank=_max_lora_rank(session, evaluation_params))
+                                          max_new_tokens, max_lora_rank=_max_lora_rank(session, evaluation_params),
+                                          quantization="bitsandbytes" if session.plan.load_in_4bit else None)
         else:
             texts = generate_answers(model, session.formatter, records, max_new_tokens, batch_size=batch_size)
         frame["generated_text"] = texts

@@ -122,7 +122,8 @@ def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str,
     for each group column with at least two groups."""
     from sklearn.model_selection import LeaveOneGroupOut
 
-    splits = {"random": replicate_folds(table, settings.n_folds, settings.seed)}
+    random_folds = replicate_folds(table, settings.n_folds, settings.seed)
+    splits = {"random": random_folds} if random_folds else {}
     for column in settings.group_columns:
         if column in table and table[column].nunique() >= 2:
             groups = table[column].astype(str).to_numpy()
@@ -144,6 +145,8 @@ def replicate_folds(table: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[
 
     groups = _replicate_groups(table)
     folds = min(n_folds, len(set(groups)))
+    if folds < 2:
+        return []  # one configuration: nothing to hold out (the conformal width is then infinite)
     return list(GroupKFold(folds, shuffle=True, random_state=seed).split(table, groups=groups))
 
 
@@ -175,7 +178,7 @@ def calibration_folds(table: pd.DataFrame, settings: PredictorSettings, column: 
 
     if new_group and column and column in table and table[column].nunique() >= 2:
         return list(LeaveOneGroupOut().split(table, groups=table[column].astype(str).to_numpy()))
-    return replicate_folds(table, 5, settings.seed)
+    return replicate_folds(table, settings.n_folds, settings.seed)
 
 
 def selection_regret(frame: pd.DataFrame) -> float:
@@ -304,6 +307,8 @@ def train_final(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, A
                                                 calibration_folds(table, settings, family, True))
                              if len(families) >= 2 else None)
     return {"model": chosen.winner, "inner_cv_rmse": {k: v * POINTS for k, v in chosen.inner_rmse.items()},
+            "selection_rule": "simplest model within one standard error of the best inner CV RMSE",
+            "selection_threshold": chosen.threshold * POINTS,
             "target": settings.target_column, "features": features, "selected_features": list(chosen.columns),
             "settings": asdict(settings), "table_sha256": table_fingerprint(table, features, settings.target_column),
             "interval_alpha": settings.interval_alpha, "interval_half_width": half_width,

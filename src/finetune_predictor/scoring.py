@@ -124,8 +124,11 @@ def generate_answers_vllm(
     max_new_tokens: int = 8,
     max_lora_rank: int = 64,
     gpu_memory_utilization: float = 0.6,
+    quantization: str | None = None,
 ) -> list[str]:
-    """Greedy completions with vLLM, the LoRA adapter applied per request (GPU only)."""
+    """Greedy completions with vLLM, the LoRA adapter applied per request (GPU only). ``quantization=
+    "bitsandbytes"`` quantizes the base in flight, so a QLoRA adapter generates on a 4-bit base as it was
+    trained."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
@@ -135,6 +138,7 @@ def generate_answers_vllm(
         enable_lora=adapter_dir is not None,
         max_lora_rank=max_lora_rank,
         gpu_memory_utilization=gpu_memory_utilization,
+        quantization=quantization,
         seed=0,
     )
     sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(formatter))

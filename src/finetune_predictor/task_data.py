@@ -1,6 +1,7 @@
 """The task's data as a library: read every record, split a fixed test set from nested training subsets,
-and describe the split. The data_engineering nodes and the sensitivity sweep both call these functions,
-so a sweep's subsets are drawn exactly as a ``mini_test100`` run's are.
+and describe the split. The data_engineering nodes and the sensitivity sweep both call these functions:
+a sweep's test set is a ``mini_test100`` run's, and its subsets are drawn by the same rule (from the pool
+less the sweep's validation set, when it has one).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ _SPLIT_WORDS = re.compile(r"(^|[_\-.])(train|training|test|testing|valid|validat
 def dataset_family(data: dict[str, Any]) -> str:
     """The family a run's data belongs to, for grouped splits: ``data.family`` when set; else the training
     file's stem without split words (``liar_train_alpaca.jsonl`` -> ``liar``); the generator's name for the
-    bundled task. Never a folder name: ``data/01_raw/a.jsonl`` and ``data/01_raw/b.jsonl`` differ."""
+    bundled task with its difficulty. Never a folder name: ``data/01_raw/a.jsonl`` and
+    ``data/01_raw/b.jsonl`` differ."""
     if data.get("family"):
         return str(data["family"])
     if not data.get("path"):
-        return BUNDLED_SOURCE
+        # Each difficulty is its own corpus, so its own family.
+        return f"{BUNDLED_SOURCE}-{(data.get('synthetic') or {}).get('difficulty', DEFAULT_DIFFICULTY)}"
     stem = PurePath(str(data["path"])).name.split(".")[0].lower()
     return _SPLIT_WORDS.sub("", stem).strip("_-.") or stem
 

@@ -38,6 +38,9 @@ REPLICATE_KEY = "replicate_key"
 FEATURE_PREFIX = "mf_"
 EXPERIMENT_NAME = "finetune_predictor"
 _MAX_PARAM_LENGTH = 6000
+# A run on unaltered data: the same configuration params a sweep's clean variant logs, so a mini_test100
+# run and a sweep run of one configuration share their replicate_key.
+CLEAN_VARIANT = {"data_variant": "clean", "label_noise": 0.0, "duplicate_rate": 0.0, "positive_share": 0.5}
 
 
 @dataclass
@@ -90,7 +93,7 @@ def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping
     """The record of one fine-tune from its split, training summary and evaluation metrics."""
     settings = TrainingSettings.from_params(dict(training))
     lora = settings.lora
-    variant = dict(variant or {"data_variant": "clean"})
+    variant = dict(variant or CLEAN_VARIANT)
     configuration = {
         "model_name": model["name"], "task": data.get("task", "binary_classification"),
         "dataset": split_summary["source"], "dataset_family": split_summary.get("family"),

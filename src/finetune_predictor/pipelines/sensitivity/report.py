@@ -149,10 +149,21 @@ def _config_label(row: pd.Series | dict[str, Any], skip: tuple[str, ...] = ()) -
 # --- plots -----------------------------------------------------------------------------------------------
 
 
+def no_runs_figure() -> Figure:
+    """What a plot shows while a sweep has no finished run (every run failed, say): a message, not a crash
+    that would lose the report and the status already computed."""
+    figure, axis = plt.subplots(figsize=(5, 2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, "No finished runs yet", ha="center", va="center")
+    return figure
+
+
 def plot_accuracy_vs_size(results: pd.DataFrame,
                           metrics: Sequence[str] = ("finetuned_accuracy", "finetuned_f1_macro")) -> Figure:
     """One panel per metric: the data-size curve of every configuration (mean ± sd over seeds), with
     each model's baseline as a dotted line. Ticks sit at the sizes actually trained."""
+    if results.empty:
+        return no_runs_figure()
     metrics = [m for m in metrics if m in results and results[m].notna().any()]
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     sizes = sorted(results["train_size"].unique())
@@ -181,6 +192,8 @@ def plot_accuracy_vs_size(results: pd.DataFrame,
 
 
 def plot_accuracy_vs_hyperparameter(results: pd.DataFrame, column: str) -> Figure:
+    if results.empty:
+        return no_runs_figure()
     figure, axis = plt.subplots(figsize=(6, 4))
     clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
     for (model, size), group in clean.groupby(["model", "train_size"]):
@@ -198,6 +211,8 @@ def plot_accuracy_vs_hyperparameter(results: pd.DataFrame, column: str) -> Figur
 
 
 def plot_model_size_heatmap(results: pd.DataFrame) -> Figure:
+    if results.empty:
+        return no_runs_figure()
     clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
     # Each cell: the best configuration's mean over seeds for that model and size.
     table = aggregate(clean).groupby(["model", "train_size"])["mean"].max().unstack("train_size")
