@@ -142,3 +142,16 @@ def test_preflight_pipeline_stops_the_run_on_failure(tmp_path):
     with pytest.raises(PreflightError, match="preflight FAILED"):
         SequentialRunner().run(create_pipeline(), catalog)
     assert (catalog.load("preflight.reporting.verdict")["status"] == FAIL).any()  # the verdict was kept
+
+
+def test_multiclass_preflight_checks_the_labels_found_in_the_data(tmp_path, liar_dir):
+    """A multi-class task without data.labels: the template check renders the data's own labels, and every
+    label must have enough examples."""
+    data = {"task": "multiclass_classification", "path": str(liar_dir / "train.tsv"), "format": "tsv",
+            "header": False, "columns": {"id": 0, "output": 1, "input": 2}, "instruction": "How true is this?",
+            "train_per_class": 30, "test_per_class": 30}
+    verdict = _verdict(tmp_path, data=data)
+    assert verdict["tokenizer and template"][0] == PASS and "half-true" in verdict["tokenizer and template"][1]
+    assert verdict["dataset"][0] == PASS
+    short = _verdict(tmp_path, data={**data, "train_per_class": 900})
+    assert short["dataset"][0] == FAIL and "'pants-fire' has" in short["dataset"][1]

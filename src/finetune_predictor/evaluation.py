@@ -95,12 +95,15 @@ def label_scores(log_probs: np.ndarray, rule: str, model: Any, session: ModelSes
 
 
 def _add_label_scores(frame: pd.DataFrame, task: Task, candidates: list[str], log_probs: np.ndarray) -> None:
-    """Log-probability columns per label, the scored prediction, and P(positive label) picked by name."""
+    """Log-probability and probability columns per label, the scored prediction, and P(positive label)
+    picked by name (never by position)."""
+    probabilities = softmax(log_probs, axis=1)
     for index, label in enumerate(candidates):
         frame[f"logprob_{_column_key(label)}"] = log_probs[:, index]
+        frame[f"prob_{_column_key(label)}"] = probabilities[:, index]
     positive = getattr(task, "positive_label", None)
     if positive in candidates:
-        frame["prob_positive"] = softmax(log_probs, axis=1)[:, candidates.index(positive)]
+        frame["prob_positive"] = probabilities[:, candidates.index(positive)]
     frame["scored_prediction"] = [candidates[i] for i in log_probs.argmax(axis=1)]
 
 
@@ -116,7 +119,13 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
     reference = predictions["reference"].tolist()
     result: dict[str, Any] = {}
     if "scored_prediction" in predictions:
-        scores = predictions["prob_positive"].to_numpy() if "prob_positive" in predictions else None
+        columns = [f"prob_{_column_key(label)}" for label in task.candidates() or []]
+        if "prob_positive" in predictions:
+            scores = predictions["prob_positive"].to_numpy()
+        elif columns and all(column in predictions for column in columns):
+            scores = predictions[columns].to_numpy()  # one column per label: one-vs-rest AUC
+        else:
+            scores = None
         result.update(task.metrics(reference, predictions["scored_prediction"].tolist(), scores))
     if "generated_prediction" in predictions:
         parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else p
@@ -126,6 +135,9 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         # Parse failures are a property of what the model writes: reported from the generation view.
         result["parse_failures"] = generated["parse_failures"]
         result["parse_failure_rate"] = generated["parse_failure_rate"]
+    primary = getattr(task, "primary_metric", "accuracy")
+    if primary in result:
+        result["primary"] = result[primary]
     if "scored_prediction" in predictions:
         # A base model that always answers one label scores 50% on a balanced test: the shares show it.
         shares = predictions["scored_prediction"].value_counts(normalize=True)

@@ -26,7 +26,7 @@ from finetune_predictor.records import RecordError, SourceSpec, read_records
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
-from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks import declared_labels
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 GIB = 2**30
@@ -153,8 +153,9 @@ def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any],
     return Check(name, PASS, f"{session.resolved.source}: {session.resolved.path}"), session
 
 
-def _check_template(session: ModelSession, labels: list[str]) -> Check:
+def _check_template(session: ModelSession, labels: list[str] | None) -> Check:
     formatter = session.formatter
+    labels = labels or ["yes", "no"]  # labels come from the data: check that answers render at all
     prompt = formatter.prompt_ids("Is this text fake or legitimate?", "A short test sentence.")
     answers = {label: formatter.answer_ids(label) for label in labels}
     decoded = {label: formatter.tokenizer.decode(ids) for label, ids in answers.items()}
@@ -168,12 +169,20 @@ def _check_template(session: ModelSession, labels: list[str]) -> Check:
                  f"{template}; prompt {len(prompt)} tokens; answers {decoded}")
 
 
-def _check_data(data: dict[str, Any], labels: list[str]) -> Check:
+def _labels_in_data(data: dict[str, Any]) -> list[str] | None:
+    """A multi-class task's labels as its training file has them (for the template check)."""
+    if not data.get("path"):
+        return None
+    result = read_records(SourceSpec.from_params(data, data["path"]), None, "quarantine")
+    return sorted(result.records["output"].astype(str).unique()) or None
+
+
+def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
     if not data.get("path"):
         difficulty = str((data.get("synthetic") or {}).get("difficulty", DEFAULT_DIFFICULTY))
         return Check("dataset", PASS, f"bundled generated task, difficulty {difficulty} "
                                       f"(Bayes ceiling {bayes_ceiling(difficulty):.1%})")
-    need = {label: int(data["train_per_class"]) for label in labels}
+    need = {label: int(data["train_per_class"]) for label in labels or []}
     details = []
     for key in ("path", "test_path"):
         if not data.get(key):
@@ -181,6 +190,8 @@ def _check_data(data: dict[str, Any], labels: list[str]) -> Check:
         result = read_records(SourceSpec.from_params(data, data[key]), labels, str(data.get("on_invalid", "error")))
         records, duplicates = deduplicate(result.records, str(data.get("duplicates", "drop")))
         counts = records["output"].value_counts().to_dict()
+        if key == "path" and labels is None:  # multi-class labels from the data: every one needs examples
+            need = {label: int(data["train_per_class"]) for label in counts}
         summary = result.summary()
         details.append(f"data.{key}: {len(records)} usable records {counts}, {summary['records_rejected']} rejected, "
                        f"{duplicates['duplicates_removed']} duplicates removed")
@@ -282,7 +293,7 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
                preflight: dict[str, Any]) -> pd.DataFrame:
     """The verdict table: one row per check (check, status, detail)."""
     checks: list[Check] = []
-    labels = build_task(data).candidates()
+    labels = declared_labels(data)  # None: a multi-class task takes its labels from the data
     settings_check = _guard("settings", lambda: (TrainingSettings.from_params(training),
                                                  Check("settings", PASS, "training settings valid"))[1])
     checks.append(settings_check)
@@ -291,7 +302,8 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
     resolved = session.resolved if session is not None else None
     checks.append(model_check)
     if session is not None:
-        checks.append(_guard("tokenizer and template", lambda: _check_template(session, labels)))
+        checks.append(_guard("tokenizer and template",
+                             lambda: _check_template(session, labels or _labels_in_data(data))))
     else:
         checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))

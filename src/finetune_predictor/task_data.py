@@ -21,7 +21,7 @@ from finetune_predictor.splits import (
     select_test_set,
 )
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
-from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks import build_task, declared_labels
 
 ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
 BUNDLED_SOURCE = "bundled-synthetic-news"
@@ -52,7 +52,7 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
     """All records of the task in the canonical table (with the column ``origin``), the rejected ones, and
     what reading them found. ``data.path`` null means the bundled generated task; rejects
     (``data.on_invalid: quarantine``) are returned, never dropped silently."""
-    labels = build_task(data).candidates()
+    labels = declared_labels(data)
     results: dict[str, ReadResult] = {}
     if data.get("path"):
         results["train_file"] = _read(data, data["path"], labels)
@@ -79,7 +79,7 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
 def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The fixed test set and the training candidates: deduplicated, from training-origin records only
     (a test file's records never become candidates), and with no text shared with the test set."""
-    labels = build_task(data).candidates()
+    labels = build_task(data, records["output"]).candidates()
     seed = int(data.get("seed", 42))
     policy = str(data.get("duplicates", "drop"))
     pool, pool_dups = deduplicate(records[records[ORIGIN] == "pool"], policy)
@@ -123,7 +123,7 @@ def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
     subsets are nested (a larger one contains the smaller ones) and never share text with the test set.
     """
     test, pool, checks = test_set_and_pool(records, data)
-    labels = build_task(data).candidates()
+    labels = build_task(data, records["output"]).candidates()
     train = nested_balanced_subset(pool, labels, int(data["train_per_class"]), int(data.get("seed", 42)))
     train = train[CANONICAL_COLUMNS]
     assert_disjoint(train, test)
@@ -142,7 +142,7 @@ def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: di
     draw from, and the summary of the largest split with every subset's hash.
     """
     test, pool, checks = test_set_and_pool(records, data)
-    labels = build_task(data).candidates()
+    labels = build_task(data, records["output"]).candidates()
     seed = int(data.get("seed", 42))
     validation = pool.head(0)
     if validation_per_class > 0:

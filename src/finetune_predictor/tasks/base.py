@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -12,6 +13,8 @@ class Task(Protocol):
     """A labelled task: what the model is asked, which answer is right, how to read and score answers."""
 
     name: str
+    positive_label: str | None  # the class whose probability feeds a binary AUC; None for other tasks
+    primary_metric: str  # the one figure per task that reports and the predictor use by default
 
     def target(self, record: dict[str, Any]) -> str:
         """The answer text the model is trained to produce for ``record``."""
@@ -25,3 +28,40 @@ class Task(Protocol):
     def metrics(self, y_true: Sequence[str], y_pred: Sequence[str | None],
                 scores: np.ndarray | None = None) -> dict[str, Any]:
         """Metrics of predictions against references; None predictions are parse failures."""
+
+
+def label_key(label: str) -> str:
+    """A label as a metric-name fragment: ``half-true`` -> ``half_true``."""
+    return re.sub(r"\W+", "_", label.lower()).strip("_")
+
+
+def classification_metrics(labels: Sequence[str], y_true: Sequence[str],
+                           y_pred: Sequence[str | None]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix and parse failures, for
+    any number of labels; a parse failure (None) counts as wrong."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} references but {len(y_pred)} predictions")
+    if not len(y_true):
+        raise ValueError("No examples to score")
+    labels = list(labels)
+    pred = [p if p is not None else "<unparsed>" for p in y_pred]
+    true = list(y_true)
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+    result: dict[str, Any] = {
+        "n": len(true),
+        "accuracy": float(np.mean([t == p for t, p in zip(true, pred, strict=True)])),
+        "f1_macro": float(np.mean(f1)),
+        "parse_failures": int(sum(p is None for p in y_pred)),
+        "parse_failure_rate": float(np.mean([p is None for p in y_pred])),
+        "confusion_matrix": confusion_matrix(true, pred, labels=labels).tolist(),
+        "confusion_labels": labels,
+    }
+    for index, label in enumerate(labels):
+        key = label_key(label)
+        result[f"precision_{key}"] = float(precision[index])
+        result[f"recall_{key}"] = float(recall[index])
+        result[f"f1_{key}"] = float(f1[index])
+        result[f"support_{key}"] = int(support[index])
+    return result

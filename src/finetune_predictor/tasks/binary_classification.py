@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from finetune_predictor.tasks.base import classification_metrics
 
 # Words that, right before a label, reverse or deny it ("not fake", "isn't real", "never legitimate").
 _NEGATIONS = {"not", "no", "never", "isn't", "isnt", "aren't", "arent", "wasn't", "wasnt", "hardly",
@@ -33,6 +35,7 @@ class BinaryClassificationTask:
     positive_label: str
     negative_label: str
     name: str = "binary_classification"
+    primary_metric: ClassVar[str] = "accuracy"  # logged as baseline_primary / finetuned_primary
 
     def __post_init__(self) -> None:
         for label in (self.positive_label, self.negative_label):
@@ -86,35 +89,13 @@ class BinaryClassificationTask:
 
         A parse failure counts as wrong for accuracy and F1; ``scores`` are P(positive).
         """
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+        from sklearn.metrics import roc_auc_score
 
-        if len(y_true) != len(y_pred):
-            raise ValueError(f"{len(y_true)} references but {len(y_pred)} predictions")
-        if not len(y_true):
-            raise ValueError("No examples to score")
-        failure = "<unparsed>"
-        pred = [p if p is not None else failure for p in y_pred]
-        true = list(y_true)
-        labels = self.labels
-        precision, recall, f1, support = precision_recall_fscore_support(
-            true, pred, labels=labels, zero_division=0
-        )
-        result: dict[str, Any] = {
-            "n": len(true),
-            "accuracy": float(np.mean([t == p for t, p in zip(true, pred, strict=True)])),
-            "f1_macro": float(np.mean(f1)),
-            "parse_failures": int(sum(p is None for p in y_pred)),
-            "parse_failure_rate": float(np.mean([p is None for p in y_pred])),
-            "confusion_matrix": confusion_matrix(true, pred, labels=labels).tolist(),
-            "confusion_labels": labels,
-        }
-        for index, label in enumerate(labels):
-            key = re.sub(r"\W+", "_", label.lower())
-            result[f"precision_{key}"] = float(precision[index])
-            result[f"recall_{key}"] = float(recall[index])
-            result[f"f1_{key}"] = float(f1[index])
-            result[f"support_{key}"] = int(support[index])
+        result = classification_metrics(self.labels, y_true, y_pred)
         if scores is not None:
-            truth = np.array([t == self.positive_label for t in true], dtype=int)
+            scores = np.asarray(scores)
+            if scores.ndim == 2:  # one column per label: P(positive) is the positive label's column
+                scores = scores[:, self.labels.index(self.positive_label)]
+            truth = np.array([t == self.positive_label for t in y_true], dtype=int)
             result["auc"] = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
         return result

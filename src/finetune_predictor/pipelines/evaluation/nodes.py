@@ -19,7 +19,7 @@ def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: 
                      evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
     """Predictions of the base model without adapter, in the model session the fine-tune used."""
     session = open_session(model, model_registry, "evaluate", precision)
-    return predict(test, build_task(data), session, evaluation)
+    return predict(test, build_task(data, test["output"]), session, evaluation)
 
 
 def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], model_registry: dict[str, Any],
@@ -27,12 +27,13 @@ def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any
     """Predictions of the base model with the trained adapter, on the same (possibly 4-bit) base it was
     trained on."""
     session = open_session(model, model_registry, "evaluate", precision)
-    return predict(test, build_task(data), session, evaluation, adapter_dir=adapter_dir)
+    return predict(test, build_task(data, test["output"]), session, evaluation, adapter_dir=adapter_dir)
 
 
 def score_classical_baseline(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
     """TF-IDF + logistic regression on the same training subset, scored on the same test set."""
-    return classical_metrics(train, test, build_task(data), int(data.get("seed", 42)))
+    task = build_task(data, pd.concat([train["output"], test["output"]]))
+    return classical_metrics(train, test, task, int(data.get("seed", 42)))
 
 
 def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,
@@ -40,7 +41,7 @@ def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: p
     """Metrics of the base model, the fine-tuned model and the classical classifier on the same test set."""
     if baseline_predictions["id"].tolist() != finetuned_predictions["id"].tolist():
         raise ValueError("Baseline and fine-tuned predictions cover different test records")
-    task = build_task(data)
+    task = build_task(data, baseline_predictions["reference"])
     return {"baseline": metrics_of(baseline_predictions, task), "finetuned": metrics_of(finetuned_predictions, task),
             "classical": classical}
 

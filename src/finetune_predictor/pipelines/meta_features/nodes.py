@@ -21,7 +21,7 @@ def compute_candidate_features(train: pd.DataFrame, model: dict[str, Any], model
     JSON report and as MLflow metrics of the run. Probes run in the candidate's own model session."""
     cache_dir = Path(meta_features.get("cache_dir") or default_cache_dir() / "meta_features")
     session = open_session(model, model_registry, "probe", str(training.get("precision", "auto")))
-    features = compute_meta_features(train, session, build_task(data), training,
+    features = compute_meta_features(train, session, build_task(data, train["output"]), training,
                                      ProbeSettings.from_params(meta_features), cache_dir)
     print("\nMeta-features:\n" + "\n".join(f"  {k:<32} {v:.6g}" for k, v in sorted(features.items())))
     # A NaN (a probe that had nothing to measure) is not logged; mf_features_missing counts them.

@@ -116,6 +116,9 @@ def apply_variant(train: pd.DataFrame, variant: DataVariant, labels: list[str], 
     rng = np.random.default_rng(seed + 7919)
     out = train.copy()
     if variant.positive_share != 0.5:
+        if len(labels) != 2:
+            raise ValueError(f"data variant {variant.name!r}: positive_share applies to two labels, this task has "
+                             f"{len(labels)}; use label_noise or duplicate_rate")
         if pool is None:
             raise ValueError("positive_share needs the candidate pool")
         total = len(out)
@@ -139,6 +142,10 @@ def apply_variant(train: pd.DataFrame, variant: DataVariant, labels: list[str], 
     if variant.label_noise > 0:
         n = round(len(out) * variant.label_noise)
         flip = rng.choice(len(out), size=n, replace=False)
-        other = {labels[0]: labels[1], labels[1]: labels[0]}
-        out.loc[flip, "output"] = out.loc[flip, "output"].map(other)
+        if len(labels) == 2:
+            other = {labels[0]: labels[1], labels[1]: labels[0]}
+            out.loc[flip, "output"] = out.loc[flip, "output"].map(other)
+        else:  # each flipped label becomes one of the others, drawn uniformly
+            out.loc[flip, "output"] = [rng.choice([label for label in labels if label != current])
+                                       for current in out.loc[flip, "output"]]
     return out[CANONICAL_COLUMNS]

@@ -128,7 +128,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
            status: dict[str, Any]) -> list[SweepConfig]:
     """Mark interrupted runs FAILED, reuse FINISHED ones (adding features they lack), return what to run."""
     pending = []
-    labels = build_task(context.data).candidates()
+    labels = build_task(context.data, sweep_data.test["output"]).candidates()
     for config, key in keys.items():
         status["interrupted_marked_failed"] += tracking.mark_interrupted_runs_failed(
             context.experiment_id, key, context.parent_run_id)
@@ -150,7 +150,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
 
 def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext) -> dict[str, dict[str, Any]]:
     """The base model's metrics on the fixed test set, once per model."""
-    task = build_task(context.data)
+    task = build_task(context.data, test["output"])
     precision = str(context.training.get("precision", "auto"))
     baselines = {}
     for name in sorted(models):
@@ -178,7 +178,7 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     import mlflow
 
     model, training = context.model_params(config), config.training_params(context.training)
-    task = build_task(context.data)
+    task = build_task(context.data, test["output"])
     run_dir = Path(context.output_dir) / key
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -225,7 +225,7 @@ def log_meta_features(run_id: str, config: SweepConfig, train: pd.DataFrame, con
     session = open_session(context.model_params(config), context.model_registry, "probe",
                            str(training.get("precision", "auto")))
     cache_dir = Path(settings.get("cache_dir") or Path(context.output_dir) / "meta_features_cache")
-    features = compute_meta_features(train, session, build_task(context.data), training,
+    features = compute_meta_features(train, session, build_task(context.data, train["output"]), training,
                                      ProbeSettings.from_params(settings), cache_dir)
     train_seconds = tracking.run_metric(run_id, "train_runtime_s")
     if train_seconds:
@@ -354,7 +354,7 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
         raise ValueError(f"sensitivity.executor must be one of {EXECUTORS}, got {executor!r}")
     context = sweep_context(sensitivity, sweep_data, data, model, model_registry, training, evaluation, sweep_name)
     keys = plan(sensitivity, sweep_data, context)
-    labels = build_task(data).candidates()
+    labels = build_task(data, sweep_data.test["output"]).candidates()
     jobs_data = {config: sweep_data.training_set(config, labels) for config in keys}  # bad variants fail here
     status: dict[str, Any] = {"total": len(keys), "reused": 0, "ran": 0, "failed": 0,
                               "interrupted_marked_failed": 0, "failures": []}

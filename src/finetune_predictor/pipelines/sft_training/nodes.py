@@ -19,6 +19,6 @@ def train_adapter(train: pd.DataFrame, model: dict[str, Any], model_registry: di
     the precision and quantization the model session actually used)."""
     session = open_session(model, model_registry, "train", str(training.get("precision", "auto")))
     with tempfile.TemporaryDirectory(prefix="sft-") as workdir:
-        adapter_dir, summary = fine_tune(train, session, build_task(data), training, Path(workdir))
+        adapter_dir, summary = fine_tune(train, session, build_task(data, train["output"]), training, Path(workdir))
         adapter_files = {name: (adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
     return adapter_files, summary
