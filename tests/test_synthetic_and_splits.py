@@ -90,6 +90,7 @@ def test_dataset_family_is_the_file_stem_without_split_words_not_the_folder():
     assert dataset_family({"path": "../shared/data/liar/liar_train_alpaca.jsonl"}) == "liar"
     assert dataset_family({"path": "x/liar_test_alpaca.jsonl"}) == "liar"
     assert dataset_family({"path": "x/news-valid.csv"}) == "news"
+    assert dataset_family({"path": "../shared/data/liar/train.tsv"}) == "liar"  # a split-only name: its folder
     assert dataset_family({"path": None}) == "bundled-synthetic-news-standard"
     assert dataset_family({"path": None, "synthetic": {"difficulty": "easy"}}) == "bundled-synthetic-news-easy"
     assert dataset_family({"path": "x/train.tsv", "family": "liar6"}) == "liar6"

@@ -32,16 +32,18 @@ _SPLIT_WORDS = re.compile(r"(^|[_\-.])(train|training|test|testing|valid|validat
 
 def dataset_family(data: dict[str, Any]) -> str:
     """The family a run's data belongs to, for grouped splits: ``data.family`` when set; else the training
-    file's stem without split words (``liar_train_alpaca.jsonl`` -> ``liar``); the generator's name for the
-    bundled task with its difficulty. Never a folder name: ``data/01_raw/a.jsonl`` and
-    ``data/01_raw/b.jsonl`` differ."""
+    file's stem without split words (``liar_train_alpaca.jsonl`` -> ``liar``), or its folder when the stem is
+    nothing but a split word (``liar/train.tsv`` -> ``liar``); the generator's name for the bundled task
+    with its difficulty. ``data/01_raw/a.jsonl`` and ``data/01_raw/b.jsonl`` are two families."""
     if data.get("family"):
         return str(data["family"])
     if not data.get("path"):
         # Each difficulty is its own corpus, so its own family.
         return f"{BUNDLED_SOURCE}-{(data.get('synthetic') or {}).get('difficulty', DEFAULT_DIFFICULTY)}"
-    stem = PurePath(str(data["path"])).name.split(".")[0].lower()
-    return _SPLIT_WORDS.sub("", stem).strip("_-.") or stem
+    path = PurePath(str(data["path"]))
+    stem = path.name.split(".")[0].lower()
+    # A file named only by its split (LIAR's raw train.tsv) says nothing of its family: its folder does.
+    return _SPLIT_WORDS.sub("", stem).strip("_-.") or path.parent.name.lower() or stem
 
 
 def _read(data: dict[str, Any], path: str, labels: list[str] | None) -> ReadResult:
