@@ -33,6 +33,9 @@ def test_grid_is_every_combination_smallest_first():
         expand_grid({"train_per_class": [1], "learning_rate": [1e-3]}, "m")
     with pytest.raises(ValueError, match=r"label_noise must be in \[0, 0.5\]"):
         DataVariant(name="x", label_noise=0.7)
+    with pytest.raises(ValueError, match=r"sensitivity\.lora\[0\] sets \['target_modules'\]"):
+        expand_grid({"train_per_class": [1], "learning_rates": [1e-3], "lora": [{"r": 4, "target_modules": ["q"]}]},
+                     "m")
 
 
 def _frame(n: int, label: str, start: int = 0) -> pd.DataFrame:
@@ -137,6 +140,9 @@ def test_resume_key_covers_every_setting_that_can_change_a_result(tracking, tiny
     """Changing batch size, max_steps, precision, max_length or evaluation settings used to reuse old runs."""
     base = list(_keys(tracking, tiny_model_dir).values())
     assert base == list(_keys(tracking, tiny_model_dir).values())
+    # The default model's name is not a setting of a sweep that lists its models.
+    settings = runner.settings_fingerprint({"name": "a", "max_length": 9}, {}, {}, {})
+    assert settings == runner.settings_fingerprint({"name": "b", "max_length": 9}, {}, {}, {})
     for training in ({**TRAINING, "per_device_train_batch_size": 2}, {**TRAINING, "max_steps": 3},
                      {**TRAINING, "lora": {"target_modules": ["q_proj"]}}):
         assert set(_keys(tracking, tiny_model_dir, training).values()).isdisjoint(base), training

@@ -91,6 +91,11 @@ def expand_grid(sensitivity: Mapping[str, Any], default_model: str) -> list[Swee
     if unknown:
         raise ValueError(f"Unknown sensitivity setting(s) {unknown}; known: {sorted(known)}")
     loras = [dict(item) for item in _as_list(sensitivity.get("lora") or [{"r": 8, "alpha": 32, "dropout": 0.1}])]
+    for index, lora in enumerate(loras):
+        extra = sorted(set(lora) - {"r", "alpha", "dropout"})
+        if extra:
+            raise ValueError(f"sensitivity.lora[{index}] sets {extra}: a sweep's LoRA shapes vary r, alpha and "
+                             "dropout; set other LoRA settings (target_modules) once in training.lora")
     variants = [DataVariant(**dict(item)) for item in _as_list(sensitivity.get("data_variants") or [{}])]
     sizes = sorted(int(size) for size in _as_list(sensitivity["train_per_class"]))
     configs = [

@@ -104,7 +104,10 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
     """Every resolved setting that can change a result, for the resume key. The grid's own axes are in the
     configuration; the data's content is in the data fingerprint."""
     task_keys = ("task", "label_positive", "label_negative", "labels", "instruction")
-    return {"model": dict(model), "training": dict(training), "evaluation": dict(evaluation),
+    # The model's name is the configuration's own axis (sensitivity.models): the default name must not
+    # re-key a sweep that lists its models explicitly.
+    model_settings = {key: value for key, value in model.items() if key != "name"}
+    return {"model": model_settings, "training": dict(training), "evaluation": dict(evaluation),
             "task": {key: data.get(key) for key in task_keys if key in data}}
 
 
