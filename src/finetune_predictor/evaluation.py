@@ -12,14 +12,11 @@ from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
 from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
 from finetune_predictor.tasks import Task
+from finetune_predictor.tasks.base import label_key
 
 ENGINES = ("auto", "hf", "vllm")
 LABEL_SCORING = ("sum", "mean", "calibrated")
 CONTENT_FREE_INPUT = "N/A"
-
-
-def _column_key(label: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in label.lower())
 
 
 def generation_engine(requested: str) -> str:
@@ -99,8 +96,8 @@ def _add_label_scores(frame: pd.DataFrame, task: Task, candidates: list[str], lo
     picked by name (never by position)."""
     probabilities = softmax(log_probs, axis=1)
     for index, label in enumerate(candidates):
-        frame[f"logprob_{_column_key(label)}"] = log_probs[:, index]
-        frame[f"prob_{_column_key(label)}"] = probabilities[:, index]
+        frame[f"logprob_{label_key(label)}"] = log_probs[:, index]
+        frame[f"prob_{label_key(label)}"] = probabilities[:, index]
     positive = getattr(task, "positive_label", None)
     if positive in candidates:
         frame["prob_positive"] = probabilities[:, candidates.index(positive)]
@@ -119,7 +116,8 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
     reference = predictions["reference"].tolist()
     result: dict[str, Any] = {}
     if "scored_prediction" in predictions:
-        columns = [f"prob_{_column_key(label)}" for label in task.candidates() or []]
+        labels = task.candidates() or []
+        columns = [f"prob_{label_key(label)}" for label in labels]
         if "prob_positive" in predictions:
             scores = predictions["prob_positive"].to_numpy()
         elif columns and all(column in predictions for column in columns):
@@ -127,6 +125,9 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         else:
             scores = None
         result.update(task.metrics(reference, predictions["scored_prediction"].tolist(), scores))
+        # A base model that always answers one label scores 50% on a balanced test: the shares show it.
+        shares = predictions["scored_prediction"].value_counts(normalize=True)
+        result.update({f"predicted_share_{label_key(label)}": float(shares.get(label, 0.0)) for label in labels})
     if "generated_prediction" in predictions:
         parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else p
                   for p in predictions["generated_prediction"].tolist()]
@@ -138,11 +139,6 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
     primary = getattr(task, "primary_metric", "accuracy")
     if primary in result:
         result["primary"] = result[primary]
-    if "scored_prediction" in predictions:
-        # A base model that always answers one label scores 50% on a balanced test: the shares show it.
-        shares = predictions["scored_prediction"].value_counts(normalize=True)
-        for label in task.candidates() or []:
-            result[f"predicted_share_{_column_key(label)}"] = float(shares.get(label, 0.0))
     if "engine" in predictions:
         result["engine"] = str(predictions["engine"].iloc[0])
     if "prompts_truncated" in predictions:

@@ -171,15 +171,21 @@ def elastic_net_model(groups_of: GroupsOf, seed: int) -> Model:
     return fit
 
 
-def inner_folds(x: pd.DataFrame, groups_of: GroupsOf, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Folds inside a training set that keep seed replicates together."""
+def grouped_folds(frame: pd.DataFrame, groups: np.ndarray, n_folds: int,
+                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled K folds that never split a group (seed replicates), K capped by the number of groups;
+    none when there is a single group (nothing can be held out)."""
     from sklearn.model_selection import GroupKFold
 
-    groups = groups_of(x.index)
     folds = min(n_folds, len(set(groups)))
     if folds < 2:
         return []
-    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(x, groups=groups))
+    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(frame, groups=groups))
+
+
+def inner_folds(x: pd.DataFrame, groups_of: GroupsOf, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds inside a training set that keep seed replicates together."""
+    return grouped_folds(x, groups_of(x.index), n_folds, seed)
 
 
 def out_of_fold(fit: Model, x: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -35,6 +35,7 @@ from finetune_predictor.model_selection import (
     Model,
     all_models,
     contributions,
+    grouped_folds,
     lightgbm_model,
     selected_model,
     shap_ranking,
@@ -140,14 +141,9 @@ def _replicate_groups(table: pd.DataFrame) -> np.ndarray:
 
 
 def replicate_folds(table: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled K folds grouped by ``replicate_key``."""
-    from sklearn.model_selection import GroupKFold
-
-    groups = _replicate_groups(table)
-    folds = min(n_folds, len(set(groups)))
-    if folds < 2:
-        return []  # one configuration: nothing to hold out (the conformal width is then infinite)
-    return list(GroupKFold(folds, shuffle=True, random_state=seed).split(table, groups=groups))
+    """Shuffled K folds grouped by ``replicate_key`` (none for a single configuration: the conformal width
+    is then infinite)."""
+    return grouped_folds(table, _replicate_groups(table), n_folds, seed)
 
 
 def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float,

@@ -30,6 +30,13 @@ class Task(Protocol):
         """Metrics of predictions against references; None predictions are parse failures."""
 
 
+def normalise_answer(text: str) -> str:
+    """Generated text or a label as the parsers compare it: lower case, stray special tokens and outer
+    punctuation removed, whitespace collapsed."""
+    text = re.sub(r"<\|[^|>]*\|>|</?s>", " ", text.strip().lower())
+    return re.sub(r"\s+", " ", text).strip(" \t\n\"'`*.,!:;()[]")
+
+
 def label_key(label: str) -> str:
     """A label as a metric-name fragment: ``half-true`` -> ``half_true``."""
     return re.sub(r"\W+", "_", label.lower()).strip("_")

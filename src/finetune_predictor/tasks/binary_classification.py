@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from finetune_predictor.tasks.base import classification_metrics
+from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 # Words that, right before a label, reverse or deny it ("not fake", "isn't real", "never legitimate").
 _NEGATIONS = {"not", "no", "never", "isn't", "isnt", "aren't", "arent", "wasn't", "wasnt", "hardly",
@@ -20,12 +21,6 @@ _ANSWER_PREFIX = re.compile(
     r"the article is\b|it is\b)\s*"
 )
 _WORD = re.compile(r"[a-z][a-z'\-]*")
-
-
-def _normalise(text: str) -> str:
-    text = text.strip().lower()
-    text = re.sub(r"<\|[^|>]*\|>|</?s>", " ", text)  # stray special tokens
-    return re.sub(r"\s+", " ", text).strip(" \t\n\"'`*.,!:;()[]")
 
 
 @dataclass(frozen=True)
@@ -93,9 +88,6 @@ class BinaryClassificationTask:
 
         result = classification_metrics(self.labels, y_true, y_pred)
         if scores is not None:
-            scores = np.asarray(scores)
-            if scores.ndim == 2:  # one column per label: P(positive) is the positive label's column
-                scores = scores[:, self.labels.index(self.positive_label)]
             truth = np.array([t == self.positive_label for t in y_true], dtype=int)
             result["auc"] = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
         return result

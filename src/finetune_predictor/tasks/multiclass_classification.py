@@ -11,13 +11,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from finetune_predictor.tasks.base import classification_metrics
+from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 _PREFIX = re.compile(r"^(?:answer:|label:|class:|classification:|prediction:|the answer is\b|it is\b)\s*")
-
-
-def _normalise(text: str) -> str:
-    text = re.sub(r"<\|[^|>]*\|>|</?s>", " ", text.strip().lower())
-    return re.sub(r"\s+", " ", text).strip(" \t\n\"'`*.,!:;()[]")
 
 
 @dataclass(frozen=True)
