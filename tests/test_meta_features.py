@@ -12,7 +12,6 @@ from finetune_predictor.meta_features import (
     ProbeSettings,
     cache_key,
     compute_meta_features,
-    label_balance,
     loss_decay_rate,
     loss_stability,
     moving_average_ttr,
@@ -23,6 +22,7 @@ from finetune_predictor.meta_features import (
 )
 from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks.base import label_balance
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
 

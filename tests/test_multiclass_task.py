@@ -52,11 +52,12 @@ def test_label_noise_flips_to_another_label_and_class_share_is_refused():
     labels = ["a", "b", "c"]
     train = pd.DataFrame({"id": [f"r{i}" for i in range(30)], "instruction": "Q", "input": [f"t{i}" for i in range(30)],
                           "output": labels * 10, "source": "s", "group": "g"})
-    noisy = apply_variant(train, DataVariant("n", label_noise=0.2), labels, seed=1)
+    noisy = apply_variant(train, DataVariant("n", label_noise=0.2), MulticlassClassificationTask(tuple(labels)), seed=1)
     changed = noisy["output"] != train["output"]
     assert changed.sum() == 6 and set(noisy["output"]) <= set(labels)
     with pytest.raises(ValueError, match="positive_share applies to two labels"):
-        apply_variant(train, DataVariant("s", positive_share=0.8), labels, seed=1, pool=train)
+        apply_variant(train, DataVariant("s", positive_share=0.8), MulticlassClassificationTask(tuple(labels)), seed=1,
+                      pool=train)
 
 
 def test_liar_six_way_tsv_through_parameters_only(liar_dir):

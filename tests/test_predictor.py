@@ -34,7 +34,7 @@ def synthetic_runs(n: int = 120, seed: int = 0) -> pd.DataFrame:
         "mf_noise_b": rng.normal(size=n),
         "dataset_family": rng.choice(["a", "b", "c", "d"], n), "model": rng.choice(["m1", "m2"], n),
     })
-    table["finetuned_accuracy"] = (0.5 + 0.03 * table["mf_log_size"] - 0.04 * table["mf_initial_loss"]
+    table["finetuned_primary"] = (0.5 + 0.03 * table["mf_log_size"] - 0.04 * table["mf_initial_loss"]
                                    + rng.normal(0, 0.01, n)).clip(0, 1)
     return table
 
@@ -63,10 +63,10 @@ def test_grouped_scores_are_per_column_with_a_group_dependent_target():
     the mean baseline is computable by hand."""
     table = synthetic_runs(48)
     effect = {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.4}
-    table["finetuned_accuracy"] = table["dataset_family"].map(effect) + 0.3
+    table["finetuned_primary"] = table["dataset_family"].map(effect) + 0.3
     results, _ = evaluate(table, SETTINGS)
-    by_hand = np.sqrt(np.mean([(table.loc[table["dataset_family"] != f, "finetuned_accuracy"].mean() - y) ** 2
-                               for f, y in zip(table["dataset_family"], table["finetuned_accuracy"], strict=True)]))
+    by_hand = np.sqrt(np.mean([(table.loc[table["dataset_family"] != f, "finetuned_primary"].mean() - y) ** 2
+                               for f, y in zip(table["dataset_family"], table["finetuned_primary"], strict=True)]))
     rmse = results.set_index(["model", "split"])["rmse"]
     assert rmse["baseline_mean", "grouped_dataset_family"] == pytest.approx(100 * by_hand)
     metrics = metrics_for_mlflow(results, SETTINGS)
@@ -82,7 +82,7 @@ def test_seed_twins_never_straddle_a_random_fold():
     configs = pd.DataFrame({"mf_a": rng.normal(size=30), "mf_b": rng.normal(size=30),
                             "mean": rng.uniform(0.4, 0.9, 30), "replicate_key": [f"c{i}" for i in range(30)]})
     table = configs.loc[configs.index.repeat(3)].reset_index(drop=True)
-    table["finetuned_accuracy"] = table["mean"] + rng.normal(0, 0.01, len(table))
+    table["finetuned_primary"] = table["mean"] + rng.normal(0, 0.01, len(table))
     table = table.drop(columns="mean").assign(dataset_family="a", model="m")
     for train, test in split_indices(table, SETTINGS)["random"]:
         assert not set(table["replicate_key"].iloc[train]) & set(table["replicate_key"].iloc[test])
@@ -134,8 +134,8 @@ def test_final_model_is_refitted_from_its_card_and_the_table():
     assert "mf_log_size" in card["selected_features"]
     row = table.iloc[0]
     answer = predict_with_reasons(table, card, row.to_dict())
-    assert answer["interval"][0] < answer["predicted_accuracy"] < answer["interval"][1]
-    assert abs(answer["predicted_accuracy"] - row["finetuned_accuracy"]) < 0.05
+    assert answer["interval"][0] < answer["predicted"] < answer["interval"][1]
+    assert abs(answer["predicted"] - row["finetuned_primary"]) < 0.05
     assert answer["reasons"][0]["feature"] in {"mf_log_size", "mf_initial_loss"}
     # A table other than the one the card was made from is refused, not silently refitted.
     with pytest.raises(ValueError, match="differs from the one the predictor was trained on"):
@@ -146,8 +146,8 @@ def test_table_fingerprint_survives_the_csv_round_trip(tmp_path):
     table = synthetic_runs(30)
     table.to_csv(tmp_path / "runs.csv", index=False)
     features = [c for c in table if c.startswith("mf_")]
-    assert table_fingerprint(table, features, "finetuned_accuracy") == table_fingerprint(
-        pd.read_csv(tmp_path / "runs.csv"), features, "finetuned_accuracy")
+    assert table_fingerprint(table, features, "finetuned_primary") == table_fingerprint(
+        pd.read_csv(tmp_path / "runs.csv"), features, "finetuned_primary")
 
 
 def test_the_shipped_model_never_loses_to_ridge_where_ridge_is_right():
@@ -156,7 +156,7 @@ def test_the_shipped_model_never_loses_to_ridge_where_ridge_is_right():
     rng = np.random.default_rng(5)
     n = 80
     table = pd.DataFrame({f"mf_x{i}": rng.normal(size=n) for i in range(4)})
-    table["finetuned_accuracy"] = 0.6 + 0.05 * table["mf_x0"] - 0.03 * table["mf_x1"] + rng.normal(0, 0.003, n)
+    table["finetuned_primary"] = 0.6 + 0.05 * table["mf_x0"] - 0.03 * table["mf_x1"] + rng.normal(0, 0.003, n)
     table["dataset_family"], table["model"] = rng.choice(["a", "b"], n), "m"
     full = replace(SETTINGS, candidates=PredictorSettings().candidates, group_columns=("dataset_family",))
     results, info = evaluate(table, full)
@@ -188,14 +188,14 @@ def test_runs_without_features_are_left_out(caplog):
 
 
 def test_noise_floor_by_hand():
-    table = pd.DataFrame({"finetuned_accuracy": [0.70, 0.74, 0.60, 0.62, 0.64, 0.50],
+    table = pd.DataFrame({"finetuned_primary": [0.70, 0.74, 0.60, 0.62, 0.64, 0.50],
                           "replicate_key": ["a", "a", "b", "b", "b", "c"], "finetuned_n": [100] * 6})
     floor = noise_floor(table, SETTINGS)
     # Pooled within-configuration sd: (0.0008 + 0.0008) / (1 + 2) degrees of freedom; c has no replicate.
     assert floor["seed_sd"] == pytest.approx(100 * np.sqrt(0.0016 / 3))
     assert floor["replicate_groups"] == 2
     assert floor["within3_ceiling"] == pytest.approx(math.erf(3 / (floor["seed_sd"] * math.sqrt(2))))
-    y = table["finetuned_accuracy"]
+    y = table["finetuned_primary"]
     assert floor["test_sampling_sd"] == pytest.approx(100 * np.sqrt(np.mean(y * (1 - y) / 100)))
     assert noise_floor(table.drop(columns=["replicate_key", "finetuned_n"]), SETTINGS) == {}
 
@@ -236,7 +236,7 @@ def test_every_shippable_model_can_explain_a_prediction(name):
 
     table = synthetic_runs(40)
     features = [c for c in table if c.startswith("mf_")]
-    x, y = table[features], table["finetuned_accuracy"].to_numpy()
+    x, y = table[features], table["finetuned_primary"].to_numpy()
     settings = replace(SETTINGS, candidates=PredictorSettings().candidates)
     model = all_models(settings, groups_of_table(table))[name](x, y)
     values = contributions(model, x, x.iloc[:2])

@@ -14,9 +14,11 @@ from finetune_predictor.pipelines.sensitivity import create_pipeline, runner
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.report import analyse, gain_per_doubling, knee_point, markdown_report
 from finetune_predictor.records import CANONICAL_COLUMNS
+from finetune_predictor.tasks import BinaryClassificationTask
 from finetune_predictor.tracking import CONFIG_KEY_TAG, build_run_record, runs_table
 
 LABELS = ["fake", "legitimate"]
+BINARY = BinaryClassificationTask("fake", "legitimate")
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "train_per_class": 100, "test_per_class": 3, "seed": 5,
         "synthetic": {"num_records": 120, "seed": 7}}
@@ -41,19 +43,19 @@ def test_grid_is_every_combination_smallest_first():
 def _frame(n: int, label: str, start: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"id": [f"{label}{i}" for i in range(start, start + n)], "instruction": "Q",
                          "input": [f"text {label} {i}" for i in range(start, start + n)], "output": label,
-                         "source": "s", "group": "g"})[CANONICAL_COLUMNS]
+                         "source": "s", "group": "g", "references": ""})[CANONICAL_COLUMNS]
 
 
 def test_data_variants_are_exact_and_deterministic():
     train = pd.concat([_frame(10, "fake"), _frame(10, "legitimate")], ignore_index=True)
-    noisy = apply_variant(train, DataVariant("n", label_noise=0.2), LABELS, seed=3)
+    noisy = apply_variant(train, DataVariant("n", label_noise=0.2), BINARY, seed=3)
     assert (noisy["output"] != train["output"]).sum() == 4
-    assert noisy.equals(apply_variant(train, DataVariant("n", label_noise=0.2), LABELS, seed=3))
-    duplicated = apply_variant(train, DataVariant("d", duplicate_rate=0.5), LABELS, seed=3)
+    assert noisy.equals(apply_variant(train, DataVariant("n", label_noise=0.2), BINARY, seed=3))
+    duplicated = apply_variant(train, DataVariant("d", duplicate_rate=0.5), BINARY, seed=3)
     assert len(duplicated) == 20 and duplicated["input"].duplicated().sum() >= 1
     assert duplicated["id"].is_unique
     pool = pd.concat([_frame(30, "fake"), _frame(30, "legitimate")], ignore_index=True)
-    skewed = apply_variant(train, DataVariant("s", positive_share=0.8), LABELS, seed=3, pool=pool)
+    skewed = apply_variant(train, DataVariant("s", positive_share=0.8), BINARY, seed=3, pool=pool)
     assert skewed["output"].value_counts().to_dict() == {"fake": 16, "legitimate": 4}
 
 
@@ -158,9 +160,9 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     first = _sweep(tracking, tiny_model_dir)
     assert first.status["ran"] == 2 and first.status["failed"] == 0
     assert sorted(first.results["train_size"]) == [4, 8]
-    assert {"finetuned_accuracy", "baseline_accuracy", "train_time_s", "inference_time_s", "peak_memory_mb",
-            "artifact_uri", "classical_accuracy", "validation_accuracy"} <= set(first.results.columns)
-    assert first.results["validation_accuracy"].notna().all()
+    assert {"finetuned_primary", "baseline_primary", "train_time_s", "inference_time_s", "peak_memory_mb",
+            "artifact_uri", "classical_accuracy", "validation_primary"} <= set(first.results.columns)
+    assert first.results["validation_primary"].notna().all()
     run = _runs("FINISHED")[0]
     assert run.data.params["data_variant"] == "clean" and "train_loss" in run.data.metrics
     # The predictor reads the runs back with the record's own replicate key and family.
@@ -227,8 +229,8 @@ def _fake_results() -> pd.DataFrame:
                              "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1,
                              "num_train_epochs": 3.0, "train_size": size, "seed": seed, "label_noise": noise,
                              "duplicate_rate": 0.0, "positive_share": 0.5,
-                             "finetuned_accuracy": accuracy + shift + delta,
-                             "baseline_accuracy": 0.5, "dataset": "d", "test_sha256": "abc"})
+                             "finetuned_primary": accuracy + shift + delta,
+                             "baseline_primary": 0.5, "dataset": "d", "test_sha256": "abc"})
     return pd.DataFrame(rows)
 
 
@@ -236,11 +238,11 @@ def test_analysis_traces_every_number_to_runs():
     analysis = analyse(_fake_results())
     clean = next(c for c in analysis["curves"] if c["data_variant"] == "clean")
     assert clean["knee_size"] == 100 and clean["monotone"]
-    assert clean["mean_accuracy"] == pytest.approx([0.61, 0.76, 0.81])
-    assert analysis["best"]["train_size"] == 200 and analysis["best"]["mean_accuracy"] == pytest.approx(0.81)
+    assert clean["mean_primary"] == pytest.approx([0.61, 0.76, 0.81])
+    assert analysis["best"]["train_size"] == 200 and analysis["best"]["mean_primary"] == pytest.approx(0.81)
     assert analysis["best"]["run_ids"] == "r1200clean,r2200clean"
     (effect,) = analysis["variant_effects"]
-    assert effect["mean_delta_accuracy"] == pytest.approx(-0.1) and effect["pairs"] == 6
+    assert effect["mean_delta_primary"] == pytest.approx(-0.1) and effect["pairs"] == 6
     report = markdown_report(_fake_results(), analysis, {"ran": 12})
     assert "knee at 100 examples" in report and "-10.0 accuracy points vs clean" in report
     assert analysis["selected_on"] == "test" and "selected on test" in report
@@ -250,12 +252,12 @@ def test_best_configuration_is_selected_on_validation_never_on_test():
     """Picking the best of many configurations on the test set reports the luckiest draw; the selection
     must use the validation set and report that configuration's test figure."""
     results = _fake_results()
-    results["validation_accuracy"] = results["finetuned_accuracy"]
+    results["validation_primary"] = results["finetuned_primary"]
     # On test, n=200 looks best; on validation, n=100 is better: the report follows validation.
-    results.loc[results["train_size"] == 100, "validation_accuracy"] = 0.95
+    results.loc[results["train_size"] == 100, "validation_primary"] = 0.95
     analysis = analyse(results)
     assert analysis["selected_on"] == "validation"
-    assert analysis["best"]["train_size"] == 100 and analysis["best"]["mean_accuracy"] == pytest.approx(0.76)
+    assert analysis["best"]["train_size"] == 100 and analysis["best"]["mean_primary"] == pytest.approx(0.76)
     report = markdown_report(results, analysis, {"ran": 12})
     assert "selected on the validation set (95.0% there), reported on the test set" in report
 

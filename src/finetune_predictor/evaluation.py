@@ -10,6 +10,7 @@ from scipy.special import softmax
 
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
+from finetune_predictor.records import reference_answers
 from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
 from finetune_predictor.tasks import Task
 from finetune_predictor.tasks.base import label_key
@@ -28,13 +29,22 @@ def generation_engine(requested: str) -> str:
     return requested
 
 
+def max_new_tokens(task: Task, evaluation_params: dict[str, Any]) -> int:
+    """``evaluation.max_new_tokens``, or the task's own budget when it is null (8 for a label, 32 for a
+    SQuAD answer, 128 for a JSON record, which stops earlier at the end of the object)."""
+    value = evaluation_params.get("max_new_tokens")
+    return int(value) if value is not None else int(task.max_new_tokens)
+
+
 def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any],
             adapter_dir: str | None = None) -> pd.DataFrame:
     """One row per test record: label scores, the scored prediction, the generated text and its parse.
 
-    Label scoring (one batched forward pass) is the primary prediction; greedy generation through the
-    strict parser is the second view. ``adapter_dir=None`` evaluates the base model. The column
-    ``engine`` says which engine generated (hf or vllm).
+    For a classification task label scoring (one batched forward pass) is the primary prediction and
+    greedy generation through the strict parser the second view; an open task (QA, structured) is judged
+    on generation alone, which then always runs. ``adapter_dir=None`` evaluates the base model. The column
+    ``engine`` says which engine generated (hf or vllm); ``references`` holds every accepted answer where
+    the records have several (SQuAD).
     """
     engine = generation_engine(str(evaluation_params.get("engine", "auto")))
     model = session.load_model(adapter_dir)
@@ -42,6 +52,8 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     records = test.to_dict("records")
     batch_size = int(evaluation_params.get("batch_size", 16))
     frame = pd.DataFrame({"id": test["id"].to_numpy(), "reference": [task.target(r) for r in records]})
+    if "references" in test and test["references"].astype(bool).any():
+        frame["references"] = [reference_answers(r) for r in records]
     candidates = task.candidates()
     if candidates:
         rule = str(evaluation_params.get("label_scoring", "sum"))
@@ -49,16 +61,17 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
         _add_label_scores(frame, task, candidates, label_scores(log_probs, rule, model, session, records, candidates))
     # Each record's prompt is built once per view; the first view's count is the number of records cut.
     truncated = session.formatter.truncated_prompts - truncated_before
-    if evaluation_params.get("generation", True):
-        max_new_tokens = int(evaluation_params.get("max_new_tokens", 8))
+    if evaluation_params.get("generation", True) or not candidates:
+        budget = max_new_tokens(task, evaluation_params)
         if engine == "vllm":
             del model  # vLLM takes the GPU memory for itself
             model = None
             texts = generate_answers_vllm(session.resolved.path, session.formatter, records, adapter_dir,
-                                          max_new_tokens, max_lora_rank=_max_lora_rank(session, evaluation_params),
+                                          budget, max_lora_rank=_max_lora_rank(session, evaluation_params),
                                           quantization="bitsandbytes" if session.plan.load_in_4bit else None)
         else:
-            texts = generate_answers(model, session.formatter, records, max_new_tokens, batch_size=batch_size)
+            texts = generate_answers(model, session.formatter, records, budget, batch_size=batch_size,
+                                     stop=getattr(task, "stop", None))
         frame["generated_text"] = texts
         frame["generated_prediction"] = [task.parse(text) for text in texts]
     frame["engine"] = engine
@@ -112,8 +125,10 @@ def _max_lora_rank(session: ModelSession, evaluation_params: dict[str, Any]) -> 
 
 
 def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
-    """Metrics of the scored view (accuracy, F1, AUC, ...) plus the generation view under ``gen_``."""
-    reference = predictions["reference"].tolist()
+    """Metrics of the scored view (accuracy, F1, AUC, ...) plus the generation view under ``gen_``; an open
+    task's metrics are its generation view's, unprefixed (``exact_match``, ``f1``, ``field_accuracy``)."""
+    reference = (predictions["references"].tolist() if "references" in predictions
+                 else predictions["reference"].tolist())
     result: dict[str, Any] = {}
     if "scored_prediction" in predictions:
         labels = task.candidates() or []
@@ -132,7 +147,8 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else p
                   for p in predictions["generated_prediction"].tolist()]
         generated = task.metrics(reference, parsed)
-        result.update({f"gen_{key}": value for key, value in generated.items()})
+        prefix = "gen_" if task.candidates() else ""
+        result.update({f"{prefix}{key}": value for key, value in generated.items()})
         # Parse failures are a property of what the model writes: reported from the generation view.
         result["parse_failures"] = generated["parse_failures"]
         result["parse_failure_rate"] = generated["parse_failure_rate"]

@@ -42,7 +42,7 @@ from finetune_predictor.model_session import ModelSession
 from finetune_predictor.records import content_sha256
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
-from finetune_predictor.tasks import Task
+from finetune_predictor.tasks import TASK_TYPES, Task
 from finetune_predictor.training import build_training_rows, train_lora
 
 
@@ -111,15 +111,6 @@ def special_char_ratio(texts: Sequence[str]) -> float:
     if not chars:
         return 0.0
     return sum(1 for ch in chars if not (ch.isalnum() or ch.isspace())) / len(chars)
-
-
-def label_balance(labels: Sequence[str]) -> float:
-    """Normalised entropy of the label distribution: 1 = balanced, 0 = one class."""
-    counts = np.array(list(Counter(labels).values()), dtype=float)
-    if len(counts) < 2:
-        return 0.0
-    share = counts / counts.sum()
-    return float(-(share * np.log(share)).sum() / math.log(len(counts)))
 
 
 def novelty_sum(embeddings: np.ndarray, knn: int = 10, proximity_power: float = 1.0) -> float:
@@ -265,7 +256,9 @@ def compute_meta_features(train: pd.DataFrame, session: ModelSession, task: Task
     sample_rows = build_training_rows(session.formatter, sample, [task.target(r) for r in sample])
     features.update(model_features(session, task, sample, sample_rows, probe.knn))
     features.update(probe_features(session, sample_rows, settings, probe))
-    features["mf_features_missing"] = float(sum(1 for value in features.values() if not math.isfinite(value)))
+    not_applicable = _not_applicable(task)
+    features["mf_features_missing"] = float(sum(1 for key, value in features.items()
+                                                if key not in not_applicable and not math.isfinite(value)))
     features["mf_feature_seconds"] = time.perf_counter() - started
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -303,9 +296,27 @@ def static_features(train: pd.DataFrame, task: Task, rows: list[dict[str, list[i
         "mf_exact_dup_rate": duplicates["exact_duplicates"] / len(train),
         "mf_near_dup_rate": duplicates["near_duplicates"] / len(train),
         "mf_conflicting_label_rate": duplicates["conflicting_labels"] / len(train),
-        "mf_label_balance": label_balance(targets),
         "mf_special_char_ratio": special_char_ratio(inputs),
+        **task_features(task, records),
     }
+
+
+def task_features(task: Task, records: list[dict[str, Any]]) -> dict[str, float]:
+    """One ``mf_task_<type>`` indicator per task type (so one predictor can learn across tasks), and every
+    task type's own features: measured for this run's task, NaN for the others (a label balance means
+    nothing for QA), so that every run has the same columns."""
+    features: dict[str, float] = {}
+    for name, task_class in TASK_TYPES.items():
+        features[f"mf_task_{name}"] = float(name == task.name)
+        features.update(dict.fromkeys(task_class.feature_names, float("nan")))
+    features.update(task.features(records))
+    return features
+
+
+def _not_applicable(task: Task) -> set[str]:
+    """Other task types' features: NaN by design, never counted as missing measurements."""
+    own = set(type(task).feature_names)
+    return {key for task_class in TASK_TYPES.values() for key in task_class.feature_names} - own
 
 
 def model_features(session: ModelSession, task: Task, sample: list[dict[str, Any]],

@@ -1,4 +1,5 @@
-"""The outcome predictor: meta-features of past runs -> fine-tuned accuracy, with an interval and reasons.
+"""The outcome predictor: meta-features of past runs -> the fine-tuned primary metric (accuracy, QA F1,
+structured field accuracy), with an interval and reasons.
 
 Honest by construction:
 - splits: ``random`` = K folds grouped by ``replicate_key`` (seed twins never straddle a fold), and one
@@ -11,7 +12,7 @@ Honest by construction:
 - intervals: split-conformal with the finite-sample conservative rank, calibrated on replicate-grouped
   folds for a known family and on leave-one-family-out folds for a new one.
 
-Errors are in accuracy points (x100).
+Errors are in points of the target metric (x100).
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ from finetune_predictor.model_selection import (
 
 logger = logging.getLogger(__name__)
 
-POINTS = 100.0  # accuracy in [0, 1] -> points
+POINTS = 100.0  # a metric in [0, 1] -> points
 
 
 @dataclass(frozen=True)
 class PredictorSettings:
-    target_column: str = "finetuned_accuracy"
-    group_columns: tuple[str, ...] = ("dataset_family", "model")
+    target_column: str = "finetuned_primary"
+    group_columns: tuple[str, ...] = ("dataset_family", "model", "task")
     feature_prefix: str = "mf_"
     feature_columns: tuple[str, ...] = ()  # explicit list; empty = every numeric column with the prefix
     n_folds: int = 5
@@ -342,7 +343,8 @@ def predict_with_reasons(table: pd.DataFrame, card: dict[str, Any], features: di
     order = values.abs().sort_values(ascending=False).index[:top]
     half_width, calibration = interval_for(card, family)
     return {
-        "predicted_accuracy": prediction,
+        "predicted": prediction,
+        "target": card["target"],
         "model": card["model"],
         "interval": [prediction - half_width, prediction + half_width],
         "interval_level": 1 - card["interval_alpha"],

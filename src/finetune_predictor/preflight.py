@@ -25,8 +25,9 @@ from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedMo
 from finetune_predictor.records import RecordError, SourceSpec, read_records
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
+from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
-from finetune_predictor.tasks import declared_labels
+from finetune_predictor.tasks import declared_labels, task_type
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 GIB = 2**30
@@ -153,7 +154,9 @@ def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any],
     return Check(name, PASS, f"{session.resolved.source}: {session.resolved.path}"), session
 
 
-def _check_template(session: ModelSession, labels: list[str] | None) -> Check:
+def _check_template(session: ModelSession, labels: list[str] | None, open_task: bool = False) -> Check:
+    """Every answer (a classification task's labels, or sample targets of an open task) renders and decodes
+    back to itself after the assistant header; two labels never tokenise alike."""
     formatter = session.formatter
     labels = labels or ["yes", "no"]  # labels come from the data: check that answers render at all
     prompt = formatter.prompt_ids("Is this text fake or legitimate?", "A short test sentence.")
@@ -162,7 +165,7 @@ def _check_template(session: ModelSession, labels: list[str] | None) -> Check:
     for label, text in decoded.items():
         if not text.startswith(label):
             return Check("tokenizer and template", FAIL, f"answer {label!r} decodes to {text!r}")
-    if len({tuple(ids) for ids in answers.values()}) != len(answers):
+    if not open_task and len({tuple(ids) for ids in answers.values()}) != len(answers):
         return Check("tokenizer and template", FAIL, f"labels {labels} tokenise identically")
     template = "chat template" if formatter.uses_chat_template else "fallback template"
     return Check("tokenizer and template", PASS,
@@ -170,14 +173,19 @@ def _check_template(session: ModelSession, labels: list[str] | None) -> Check:
 
 
 def _labels_in_data(data: dict[str, Any]) -> list[str] | None:
-    """A multi-class task's labels as its training file has them (for the template check)."""
+    """The answers the template check renders when the parameters name none: a multi-class task's labels as
+    its training file has them, or three targets of an open task (the bundled corpus's, without a file)."""
+    open_task = task_type(data) in ("qa", "structured")
     if not data.get("path"):
-        return None
+        return [str(r["output"]) for r in iter_events(3, 7)] if task_type(data) == "structured" else None
     result = read_records(SourceSpec.from_params(data, data["path"]), None, "quarantine")
-    return sorted(result.records["output"].astype(str).unique()) or None
+    outputs = result.records["output"].astype(str)
+    return (outputs.head(3).tolist() if open_task else sorted(outputs.unique())) or None
 
 
 def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
+    if task_type(data) in ("qa", "structured"):
+        return _check_open_task_data(data)
     if not data.get("path"):
         difficulty = str((data.get("synthetic") or {}).get("difficulty", DEFAULT_DIFFICULTY))
         return Check("dataset", PASS, f"bundled generated task, difficulty {difficulty} "
@@ -203,6 +211,32 @@ def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
                 return Check("dataset", FAIL, "; ".join(details) + "; too few examples: " + ", ".join(
                     f"{label!r} has {have}, needs {want}" for label, (have, want) in short.items()))
     return Check("dataset", PASS, "; ".join(details))
+
+
+def _check_open_task_data(data: dict[str, Any]) -> Check:
+    """QA and structured data: enough records for the training and test sizes (``train_per_class`` and
+    ``test_per_class`` count examples), and for QA's split by article at least two articles."""
+    name = task_type(data)
+    if not data.get("path"):
+        if name == "qa":
+            return Check("dataset", FAIL, "data.task=qa has no bundled data: set data.path to SQuAD JSON and "
+                                          "data.format=squad")
+        return Check("dataset", PASS, "bundled generated structured task (event records: topic, place, figure, source)")
+    result = read_records(SourceSpec.from_params(data, data["path"]), None, str(data.get("on_invalid", "error")))
+    records, duplicates = deduplicate(result.records, str(data.get("duplicates", "drop")))
+    train_n, test_n = int(data["train_per_class"]), data.get("test_per_class")
+    need = train_n + (int(test_n) if test_n is not None and not data.get("test_path") else 0)
+    groups = records["group"].nunique()
+    detail = (f"data.path: {len(records)} usable records in {groups} group(s), {result.summary()['records_rejected']} "
+              f"rejected, {duplicates['duplicates_removed']} duplicates removed, "
+              f"{result.unanswerable_skipped} unanswerable questions left out")
+    if len(records) < need:
+        return Check("dataset", FAIL, f"{detail}; too few records: data.train_per_class={train_n} and "
+                                      f"data.test_per_class={test_n} need {need}")
+    if name == "qa" and not data.get("test_path") and groups < 2 and str(data.get("test_split") or "auto") != "record":
+        return Check("dataset", FAIL, f"{detail}; the test split is by article (data.test_split=auto) and needs "
+                                      "at least two articles: give data.test_path or set data.test_split=record")
+    return Check("dataset", PASS, detail)
 
 
 def _check_writable(paths: list[str]) -> Check:
@@ -303,7 +337,8 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
     checks.append(model_check)
     if session is not None:
         checks.append(_guard("tokenizer and template",
-                             lambda: _check_template(session, labels or _labels_in_data(data))))
+                             lambda: _check_template(session, labels or _labels_in_data(data),
+                                                     open_task=task_type(data) in ("qa", "structured"))))
     else:
         checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))

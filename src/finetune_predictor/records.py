@@ -2,7 +2,9 @@
 
 Formats: Alpaca JSON (a list) or JSONL (``instruction``/``input``/``output``, the MegaFake task-1
 shape), ShareGPT / ``messages`` JSONL, CSV/TSV with a column mapping, Parquet, and a folder written by
-``datasets.Dataset.save_to_disk``. Every record becomes a row of ``CANONICAL_COLUMNS``.
+``datasets.Dataset.save_to_disk``, and SQuAD JSON (``data[].paragraphs[].{context, qas[]}``) for
+question answering. Every record becomes a row of ``CANONICAL_COLUMNS``; ``references`` holds a JSON list
+of every accepted answer where a record has more than its ``output`` (SQuAD), else is empty.
 
 Every problem names the file, the line (or row) and the reason, so that a typo costs seconds, not a
 GPU night. With ``on_invalid="quarantine"`` a bad record goes to the rejects list with that reason
@@ -25,9 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group"]
+CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group", "references"]
 TEXT_FIELDS = ("instruction", "input", "output")
-FORMATS = ("auto", "alpaca", "sharegpt", "csv", "tsv", "parquet", "hf_disk")
+FORMATS = ("auto", "alpaca", "sharegpt", "csv", "tsv", "parquet", "hf_disk", "squad")
+QA_INSTRUCTION = "Answer the question with a short span copied from the context."
+QA_GROUPS = ("article", "paragraph")
 INVALID_POLICIES = ("error", "quarantine")
 _SUFFIX_FORMATS = {".json": "alpaca", ".jsonl": "alpaca", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -59,11 +63,18 @@ class SourceSpec:
     label_map: Mapping[str, str] | None = None
     split: str = "train"
     group: str | None = None
+    # SQuAD: unanswerable questions kept (with ``no_answer`` as their target), and the group a question
+    # belongs to (its article or its paragraph), which a grouped test split keeps out of training.
+    include_unanswerable: bool = False
+    no_answer: str = "unanswerable"
+    qa_group: str = "article"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
         if self.format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+        if self.qa_group not in QA_GROUPS:
+            raise ValueError(f"data.qa.group_by must be one of {QA_GROUPS}, got {self.qa_group!r}")
         unknown = sorted(set(self.columns) - {"id", *TEXT_FIELDS, "group"})
         if unknown:
             raise ValueError(f"data.columns has unknown field(s) {unknown}; "
@@ -80,6 +91,7 @@ class SourceSpec:
     @classmethod
     def from_params(cls, data: Mapping[str, Any], path: str | Path) -> SourceSpec:
         label_map = data.get("label_map") or None
+        qa = data.get("qa") or {}
         return cls(
             path=Path(path),
             format=str(data.get("format") or "auto"),
@@ -89,6 +101,9 @@ class SourceSpec:
             label_map={str(k): str(v) for k, v in label_map.items()} if label_map else None,
             split=str(data.get("split") or "train"),
             group=data.get("group"),
+            include_unanswerable=bool(qa.get("include_unanswerable", False)),
+            no_answer=str(qa.get("no_answer") or "unanswerable"),
+            qa_group=str(qa.get("group_by") or "article"),
         )
 
 
@@ -99,6 +114,7 @@ class ReadResult:
     records: pd.DataFrame
     rejects: list[dict[str, Any]]
     unmapped_labels: Counter
+    unanswerable_skipped: int = 0  # SQuAD questions without an answer, left out by data.qa.include_unanswerable
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -106,6 +122,7 @@ class ReadResult:
             "records_rejected": len(self.rejects),
             "rejected_by_reason": dict(Counter(_reason_kind(r["reason"]) for r in self.rejects)),
             "labels_dropped_by_label_map": dict(self.unmapped_labels),
+            "unanswerable_skipped": self.unanswerable_skipped,
         }
 
 
@@ -233,8 +250,59 @@ def _iter_hf_disk(path: Path, split: str) -> Iterator[tuple[int, Any]]:
     yield from _iter_table(dataset.to_pandas())
 
 
+def _iter_squad(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
+    """One item per question (numbered from 1 in file order), already in canonical fields. The question
+    comes before the context in the prompt so that truncating a long context never cuts the question."""
+    path = spec.path
+    raw = _read_bytes(path)
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(path, getattr(error, "lineno", None), f"not SQuAD JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise RecordError(path, None, "not SQuAD JSON: expected an object with a 'data' list of articles "
+                                      "(data[].paragraphs[].{context, qas[]}); for other JSON use data.format=alpaca")
+    number = 0
+    for a_index, article in enumerate(document["data"]):
+        title = str(article.get("title") or f"article-{a_index}") if isinstance(article, dict) else f"article-{a_index}"
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise RecordError(path, None, f"data[{a_index}] ({title}) has no 'paragraphs' list")
+        for p_index, paragraph in enumerate(paragraphs):
+            context = paragraph.get("context") if isinstance(paragraph, dict) else None
+            for q_index, qa in enumerate(paragraph.get("qas") or [] if isinstance(paragraph, dict) else []):
+                number += 1
+                where = f"data[{a_index}].paragraphs[{p_index}].qas[{q_index}]"
+                yield number, _squad_item(qa, context, title, f"{title}#p{p_index}", where, spec)
+
+
+def _squad_item(qa: Any, context: Any, title: str, paragraph_group: str, where: str,
+                spec: SourceSpec) -> Any:
+    """One SQuAD question as canonical fields, ``_SKIPPED`` for an unanswerable question left out, or the
+    error."""
+    def error(reason: str) -> RecordError:
+        return RecordError(spec.path, None, f"{where}: {reason}")
+
+    if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+        return error("missing 'question' (a string)")
+    if not isinstance(context, str) or not context.strip():
+        return error("its paragraph has no 'context' text")
+    answers = [a.get("text") for a in qa.get("answers") or [] if isinstance(a, dict)]
+    answers = list(dict.fromkeys(a.strip() for a in answers if isinstance(a, str) and a.strip()))
+    if qa.get("is_impossible") or not answers:
+        if not spec.include_unanswerable:
+            return _SKIPPED
+        answers = [spec.no_answer]
+    return {"id": qa.get("id"), "instruction": spec.instruction or QA_INSTRUCTION,
+            "input": f"Question: {qa['question'].strip()}\n\nContext: {context.strip()}", "output": answers[0],
+            "group": title if spec.qa_group == "article" else paragraph_group,
+            "references": json.dumps(answers, ensure_ascii=False)}
+
+
 def _raw_items(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
     kind = spec.resolved_format
+    if kind == "squad":
+        return _iter_squad(spec)
     if kind in ("alpaca", "sharegpt"):
         return _iter_json(spec.path)
     if kind in ("csv", "tsv"):
@@ -294,9 +362,12 @@ def _from_mapped(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
 
 
 _MISSING = object()
+_SKIPPED = object()  # an item the reader leaves out by setting (not an error)
 
 
 def _canonical(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
+    if spec.resolved_format == "squad":
+        return item
     if spec.resolved_format == "sharegpt" or (isinstance(item, dict) and not spec.columns
                                                and ("messages" in item or "conversations" in item)):
         fields_ = _from_messages(item, fail)
@@ -328,11 +399,15 @@ def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_inval
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     unmapped: Counter = Counter()
+    skipped = 0
     group = spec.group or path.stem
     for number, item in _raw_items(spec):
         try:
             if isinstance(item, RecordError):
                 raise item
+            if item is _SKIPPED:
+                skipped += 1
+                continue
 
             def fail(reason: str, _number: int = number) -> None:
                 raise RecordError(path, _number, reason, unit)
@@ -365,16 +440,24 @@ def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_inval
             "output": output,
             "source": path.name,
             "group": str(fields_["group"]) if fields_.get("group") not in (None, "", _MISSING) else group,
+            "references": fields_.get("references") or "",
         })
     if not rows:
-        detail = f"; {len(rejects)} rejected" if rejects else ""
-        detail += f"; {sum(unmapped.values())} dropped by data.label_map" if unmapped else ""
-        raise RecordError(path, None, f"no usable records{detail}")
+        raise RecordError(path, None, f"no usable records{_dropped_detail(rejects, unmapped, skipped)}")
     records = pd.DataFrame(rows, columns=CANONICAL_COLUMNS)
     duplicated_ids = records["id"].duplicated()
     if duplicated_ids.any():
         raise RecordError(path, None, f"duplicate id {records['id'][duplicated_ids].iloc[0]!r}: ids must be unique")
-    return ReadResult(records, rejects, unmapped)
+    return ReadResult(records, rejects, unmapped, skipped)
+
+
+def _dropped_detail(rejects: list[dict[str, Any]], unmapped: Counter, skipped: int) -> str:
+    """Why a file gave no usable record: what was rejected, dropped by the label map, or left out."""
+    detail = f"; {len(rejects)} rejected" if rejects else ""
+    detail += f"; {sum(unmapped.values())} dropped by data.label_map" if unmapped else ""
+    if skipped:
+        detail += f"; {skipped} unanswerable questions left out (data.qa.include_unanswerable=true keeps them)"
+    return detail
 
 
 def _location_unit(spec: SourceSpec) -> str:
@@ -382,6 +465,8 @@ def _location_unit(spec: SourceSpec) -> str:
     kind = spec.resolved_format
     if kind in ("parquet", "hf_disk"):
         return "row"
+    if kind == "squad":
+        return "question"
     if kind in ("alpaca", "sharegpt") and spec.path.is_file():
         with open(spec.path, "rb") as handle:
             if _is_json_list(spec.path, handle.read(4096)):
@@ -415,3 +500,17 @@ def content_sha256(frame: pd.DataFrame) -> str:
         digest.update(json.dumps(list(row), ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def reference_answers(record: Mapping[str, Any]) -> list[str]:
+    """Every accepted answer of a record: its ``references`` (a JSON list, SQuAD), else its output."""
+    raw = record.get("references")
+    return json.loads(raw) if isinstance(raw, str) and raw else [str(record["output"])]
+
+
+def canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with exactly the canonical columns; tables written before ``references`` existed (an older
+    prepared sweep, a hand-made frame) get it empty."""
+    if "references" not in frame:
+        frame = frame.assign(references="")
+    return frame[CANONICAL_COLUMNS]

@@ -5,11 +5,12 @@ Both feed the model exactly the prompt ids of :class:`PromptFormatter`, the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from finetune_predictor.batching import attention_mask_of, left_pad, position_ids_of
 from finetune_predictor.chat_format import PromptFormatter
@@ -74,6 +75,18 @@ def stop_token_ids(formatter: PromptFormatter) -> list[int]:
     return sorted(ids)
 
 
+class _StopWhen(StoppingCriteria):
+    """Stops each row once the task says its answer is complete (a JSON object closed), so a structured
+    answer does not run on to the token budget."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int, done: Callable[[str], bool]) -> None:
+        self.tokenizer, self.prompt_length, self.done = tokenizer, prompt_length, done
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([self.done(text) for text in texts], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_answers(
     model: Any,
@@ -81,8 +94,10 @@ def generate_answers(
     records: Sequence[dict[str, Any]],
     max_new_tokens: int = 8,
     batch_size: int = 16,
+    stop: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Greedy completions of each prompt with Hugging Face generate (CPU and GPU)."""
+    """Greedy completions of each prompt with Hugging Face generate (CPU and GPU). Each row stops at the
+    end-of-turn token, or earlier where ``stop(text so far)`` says the answer is complete."""
     model.eval()
     device = _device_of(model)
     tokenizer = formatter.tokenizer
@@ -93,6 +108,8 @@ def generate_answers(
         prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=max_new_tokens)
                    for r in chunk]
         input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id), attention_mask_of(prompts)
+        criteria = (StoppingCriteriaList([_StopWhen(tokenizer, input_ids.shape[1], stop)]) if stop is not None
+                    else None)
         generated = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -100,6 +117,7 @@ def generate_answers(
             do_sample=False,
             eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=criteria,
         )
         new_tokens = generated[:, input_ids.shape[1]:]
         outputs.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens)

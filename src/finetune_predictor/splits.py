@@ -47,20 +47,55 @@ def deduplicate(frame: pd.DataFrame, policy: str = "drop") -> tuple[pd.DataFrame
     return frame, stats
 
 
-def _class_order(frame: pd.DataFrame, label: str, seed: int) -> pd.DataFrame:
-    subset = frame[frame["output"] == label]
+def _class_order(frame: pd.DataFrame, label: str | None, seed: int) -> pd.DataFrame:
+    """The records of one class (every record for ``label=None``: open tasks have one stratum) in a
+    seed-fixed order."""
+    subset = frame if label is None else frame[frame["output"] == label]
     order = np.random.default_rng(seed).permutation(len(subset))
     return subset.iloc[order]
 
 
-def _require(available: int, wanted: int, label: str, what: str) -> None:
+def strata(labels: list[str] | None) -> list[str | None]:
+    """What balanced sampling balances over: the labels of a classification task, else one stratum (so
+    ``train_per_class`` is the number of examples of a QA or structured task)."""
+    return list(labels) if labels else [None]
+
+
+def _require(available: int, wanted: int, label: str | None, what: str) -> None:
     if available < wanted:
-        raise InsufficientDataError(
-            f"{what} asks for {wanted} examples of label {label!r} but only {available} exist"
-        )
+        of = f"of label {label!r} " if label is not None else ""
+        raise InsufficientDataError(f"{what} asks for {wanted} examples {of}but only {available} exist")
 
 
-def select_test_set(frame: pd.DataFrame, labels: list[str], per_class: int | None, seed: int) -> pd.DataFrame:
+def select_test_groups(frame: pd.DataFrame, size: int | None, seed: int,
+                       fraction: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A test sample drawn from whole groups (SQuAD articles), and the records of every other group.
+
+    Groups are taken in a seed-fixed order until they hold ``size`` records (``None``: a ``fraction`` of
+    all records, every record of the chosen groups kept); the test sample is ``size`` of their records. The
+    records of a chosen group that are not sampled are left out of training too, so no group (no passage)
+    is shared by the two sides.
+    """
+    groups = frame["group"].drop_duplicates().tolist()
+    if len(groups) < 2:
+        raise InsufficientDataError(f"a test split by group needs at least two groups, the data has {len(groups)} "
+                                    f"({groups}); set data.test_split=record or give a data.test_path")
+    wanted = size if size is not None else max(1, round(len(frame) * fraction))
+    counts = frame["group"].value_counts()
+    chosen: list[str] = []
+    for index in np.random.default_rng(seed).permutation(len(groups)):
+        if sum(counts[g] for g in chosen) >= wanted:
+            break
+        chosen.append(groups[index])
+    if len(chosen) == len(groups):
+        raise InsufficientDataError(f"data.test_per_class={size} needs every group of the data for the test set; "
+                                    "lower it so that some groups remain for training")
+    in_test = frame["group"].isin(chosen)
+    test = _class_order(frame[in_test], None, seed)
+    return (test.head(size) if size is not None else test).reset_index(drop=True), frame[~in_test]
+
+
+def select_test_set(frame: pd.DataFrame, labels: list[str] | None, per_class: int | None, seed: int) -> pd.DataFrame:
     """A balanced test sample fixed by its own seed (independent of any training size).
 
     ``per_class=None`` keeps every record.
@@ -68,7 +103,7 @@ def select_test_set(frame: pd.DataFrame, labels: list[str], per_class: int | Non
     if per_class is None:
         return frame.reset_index(drop=True)
     parts = []
-    for label in labels:
+    for label in strata(labels):
         ordered = _class_order(frame, label, seed)
         _require(len(ordered), per_class, label, "data.test_per_class")
         parts.append(ordered.head(per_class))
@@ -103,14 +138,14 @@ def assert_disjoint(train: pd.DataFrame, test: pd.DataFrame) -> None:
             raise DataLeakError(f"training record {row.id!r} from {row.source} repeats test-set text")
 
 
-def nested_balanced_subset(pool: pd.DataFrame, labels: list[str], per_class: int, seed: int) -> pd.DataFrame:
+def nested_balanced_subset(pool: pd.DataFrame, labels: list[str] | None, per_class: int, seed: int) -> pd.DataFrame:
     """The first ``per_class`` records of each class in a seed-fixed order, interleaved by a seeded shuffle.
 
     Because the class order does not depend on ``per_class``, a smaller subset is always contained in a
     larger one (nested subsets make a data-size curve honest).
     """
     parts = []
-    for label in labels:
+    for label in strata(labels):
         ordered = _class_order(pool, label, seed)
         _require(len(ordered), per_class, label, f"a balanced training set of {per_class} per class")
         parts.append(ordered.head(per_class))

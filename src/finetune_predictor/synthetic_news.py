@@ -61,7 +61,7 @@ _PLACE_SUFFIX = ["Creek", "Falls", "Harbor", "Ridge", "Valley", "Springs", "Poin
 _FIRST_NAMES = ["Ana", "Ben", "Carla", "Dev", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kemi",
                 "Luis", "Mira", "Noor", "Oskar", "Priya", "Rafael", "Sana", "Tomas", "Uma", "Viktor", "Wen"]
 
-_TOPICS = [
+TOPICS = [
     ("the water treatment plant", "water quality", "Department of Public Works"),
     ("the new bus line", "commuter traffic", "Regional Transit Authority"),
     ("the school lunch program", "student nutrition", "School Board"),
@@ -192,12 +192,12 @@ _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augu
            "October", "November", "December"]
 
 
-def _place(rng: random.Random) -> str:
+def place_name(rng: random.Random) -> str:
     name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
     return f"{name} {rng.choice(_PLACE_SUFFIX)}"
 
 
-def _person(rng: random.Random) -> str:
+def person_name(rng: random.Random) -> str:
     surname = "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize()
     return f"{rng.choice(_FIRST_NAMES)} {surname}"
 
@@ -233,14 +233,14 @@ def generate_article(index: int, seed: int, difficulty: str = DEFAULT_DIFFICULTY
     # The easy corpus keeps the original seeding, so earlier runs' data is reproduced exactly.
     rng = random.Random(f"{seed}:{index}" if difficulty == "easy" else f"{seed}:{difficulty}:{index}")
     is_fake = rng.random() < 0.5
-    topic, measure, agency = rng.choice(_TOPICS)
+    topic, measure, agency = rng.choice(TOPICS)
     count = rng.randint(40, 4000)
     slots = {
-        "place": _place(rng),
+        "place": place_name(rng),
         "topic": topic,
         "measure": measure,
         "agency": agency,
-        "name": _person(rng),
+        "name": person_name(rng),
         "pct": f"{rng.randint(1, 19)}.{rng.randint(0, 9)}",
         "months": str(rng.randint(2, 18)),
         "count": str(count),

@@ -12,16 +12,25 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.records import CANONICAL_COLUMNS, ReadResult, SourceSpec, content_sha256, read_records
+from finetune_predictor.records import (
+    ReadResult,
+    SourceSpec,
+    canonical,
+    content_sha256,
+    read_records,
+)
 from finetune_predictor.splits import (
     assert_disjoint,
     deduplicate,
     nested_balanced_subset,
     remove_test_overlap,
+    select_test_groups,
     select_test_set,
 )
+from finetune_predictor.synthetic_events import SOURCE as EVENTS_SOURCE
+from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
-from finetune_predictor.tasks import build_task, declared_labels
+from finetune_predictor.tasks import build_task, declared_labels, task_type, test_split
 
 ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
 BUNDLED_SOURCE = "bundled-synthetic-news"
@@ -38,6 +47,8 @@ def dataset_family(data: dict[str, Any]) -> str:
     if data.get("family"):
         return str(data["family"])
     if not data.get("path"):
+        if task_type(data) == "structured":
+            return EVENTS_SOURCE
         # Each difficulty is its own corpus, so its own family.
         return f"{BUNDLED_SOURCE}-{(data.get('synthetic') or {}).get('difficulty', DEFAULT_DIFFICULTY)}"
     path = PurePath(str(data["path"]))
@@ -50,6 +61,29 @@ def _read(data: dict[str, Any], path: str, labels: list[str] | None) -> ReadResu
     return read_records(SourceSpec.from_params(data, path), labels, str(data.get("on_invalid", "error")))
 
 
+def bundled_source(data: dict[str, Any]) -> str:
+    """The name of the bundled generated corpus for ``data.task``."""
+    return EVENTS_SOURCE if task_type(data) == "structured" else BUNDLED_SOURCE
+
+
+def bundled_records(data: dict[str, Any]) -> pd.DataFrame:
+    """The project's own generated corpus for the task: news articles (fake vs legitimate) for
+    classification, event records for ``structured``. QA has no bundled corpus."""
+    name = task_type(data)
+    synthetic = data.get("synthetic") or {}
+    count, seed = int(synthetic.get("num_records", 24000)), int(synthetic.get("seed", 7))
+    if name == "structured":
+        frame = pd.DataFrame(iter_events(count, seed))
+    elif name in ("binary_classification", "multiclass_classification"):
+        frame = pd.DataFrame(iter_articles(count, seed, str(synthetic.get("difficulty", DEFAULT_DIFFICULTY))))
+    else:
+        raise ValueError(f"data.task={name} has no bundled data: set data.path (for QA, SQuAD JSON with "
+                         "data.format=squad)")
+    frame["source"] = frame["group"] = bundled_source(data)
+    frame["references"] = ""
+    return canonical(frame)
+
+
 def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """All records of the task in the canonical table (with the column ``origin``), the rejected ones, and
     what reading them found. ``data.path`` null means the bundled generated task; rejects
@@ -60,12 +94,7 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
         results["train_file"] = _read(data, data["path"], labels)
         pool = results["train_file"].records.copy()
     else:
-        synthetic = data.get("synthetic", {})
-        pool = pd.DataFrame(iter_articles(int(synthetic.get("num_records", 24000)), int(synthetic.get("seed", 7)),
-                                          str(synthetic.get("difficulty", DEFAULT_DIFFICULTY))))
-        pool["source"] = BUNDLED_SOURCE
-        pool["group"] = BUNDLED_SOURCE
-        pool = pool[CANONICAL_COLUMNS]
+        pool = bundled_records(data)
     pool[ORIGIN] = "pool"
     frames = [pool]
     if data.get("test_path"):
@@ -81,7 +110,8 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
 def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The fixed test set and the training candidates: deduplicated, from training-origin records only
     (a test file's records never become candidates), and with no text shared with the test set."""
-    labels = build_task(data, records["output"]).candidates()
+    task = build_task(data, records["output"])
+    labels = task.candidates()
     seed = int(data.get("seed", 42))
     policy = str(data.get("duplicates", "drop"))
     pool, pool_dups = deduplicate(records[records[ORIGIN] == "pool"], policy)
@@ -89,11 +119,13 @@ def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.D
     if (records[ORIGIN] == "test_file").any():
         test_file, duplicates["test_file"] = deduplicate(records[records[ORIGIN] == "test_file"], policy)
         test = select_test_set(test_file, labels, data.get("test_per_class"), seed)
+    elif test_split(task, data) == "group":  # QA: whole articles go to the test side
+        test, pool = select_test_groups(pool, data.get("test_per_class"), seed)
     else:
         test = select_test_set(pool, labels, data.get("test_per_class"), seed)
         pool = pool[~pool["id"].isin(set(test["id"]))]
     pool, overlap_removed = remove_test_overlap(pool, test, str(data.get("test_overlap", "drop")))
-    return test[CANONICAL_COLUMNS], pool[CANONICAL_COLUMNS], {"duplicates": duplicates,
+    return canonical(test), canonical(pool), {"duplicates": duplicates,
                                                                 "train_test_overlap_removed": overlap_removed}
 
 
@@ -101,7 +133,7 @@ def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame
                   data: dict[str, Any], checks: dict[str, Any]) -> dict[str, Any]:
     """What a split is: sources, family, sizes, label counts, duplicates and overlap handled, content hashes."""
     return {
-        "source": str(data.get("path") or BUNDLED_SOURCE),
+        "source": str(data.get("path") or bundled_source(data)),
         "family": dataset_family(data),
         "test_source": str(data.get("test_path") or "held-out split of the training source"),
         "read": read_summary,
@@ -110,11 +142,19 @@ def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame
         "train_size": len(train),
         "train_per_class": int(data["train_per_class"]),
         "test_size": len(test),
-        "train_label_counts": {k: int(v) for k, v in train["output"].value_counts().items()},
-        "test_label_counts": {k: int(v) for k, v in test["output"].value_counts().items()},
+        **_label_counts(train, test, data),
         "train_sha256": content_sha256(train),
         "test_sha256": content_sha256(test),
     }
+
+
+def _label_counts(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
+    """Label counts of a classification task; the groups (articles) on each side of an open task."""
+    if task_type(data) in ("qa", "structured"):
+        return {"train_groups": sorted(train["group"].unique().tolist()),
+                "test_groups": sorted(test["group"].unique().tolist())}
+    return {"train_label_counts": {k: int(v) for k, v in train["output"].value_counts().items()},
+            "test_label_counts": {k: int(v) for k, v in test["output"].value_counts().items()}}
 
 
 def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
@@ -127,7 +167,7 @@ def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
     test, pool, checks = test_set_and_pool(records, data)
     labels = build_task(data, records["output"]).candidates()
     train = nested_balanced_subset(pool, labels, int(data["train_per_class"]), int(data.get("seed", 42)))
-    train = train[CANONICAL_COLUMNS]
+    train = canonical(train)
     assert_disjoint(train, test)
     return train, test, split_summary(train, test, records, read_summary, data, checks)
 
@@ -148,11 +188,11 @@ def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: di
     seed = int(data.get("seed", 42))
     validation = pool.head(0)
     if validation_per_class > 0:
-        validation = select_test_set(pool, labels, validation_per_class, seed + 1)[CANONICAL_COLUMNS]
+        validation = canonical(select_test_set(pool, labels, validation_per_class, seed + 1))
         pool = pool[~pool["id"].isin(set(validation["id"]))]
     parts, hashes = [], {}
     for size in sorted(sizes):
-        train = nested_balanced_subset(pool, labels, size, seed)[CANONICAL_COLUMNS]
+        train = canonical(nested_balanced_subset(pool, labels, size, seed))
         assert_disjoint(train, test)
         hashes[str(size)] = content_sha256(train)
         parts.append(train.assign(train_per_class=size))
@@ -170,4 +210,4 @@ def subset(subsets: pd.DataFrame, train_per_class: int) -> pd.DataFrame:
     chosen = subsets[subsets["train_per_class"] == train_per_class]
     if chosen.empty:
         raise KeyError(f"no training subset with train_per_class={train_per_class}")
-    return chosen[CANONICAL_COLUMNS].reset_index(drop=True)
+    return canonical(chosen).reset_index(drop=True)

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.tasks import DEFAULT_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +129,9 @@ def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any]
                 classical: Mapping[str, Any] | None = None,
                 validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The loss curve by step, cost, and every finite scalar of the evaluations: the base model, the
-    fine-tuned model and the classical classifier on the test set (``classical_accuracy``,
+    fine-tuned model and the cheap classical baseline on the test set (``classical_primary``, ``classical_accuracy``,
     ``classical_f1_macro``, ``classical_auc``), and the fine-tuned model on a validation set
-    (``validation_accuracy``, the figure sweeps select configurations on)."""
+    (``validation_primary``, the figure sweeps select configurations on)."""
     history = training_summary["loss_history"]
     metrics: dict[str, Any] = {
         "train_loss": [(h["loss"], int(h["step"])) for h in history],
@@ -141,7 +142,10 @@ def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any]
     for prefix, values in (("baseline", baseline), ("finetuned", finetuned), ("classical", classical or {}),
                            ("validation", validation or {})):
         metrics.update({f"{prefix}_{key}": float(value) for key, value in values.items() if _finite(value)})
-    metrics["accuracy_gain"] = finetuned["accuracy"] - baseline["accuracy"]
+    if "accuracy" in finetuned and "accuracy" in baseline:
+        metrics["accuracy_gain"] = finetuned["accuracy"] - baseline["accuracy"]
+    if "primary" in finetuned and "primary" in baseline:
+        metrics["primary_gain"] = finetuned["primary"] - baseline["primary"]
     return metrics
 
 
@@ -241,23 +245,29 @@ def finished_run(experiment_id: str, key: str) -> Any | None:
 
 
 def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
-    """FINISHED fine-tune runs (with a fine-tuned accuracy), one row each: metrics, the configuration's
-    params, ``dataset_family``, ``model`` and ``replicate_key``, as the run record logged them."""
+    """FINISHED fine-tune runs (with a fine-tuned primary metric), one row each: metrics, the configuration's
+    params, ``task``, ``dataset_family``, ``model`` and ``replicate_key``, as the run record logged them.
+    Classification runs logged before the primary metric existed take their accuracy as ``*_primary``."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {mlflow.get_tracking_uri()}")
     runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
-    if runs.empty or "metrics.finetuned_accuracy" not in runs:
+    for side in ("baseline", "finetuned", "validation", "classical"):
+        primary, accuracy = f"metrics.{side}_primary", f"metrics.{side}_accuracy"
+        if accuracy in runs:
+            runs[primary] = runs[primary].fillna(runs[accuracy]) if primary in runs else runs[accuracy]
+    if runs.empty or "metrics.finetuned_primary" not in runs:
         return pd.DataFrame()
-    runs = runs[runs["metrics.finetuned_accuracy"].notna()].reset_index(drop=True)
+    runs = runs[runs["metrics.finetuned_primary"].notna()].reset_index(drop=True)
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
     params = runs[[c for c in runs.columns if c.startswith("params.")]]
     table = pd.concat([runs[["run_id"]], metrics.rename(columns=lambda c: c.removeprefix("metrics.")),
                        params.rename(columns=lambda c: "param_" + c.removeprefix("params."))], axis=1)
     table["dataset"] = table.get("param_dataset")
     table["model"] = table.get("param_model_name")
+    table["task"] = table["param_task"].fillna(DEFAULT_TASK) if "param_task" in table else DEFAULT_TASK
     table["dataset_family"] = table.get("param_dataset_family")
     table[REPLICATE_KEY] = table.get(f"param_{REPLICATE_KEY}")
     unkeyed = table[REPLICATE_KEY].isna() if REPLICATE_KEY in table else pd.Series(True, index=table.index)

@@ -18,7 +18,7 @@ class KeptDataset(MemoryDataset):
 
 
 def test_predictor_pipeline_on_an_external_table(tmp_path):
-    table = synthetic_runs(60).rename(columns={"finetuned_accuracy": "accuracy", "dataset_family": "family"})
+    table = synthetic_runs(60).rename(columns={"finetuned_primary": "accuracy", "dataset_family": "family"})
     table.loc[0, [c for c in table if c.startswith("mf_")]] = float("nan")  # a run logged without features
     path = tmp_path / "runs.csv"
     table.to_csv(path, index=False)
@@ -55,6 +55,6 @@ def test_predictor_pipeline_on_an_external_table(tmp_path):
         "predict.reporting.prediction": KeptDataset()})
     SequentialRunner().run(predict.create_pipeline(), predict_catalog)
     answer = predict_catalog.load("predict.reporting.prediction")
-    assert answer["interval"][0] < answer["predicted_accuracy"] < answer["interval"][1]
-    assert abs(answer["predicted_accuracy"] - candidate["accuracy"]) < 0.1
+    assert answer["interval"][0] < answer["predicted"] < answer["interval"][1]
+    assert abs(answer["predicted"] - candidate["accuracy"]) < 0.1
     assert answer["reasons"] and answer["candidate"]["model"] == "m1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -10,11 +11,17 @@ import numpy as np
 
 
 class Task(Protocol):
-    """A labelled task: what the model is asked, which answer is right, how to read and score answers."""
+    """A task: what the model is asked, which answer is right, how to read and score answers.
+
+    Classification tasks have a closed answer set (``candidates``) scored by likelihood; open tasks (QA,
+    structured answers) return None there and are judged on greedy generation through ``parse``.
+    """
 
     name: str
     positive_label: str | None  # the class whose probability feeds a binary AUC; None for other tasks
     primary_metric: str  # the one figure per task that reports and the predictor use by default
+    max_new_tokens: int  # the generation budget when evaluation.max_new_tokens is null
+    feature_names: tuple[str, ...]  # the task-specific meta-features ``features`` returns
 
     def target(self, record: dict[str, Any]) -> str:
         """The answer text the model is trained to produce for ``record``."""
@@ -25,9 +32,17 @@ class Task(Protocol):
     def parse(self, generated: str) -> str | None:
         """The answer found in generated text, or None when it cannot be read unambiguously."""
 
-    def metrics(self, y_true: Sequence[str], y_pred: Sequence[str | None],
+    def metrics(self, y_true: Sequence[Any], y_pred: Sequence[str | None],
                 scores: np.ndarray | None = None) -> dict[str, Any]:
-        """Metrics of predictions against references; None predictions are parse failures."""
+        """Metrics of predictions against references (a list of accepted answers per record where the task
+        has several); None predictions are parse failures."""
+
+    def corrupt(self, targets: Sequence[str], rate: float, rng: np.random.Generator) -> list[str]:
+        """The training targets with a share ``rate`` of them corrupted (the sweep's noise variant): labels
+        flipped, answers shuffled between questions, fields dropped or swapped."""
+
+    def features(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Task-specific meta-features of training records (``mf_`` names), where they mean something."""
 
 
 def normalise_answer(text: str) -> str:
@@ -72,3 +87,20 @@ def classification_metrics(labels: Sequence[str], y_true: Sequence[str],
         result[f"f1_{key}"] = float(f1[index])
         result[f"support_{key}"] = int(support[index])
     return result
+
+
+def corrupt_labels(labels: Sequence[str], targets: Sequence[str], rate: float, rng: np.random.Generator) -> list[str]:
+    """A share ``rate`` of the targets replaced by another label, drawn uniformly (the two-label case flips)."""
+    out = list(targets)
+    for index in rng.choice(len(out), size=round(len(out) * rate), replace=False):
+        out[index] = str(rng.choice([label for label in labels if label != out[index]]))
+    return out
+
+
+def label_balance(labels: Sequence[str]) -> float:
+    """Normalised entropy of the label distribution: 1 = balanced, 0 = one class."""
+    counts = np.array(list(Counter(labels).values()), dtype=float)
+    if len(counts) < 2:
+        return 0.0
+    shares = counts / counts.sum()
+    return float(-(shares * np.log(shares)).sum() / np.log(len(counts)))

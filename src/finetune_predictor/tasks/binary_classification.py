@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.tasks.base import classification_metrics
+from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance
 from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 # Words that, right before a label, reverse or deny it ("not fake", "isn't real", "never legitimate").
@@ -31,6 +31,8 @@ class BinaryClassificationTask:
     negative_label: str
     name: str = "binary_classification"
     primary_metric: ClassVar[str] = "accuracy"  # logged as baseline_primary / finetuned_primary
+    max_new_tokens: ClassVar[int] = 8  # a label and its end-of-turn token
+    feature_names: ClassVar[tuple[str, ...]] = ("mf_label_balance",)  # what features() returns
 
     def __post_init__(self) -> None:
         for label in (self.positive_label, self.negative_label):
@@ -91,3 +93,11 @@ class BinaryClassificationTask:
             truth = np.array([t == self.positive_label for t in y_true], dtype=int)
             result["auc"] = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
         return result
+
+    def corrupt(self, targets: Sequence[str], rate: float, rng: np.random.Generator) -> list[str]:
+        """Label noise: a share ``rate`` of the labels replaced by another label."""
+        return corrupt_labels(self.candidates(), targets, rate, rng)
+
+    def features(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Label balance (normalised entropy of the training labels)."""
+        return {"mf_label_balance": label_balance([self.target(record) for record in records])}

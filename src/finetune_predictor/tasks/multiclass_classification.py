@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.tasks.base import classification_metrics
+from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance
 from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 _PREFIX = re.compile(r"^(?:answer:|label:|class:|classification:|prediction:|the answer is\b|it is\b)\s*")
@@ -24,6 +24,8 @@ class MulticlassClassificationTask:
     name: str = "multiclass_classification"
     positive_label: str | None = None
     primary_metric: ClassVar[str] = "accuracy"  # logged as baseline_primary / finetuned_primary
+    max_new_tokens: ClassVar[int] = 8  # a label and its end-of-turn token
+    feature_names: ClassVar[tuple[str, ...]] = ("mf_label_balance",)  # what features() returns
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -71,3 +73,11 @@ class MulticlassClassificationTask:
                                                  labels=list(self.labels)))
                              if present == set(self.labels) else float("nan"))
         return result
+
+    def corrupt(self, targets: Sequence[str], rate: float, rng: np.random.Generator) -> list[str]:
+        """Label noise: a share ``rate`` of the labels replaced by another label."""
+        return corrupt_labels(self.candidates(), targets, rate, rng)
+
+    def features(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Label balance (normalised entropy of the training labels)."""
+        return {"mf_label_balance": label_balance([self.target(record) for record in records])}

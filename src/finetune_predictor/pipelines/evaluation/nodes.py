@@ -31,17 +31,19 @@ def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any
 
 
 def score_classical_baseline(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
-    """TF-IDF + logistic regression on the same training subset, scored on the same test set."""
+    """The task's cheap baseline (TF-IDF + logistic regression for classification) on the same training
+    subset, scored on the same test set."""
     task = build_task(data, pd.concat([train["output"], test["output"]]))
     return classical_metrics(train, test, task, int(data.get("seed", 42)))
 
 
 def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame,
-                    classical: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """Metrics of the base model, the fine-tuned model and the classical classifier on the same test set."""
+                    classical: dict[str, Any], train: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of the base model, the fine-tuned model and the cheap classical baseline on the same test set;
+    the task (a structured task's schema) comes from the training targets."""
     if baseline_predictions["id"].tolist() != finetuned_predictions["id"].tolist():
         raise ValueError("Baseline and fine-tuned predictions cover different test records")
-    task = build_task(data, baseline_predictions["reference"])
+    task = build_task(data, train["output"])
     return {"baseline": metrics_of(baseline_predictions, task), "finetuned": metrics_of(finetuned_predictions, task),
             "classical": classical}
 

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              "evaluation.reporting.classical_metrics", name="score_classical_baseline"),
         node(nodes.compute_metrics,
              ["evaluation.model_output.baseline_predictions", "evaluation.model_output.finetuned_predictions",
-              "evaluation.reporting.classical_metrics", "params:data"],
+              "evaluation.reporting.classical_metrics", "data_engineering.prm.train_set", "params:data"],
              "evaluation.reporting.metrics", name="compute_metrics"),
         node(nodes.comparison_table, "evaluation.reporting.metrics", "evaluation.reporting.comparison_table",
              name="comparison_table"),

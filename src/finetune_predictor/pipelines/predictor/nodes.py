@@ -44,7 +44,7 @@ def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
     metrics = {key: {"value": value, "step": 0} for key, value in named.items() if value == value}
     note = core.honesty_note(results, len(table), settings, floor)
     report = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "
-                        "Errors in accuracy points.", "", note, "",
+                        "Errors in points of the target metric.", "", note, "",
                         _markdown_table(results.round(3)), "",
                         f"SHAP rank stability across folds (mean Spearman): {shap_info['rank_stability']:.2f}", ""])
     print("\n" + report)
@@ -73,7 +73,7 @@ def plot_shap_bar(shap_info: dict[str, Any]) -> Figure:
     ranking = pd.Series(shap_info["mean_abs_shap"]).sort_values().tail(20)
     figure, axis = plt.subplots(figsize=(6, 0.3 * len(ranking) + 1.2))
     axis.barh(ranking.index, ranking.to_numpy())
-    axis.set_xlabel("mean |SHAP| of the SHAP-filtered LightGBM (accuracy), averaged over folds")
+    axis.set_xlabel("mean |SHAP| of the SHAP-filtered LightGBM, averaged over folds")
     axis.set_title("Feature importance")
     figure.tight_layout()
     return figure

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.records import CANONICAL_COLUMNS
+from finetune_predictor.records import canonical
 from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.tasks import Task
 from finetune_predictor.tracking import run_name
 
 
@@ -22,7 +23,8 @@ from finetune_predictor.tracking import run_name
 class DataVariant:
     """A data-quality variant of the training subset (the test set never changes).
 
-    ``label_noise``: share of training labels flipped; ``duplicate_rate``: share of training records
+    ``label_noise``: share of training targets corrupted by the task (labels flipped; QA answers shuffled
+    between questions; structured fields dropped or swapped); ``duplicate_rate``: share of training records
     replaced by copies of other training records; ``positive_share``: share of the positive class at the
     same total size (0.5 = balanced).
     """
@@ -112,7 +114,7 @@ def expand_grid(sensitivity: Mapping[str, Any], default_model: str) -> list[Swee
     return configs
 
 
-def apply_variant(train: pd.DataFrame, variant: DataVariant, labels: list[str], seed: int,
+def apply_variant(train: pd.DataFrame, variant: DataVariant, task: Task, seed: int,
                   pool: pd.DataFrame | None = None) -> pd.DataFrame:
     """The training subset degraded as the variant says, deterministically from ``seed``.
 
@@ -120,6 +122,7 @@ def apply_variant(train: pd.DataFrame, variant: DataVariant, labels: list[str], 
     """
     rng = np.random.default_rng(seed + 7919)
     out = train.copy()
+    labels = task.candidates() or []
     if variant.positive_share != 0.5:
         if len(labels) != 2:
             raise ValueError(f"data variant {variant.name!r}: positive_share applies to two labels, this task has "
@@ -145,12 +148,7 @@ def apply_variant(train: pd.DataFrame, variant: DataVariant, labels: list[str], 
         copies["id"] = [f"{i}#dup{k}" for k, i in enumerate(copies["id"])]
         out = pd.concat([out.iloc[keep], copies]).reset_index(drop=True)
     if variant.label_noise > 0:
-        n = round(len(out) * variant.label_noise)
-        flip = rng.choice(len(out), size=n, replace=False)
-        if len(labels) == 2:
-            other = {labels[0]: labels[1], labels[1]: labels[0]}
-            out.loc[flip, "output"] = out.loc[flip, "output"].map(other)
-        else:  # each flipped label becomes one of the others, drawn uniformly
-            out.loc[flip, "output"] = [rng.choice([label for label in labels if label != current])
-                                       for current in out.loc[flip, "output"]]
-    return out[CANONICAL_COLUMNS]
+        out["output"] = task.corrupt(out["output"].astype(str).tolist(), variant.label_noise, rng)
+        # A corrupted target is no longer one of the record's accepted answers.
+        out["references"] = ""
+    return canonical(out)

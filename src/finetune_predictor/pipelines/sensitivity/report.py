@@ -20,11 +20,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from finetune_predictor.tasks import TASK_TYPES
+
+# Every figure is the task's primary metric (accuracy for classification, F1 for QA, field accuracy for
+# structured answers), logged on each run as ``<side>_primary``.
 CONFIG_COLUMNS = ["model", "data_variant", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "num_train_epochs"]
 CLEAN = "clean"
+CLASSICAL_NAMES = {"accuracy": "TF-IDF + logistic regression", "f1": "question-overlap window",
+                   "field accuracy": "nearest training record's answer"}
 
 
-def aggregate(results: pd.DataFrame, metric: str = "finetuned_accuracy") -> pd.DataFrame:
+def metric_name(results: pd.DataFrame) -> str:
+    """The primary metric's name for the sweep's task, as the report writes it."""
+    task = str(results["task"].dropna().iloc[0]) if "task" in results and results["task"].notna().any() else None
+    return TASK_TYPES[task].primary_metric.replace("_", " ") if task in TASK_TYPES else "accuracy"
+
+
+def aggregate(results: pd.DataFrame, metric: str = "finetuned_primary") -> pd.DataFrame:
     """Mean, standard deviation and count over seeds for every configuration and size."""
     if results.empty:
         return pd.DataFrame(columns=[*CONFIG_COLUMNS, "train_size", "mean", "std", "n", "run_ids"])
@@ -69,15 +81,15 @@ def analyse(results: pd.DataFrame) -> dict[str, Any]:
         sizes, means = curve["train_size"].tolist(), curve["mean"].tolist()
         config = dict(zip(CONFIG_COLUMNS, keys, strict=True))
         curves.append({
-            **config, "sizes": sizes, "mean_accuracy": means, "std_accuracy": curve["std"].tolist(),
+            **config, "sizes": sizes, "mean_primary": means, "std_primary": curve["std"].tolist(),
             "seeds": curve["n"].tolist(), "knee_size": knee_point(sizes, means),
             "gain_per_doubling": gain_per_doubling(sizes, means),
             "monotone": bool(all(b >= a - 0.02 for a, b in itertools.pairwise(means))),
             "run_ids": curve["run_ids"].tolist(),
         })
-    selected_on = "validation" if _has(results, "validation_accuracy") else "test"
+    selected_on = "validation" if _has(results, "validation_primary") else "test"
     if selected_on == "validation":
-        table["selection"] = aggregate(results, "validation_accuracy")["mean"].to_numpy()
+        table["selection"] = aggregate(results, "validation_primary")["mean"].to_numpy()
     else:  # no validation split: the choice is made on the test set, and the report says so
         table["selection"] = table["mean"]
     clean = table[table["data_variant"] == CLEAN]
@@ -88,18 +100,19 @@ def analyse(results: pd.DataFrame) -> dict[str, Any]:
     per_model = per_model.sort_values("selection", ascending=False)
     return {
         "runs": len(results),
+        "metric": metric_name(results),
         "curves": curves,
         "selected_on": selected_on,
         "best": {**{c: _plain(best_row[c]) for c in [*CONFIG_COLUMNS, "train_size"]},
-                 "mean_accuracy": float(best_row["mean"]), "std_accuracy": float(best_row["std"]),
-                 "selection_accuracy": float(best_row["selection"]),
+                 "mean_primary": float(best_row["mean"]), "std_primary": float(best_row["std"]),
+                 "selection_primary": float(best_row["selection"]),
                  "seeds": int(best_row["n"]), "run_ids": best_row["run_ids"]},
-        "best_model": {"model": per_model.index[0], "mean_accuracy": float(per_model["mean"].iloc[0]),
+        "best_model": {"model": per_model.index[0], "mean_primary": float(per_model["mean"].iloc[0]),
                        "train_size": int(largest["train_size"].iloc[0]), "run_ids": per_model["run_ids"].iloc[0]},
         "variant_effects": variant_effects(results),
-        "baseline_accuracy": {model: float(group["baseline_accuracy"].mean())
+        "baseline_primary": {model: float(group["baseline_primary"].mean())
                               for model, group in results.groupby("model")},
-        "classical_accuracy": _classical_by_size(pool, results),
+        "classical_primary": _classical_by_size(pool, results),
     }
 
 
@@ -108,29 +121,29 @@ def _has(results: pd.DataFrame, column: str) -> bool:
 
 
 def _classical_by_size(pool: pd.DataFrame, results: pd.DataFrame) -> dict[str, float]:
-    """TF-IDF + logistic regression accuracy per training size (clean data), mean over seeds."""
-    if "classical_accuracy" not in results or results["classical_accuracy"].isna().all():
+    """The cheap classical baseline's primary metric per training size (clean data), mean over seeds."""
+    if "classical_primary" not in results or results["classical_primary"].isna().all():
         return {}
     clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
-    return {str(int(size)): float(group["classical_accuracy"].mean())
-            for size, group in clean.groupby("train_size") if group["classical_accuracy"].notna().any()}
+    return {str(int(size)): float(group["classical_primary"].mean())
+            for size, group in clean.groupby("train_size") if group["classical_primary"].notna().any()}
 
 
 def variant_effects(results: pd.DataFrame) -> list[dict[str, Any]]:
-    """Accuracy of each degraded-data variant minus the clean run of the same config, size and seed."""
+    """The primary metric of each degraded-data variant minus the clean run of the same config, size and seed."""
     keys = [c for c in CONFIG_COLUMNS if c != "data_variant"] + ["train_size", "seed"]
     clean = results[results["data_variant"] == CLEAN].set_index(keys)
     effects = []
     for variant, group in results[results["data_variant"] != CLEAN].groupby("data_variant"):
-        matched = group.set_index(keys).join(clean[["finetuned_accuracy", "run_id"]], rsuffix="_clean", how="inner")
+        matched = group.set_index(keys).join(clean[["finetuned_primary", "run_id"]], rsuffix="_clean", how="inner")
         if matched.empty:
             continue
-        deltas = matched["finetuned_accuracy"] - matched["finetuned_accuracy_clean"]
+        deltas = matched["finetuned_primary"] - matched["finetuned_primary_clean"]
         first = group.iloc[0]
         effects.append({"variant": variant, "label_noise": float(first["label_noise"]),
                         "duplicate_rate": float(first["duplicate_rate"]),
                         "positive_share": float(first["positive_share"]),
-                        "mean_delta_accuracy": float(deltas.mean()), "pairs": len(deltas),
+                        "mean_delta_primary": float(deltas.mean()), "pairs": len(deltas),
                         "run_ids": ",".join(sorted([*matched["run_id"], *matched["run_id_clean"]]))})
     return effects
 
@@ -159,7 +172,8 @@ def no_runs_figure() -> Figure:
 
 
 def plot_accuracy_vs_size(results: pd.DataFrame,
-                          metrics: Sequence[str] = ("finetuned_accuracy", "finetuned_f1_macro")) -> Figure:
+                          metrics: Sequence[str] = ("finetuned_primary", "finetuned_f1_macro",
+                                                    "finetuned_exact_match")) -> Figure:
     """One panel per metric: the data-size curve of every configuration (mean ± sd over seeds), with
     each model's baseline as a dotted line. Ticks sit at the sizes actually trained."""
     if results.empty:
@@ -197,13 +211,13 @@ def plot_accuracy_vs_hyperparameter(results: pd.DataFrame, column: str) -> Figur
     figure, axis = plt.subplots(figsize=(6, 4))
     clean = results[results["data_variant"] == CLEAN] if (results["data_variant"] == CLEAN).any() else results
     for (model, size), group in clean.groupby(["model", "train_size"]):
-        stats = group.groupby(column)["finetuned_accuracy"].agg(["mean", "std"]).reset_index().fillna(0.0)
+        stats = group.groupby(column)["finetuned_primary"].agg(["mean", "std"]).reset_index().fillna(0.0)
         axis.errorbar(stats[column], stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{model} n={size}")
     if column == "learning_rate":
         axis.set_xscale("log")
     axis.set_xlabel(column.replace("_", " "))
-    axis.set_ylabel("fine-tuned accuracy")
-    axis.set_title(f"Accuracy vs {column.replace('_', ' ')}")
+    axis.set_ylabel(f"fine-tuned {metric_name(results)}")
+    axis.set_title(f"{metric_name(results).capitalize()} vs {column.replace('_', ' ')}")
     axis.legend(fontsize=6)
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -217,14 +231,15 @@ def plot_model_size_heatmap(results: pd.DataFrame) -> Figure:
     # Each cell: the best configuration's mean over seeds for that model and size.
     table = aggregate(clean).groupby(["model", "train_size"])["mean"].max().unstack("train_size")
     figure, axis = plt.subplots(figsize=(1.6 + 1.1 * max(1, table.shape[1]), 1.2 + 0.6 * max(1, table.shape[0])))
-    image = axis.imshow(table.to_numpy(dtype=float), cmap="viridis", aspect="auto", vmin=0.5, vmax=1.0)
+    values = table.to_numpy(dtype=float)
+    image = axis.imshow(values, cmap="viridis", aspect="auto", vmin=min(0.5, float(np.nanmin(values))), vmax=1.0)
     axis.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
     axis.set_yticks(range(table.shape[0]), list(table.index))
     for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
         if not math.isnan(value):
             axis.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
     axis.set_xlabel("training examples")
-    axis.set_title("Best fine-tuned accuracy: model x size")
+    axis.set_title(f"Best fine-tuned {metric_name(results)}: model x size")
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
     return figure
@@ -257,24 +272,25 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
               f"{status.get('failed', 0)} failed and excluded). Run ids are MLflow run ids (first 8 characters).", ""]
     best, best_model = analysis["best"], analysis["best_model"]
     if analysis.get("selected_on") == "validation":
-        how = (f"selected on the validation set ({_pct(best['selection_accuracy'])} there), reported on the "
+        how = (f"selected on the validation set ({_pct(best['selection_primary'])} there), reported on the "
                "test set")
     else:
         how = "selected on test: no validation split, so this figure is optimistic"
     lines += ["## Findings", "",
               f"- **Best configuration** ({how}): {_config_label(best)} with {best['train_size']} examples: "
-              f"test accuracy {_pct(best['mean_accuracy'])}"
-              + (f" ± {_pct(best['std_accuracy'])} over {best['seeds']} seeds" if best["seeds"] > 1 else " (1 seed)")
+              f"test {analysis['metric']} {_pct(best['mean_primary'])}"
+              + (f" ± {_pct(best['std_primary'])} over {best['seeds']} seeds" if best["seeds"] > 1 else " (1 seed)")
               + f" (runs {_runs(best['run_ids'])}).",
               f"- **Best model** at the largest size ({best_model['train_size']}, {analysis.get('selected_on', 'test')}"
-              f"-selected): {best_model['model']}, {_pct(best_model['mean_accuracy'])} on test "
+              f"-selected): {best_model['model']}, {_pct(best_model['mean_primary'])} on test "
               f"(runs {_runs(best_model['run_ids'])})."]
-    for model, accuracy in analysis["baseline_accuracy"].items():
+    for model, accuracy in analysis["baseline_primary"].items():
         lines.append(f"- **Baseline** {model} without fine-tuning: {_pct(accuracy)}.")
-    if analysis.get("classical_accuracy"):
-        cells = ", ".join(f"n={size}: {_pct(value)}" for size, value in analysis["classical_accuracy"].items())
-        lines.append(f"- **Classical** TF-IDF + logistic regression on the same subsets and test set (seconds on a "
-                     f"CPU): {cells}. The fine-tune is worth its cost only where it beats this.")
+    if analysis.get("classical_primary"):
+        cells = ", ".join(f"n={size}: {_pct(value)}" for size, value in analysis["classical_primary"].items())
+        lines.append(f"- **Classical** baseline ({CLASSICAL_NAMES.get(analysis['metric'], 'cheap baseline')}) on the "
+                     f"same subsets and test set (seconds on a CPU): {cells}. The fine-tune is worth its cost only "
+                     "where it beats this.")
     for curve in analysis["curves"]:
         if curve["data_variant"] != CLEAN:
             continue
@@ -287,14 +303,14 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
     for effect in analysis["variant_effects"]:
         lines.append(f"- **{effect['variant']}** (label noise {effect['label_noise']:g}, duplicates "
                      f"{effect['duplicate_rate']:g}, positive share {effect['positive_share']:g}): "
-                     f"{100 * effect['mean_delta_accuracy']:+.1f} accuracy points vs clean data over "
+                     f"{100 * effect['mean_delta_primary']:+.1f} {analysis['metric']} points vs clean data over "
                      f"{effect['pairs']} matched run pair(s) (runs {_runs(effect['run_ids'])}).")
-    lines += ["", "## Data-size curves (fine-tuned accuracy, mean ± sd over seeds)", "",
+    lines += ["", f"## Data-size curves (fine-tuned {analysis['metric']}, mean ± sd over seeds)", "",
               "| configuration | " + " | ".join(f"n={int(s)}" for s in _all_sizes(analysis)) + " |",
               "|---|" + "---|" * len(_all_sizes(analysis))]
     for curve in analysis["curves"]:
         cells = {int(s): _mean_sd(m, d, n, "±") for s, m, d, n in
-                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], curve["seeds"], strict=True)}
+                 zip(curve["sizes"], curve["mean_primary"], curve["std_primary"], curve["seeds"], strict=True)}
         lines.append(f"| {_config_label(curve)} | " + " | ".join(cells.get(int(s), "") for s in _all_sizes(analysis))
                      + " |")
     lines += ["", "![accuracy vs size](accuracy_vs_size.png)",
@@ -324,10 +340,10 @@ def latex_fragment(analysis: dict[str, Any]) -> str:
              "Configuration & " + " & ".join(f"$n={int(s)}$" for s in sizes) + r" \\", r"\midrule"]
     for curve in analysis["curves"]:
         cells = {int(s): _mean_sd(m, d, n, "$\\pm$") for s, m, d, n in
-                 zip(curve["sizes"], curve["mean_accuracy"], curve["std_accuracy"], curve["seeds"], strict=True)}
+                 zip(curve["sizes"], curve["mean_primary"], curve["std_primary"], curve["seeds"], strict=True)}
         lines.append(_tex(_config_label(curve)) + " & " + " & ".join(cells.get(int(s), "--") for s in sizes) + r" \\")
     knees = [c for c in analysis["curves"] if c["data_variant"] == CLEAN and c["knee_size"] is not None]
-    caption = "Fine-tuned accuracy (\\%, mean $\\pm$ sd over seeds) by training-set size."
+    caption = f"Fine-tuned {analysis.get('metric', 'accuracy')} (\\%, mean $\\pm$ sd over seeds) by training-set size."
     if knees:
         caption += f" Knee of the data curve at $n={int(knees[0]['knee_size'])}$."
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:sensitivity}",
@@ -335,6 +351,7 @@ def latex_fragment(analysis: dict[str, Any]) -> str:
               r"\begin{figure}[t]", r"\centering",
               r"\includegraphics[width=0.48\linewidth]{accuracy_vs_size.png}",
               r"\includegraphics[width=0.48\linewidth]{model_size_heatmap.png}",
-              r"\caption{Data-size curve with seed error bars (left) and best accuracy by model and size (right).}",
+              r"\caption{Data-size curve with seed error bars (left) and the best configuration by model and size "
+              r"(right).}",
               r"\label{fig:sensitivity}", r"\end{figure}", ""]
     return "\n".join(lines)

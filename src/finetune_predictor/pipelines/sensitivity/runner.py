@@ -35,7 +35,7 @@ from finetune_predictor.meta_features import ProbeSettings, compute_meta_feature
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.records import content_sha256
-from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks import Task, build_task
 from finetune_predictor.training import fine_tune
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,12 @@ class SweepData:
             parts.append(content_sha256(self.pool))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-    def training_set(self, config: SweepConfig, labels: list[str]) -> pd.DataFrame:
-        return apply_variant(task_data.subset(self.subsets, config.train_per_class), config.variant, labels,
+    def task(self, data: dict[str, Any]) -> Task:
+        """The sweep's task; a structured task's schema is inferred from the training candidates."""
+        return build_task(data, pd.concat([self.subsets["output"], self.pool["output"]]))
+
+    def training_set(self, config: SweepConfig, task: Task) -> pd.DataFrame:
+        return apply_variant(task_data.subset(self.subsets, config.train_per_class), config.variant, task,
                              config.seed, self.pool)
 
 
@@ -84,6 +88,7 @@ class SweepContext:
     training: dict[str, Any]
     evaluation: dict[str, Any]
     split_summary: dict[str, Any]
+    task: Task  # built once from data and the training candidates, handed to every configuration
     meta_features: dict[str, Any] | None = None
 
     def model_params(self, config: SweepConfig) -> dict[str, Any]:
@@ -131,7 +136,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
            status: dict[str, Any]) -> list[SweepConfig]:
     """Mark interrupted runs FAILED, reuse FINISHED ones (adding features they lack), return what to run."""
     pending = []
-    labels = build_task(context.data, sweep_data.test["output"]).candidates()
+    task = context.task
     for config, key in keys.items():
         status["interrupted_marked_failed"] += tracking.mark_interrupted_runs_failed(
             context.experiment_id, key, context.parent_run_id)
@@ -143,7 +148,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
         if context.meta_features is not None and not any(k.startswith(tracking.FEATURE_PREFIX)
                                                          for k in previous.data.metrics):
             # Features asked for after the run finished: add them to that run instead of retraining.
-            log_meta_features(previous.info.run_id, config, sweep_data.training_set(config, labels), context)
+            log_meta_features(previous.info.run_id, config, sweep_data.training_set(config, task), context)
             status["features_added"] = status.get("features_added", 0) + 1
     return pending
 
@@ -153,7 +158,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
 
 def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext) -> dict[str, dict[str, Any]]:
     """The base model's metrics on the fixed test set, once per model."""
-    task = build_task(context.data, test["output"])
+    task = context.task
     precision = str(context.training.get("precision", "auto"))
     baselines = {}
     for name in sorted(models):
@@ -181,7 +186,7 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     import mlflow
 
     model, training = context.model_params(config), config.training_params(context.training)
-    task = build_task(context.data, test["output"])
+    task = context.task
     run_dir = Path(context.output_dir) / key
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -228,7 +233,7 @@ def log_meta_features(run_id: str, config: SweepConfig, train: pd.DataFrame, con
     session = open_session(context.model_params(config), context.model_registry, "probe",
                            str(training.get("precision", "auto")))
     cache_dir = Path(settings.get("cache_dir") or Path(context.output_dir) / "meta_features_cache")
-    features = compute_meta_features(train, session, build_task(context.data, train["output"]), training,
+    features = compute_meta_features(train, session, context.task, training,
                                      ProbeSettings.from_params(settings), cache_dir)
     train_seconds = tracking.run_metric(run_id, "train_runtime_s")
     if train_seconds:
@@ -285,12 +290,18 @@ def execute_ray(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, Any],
 # --- collect ---------------------------------------------------------------------------------------------------
 
 
+def _train_size(params: Mapping[str, Any], config: SweepConfig) -> int:
+    """The run's logged training size (labels x per-class count for classification, the count for open tasks)."""
+    value = params.get("train_size")
+    return int(value) if value is not None else 2 * config.train_per_class
+
+
 def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
     """One row of the experiment summary, read back from the FINISHED MLflow run (nothing typed in)."""
     metrics, params = run.data.metrics, run.data.params
     row: dict[str, Any] = {
-        "config_key": key, "run_id": run.info.run_id, "model": config.model,
-        "train_size": 2 * config.train_per_class, "train_per_class": config.train_per_class,
+        "config_key": key, "run_id": run.info.run_id, "model": config.model, "task": params.get("task"),
+        "train_size": _train_size(params, config), "train_per_class": config.train_per_class,
         "learning_rate": config.learning_rate, "lora_r": config.lora_r, "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout, "num_train_epochs": config.num_train_epochs, "seed": config.seed,
         **config.variant.as_params(),
@@ -300,10 +311,15 @@ def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
         "peak_memory_mb": metrics.get("train_peak_memory_mb"),
         "artifact_uri": run.info.artifact_uri,
     }
-    for name in ("accuracy", "f1_macro", "auc", "parse_failure_rate"):
+    for name in ("primary", "accuracy", "f1_macro", "auc", "parse_failure_rate", "exact_match", "f1",
+                 "parse_rate", "field_accuracy"):
         for prefix in ("baseline", "classical", "finetuned", "validation"):
             row[f"{prefix}_{name}"] = metrics.get(f"{prefix}_{name}")
-    row["accuracy_gain"] = metrics.get("accuracy_gain")
+    # Runs logged before the primary metric existed were classification runs: their primary is accuracy.
+    for prefix in ("baseline", "classical", "finetuned", "validation"):
+        if row[f"{prefix}_primary"] is None:
+            row[f"{prefix}_primary"] = row[f"{prefix}_accuracy"]
+    row["accuracy_gain"], row["primary_gain"] = metrics.get("accuracy_gain"), metrics.get("primary_gain")
     row.update({name: value for name, value in metrics.items() if name.startswith(tracking.FEATURE_PREFIX)})
     return row
 
@@ -344,7 +360,7 @@ def sweep_context(sensitivity: Mapping[str, Any], sweep_data: SweepData, data: d
         output_dir=str(Path(sensitivity.get("output_dir") or "data/06_models/sweeps").resolve()),
         data=data, model=model, model_registry=model_registry, training=training,
         evaluation={**evaluation, "batch_size": batch_size}, split_summary=sweep_data.split_summary,
-        meta_features=sensitivity.get("meta_features"),
+        task=sweep_data.task(data), meta_features=sensitivity.get("meta_features"),
     )
 
 
@@ -357,8 +373,7 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
         raise ValueError(f"sensitivity.executor must be one of {EXECUTORS}, got {executor!r}")
     context = sweep_context(sensitivity, sweep_data, data, model, model_registry, training, evaluation, sweep_name)
     keys = plan(sensitivity, sweep_data, context)
-    labels = build_task(data, sweep_data.test["output"]).candidates()
-    jobs_data = {config: sweep_data.training_set(config, labels) for config in keys}  # bad variants fail here
+    jobs_data = {config: sweep_data.training_set(config, context.task) for config in keys}  # bad variants fail here
     status: dict[str, Any] = {"total": len(keys), "reused": 0, "ran": 0, "failed": 0,
                               "interrupted_marked_failed": 0, "failures": []}
     pending = resume(keys, sweep_data, context, status)
