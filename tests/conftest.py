@@ -57,6 +57,14 @@ def liar_dir() -> Path:
     return path
 
 
+@pytest.fixture()
+def squad_file() -> Path:
+    path = SHARED_DATA / "squad" / "squad_v2_dev_5articles.json"
+    if not path.is_file():
+        pytest.skip(f"shared SQuAD sample not present at {path} (a user's fresh clone has none)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_session(tiny_model_dir):
     """The tiny Llama's model session (fp32, 256-token prompts), as training opens it."""

@@ -94,3 +94,19 @@ def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_ses
                                                                        {**training, "learning_rate": 1e-3}, cached)
     with pytest.raises(ValueError, match=r"Unknown meta_features setting\(s\) \['steps'\]"):
         ProbeSettings.from_params({"steps": 3})
+
+
+def test_task_features_give_every_task_the_same_columns():
+    """One predictor learns across tasks: every run has every task's indicator and features, NaN where a
+    feature means nothing for its task, and those NaNs are not counted as failed measurements."""
+    from finetune_predictor.meta_features import _not_applicable, task_features
+    from finetune_predictor.tasks import QATask
+
+    classification = task_features(build_task(DATA), [{"instruction": "i", "input": "t", "output": "fake"},
+                                                      {"instruction": "i", "input": "u", "output": "legitimate"}])
+    qa = task_features(QATask(), [{"instruction": "i", "input": "Question: q\n\nContext: Paris", "output": "Paris"}])
+    assert set(classification) == set(qa)
+    assert classification["mf_task_binary_classification"] == 1.0 and classification["mf_task_qa"] == 0.0
+    assert qa["mf_task_qa"] == 1.0 and math.isnan(qa["mf_label_balance"]) and qa["mf_qa_answer_in_context_rate"] == 1
+    assert "mf_label_balance" in _not_applicable(QATask()) and "mf_label_balance" not in _not_applicable(
+        build_task(DATA))

@@ -312,3 +312,54 @@ def test_a_clean_sweep_run_and_a_mini_test100_run_share_their_replicate_key():
     assert mini.replicate_key == sweep.replicate_key == other_seed.replicate_key
     assert build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 1, "max_steps": 5},
                                      {}).replicate_key != mini.replicate_key
+
+
+def test_result_row_takes_the_logged_train_size_not_two_classes():
+    """A six-way sweep at 30 per class trains on 180 examples and a QA sweep at 50 on 50: the row must say so
+    (it used to write 2 x train_per_class for every task)."""
+    from types import SimpleNamespace
+
+    config = expand_grid({"train_per_class": [30], "learning_rates": [1e-3]}, "m")[0]
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r", artifact_uri="a"),
+                          data=SimpleNamespace(metrics={"finetuned_accuracy": 0.3, "finetuned_primary": 0.3},
+                                               params={"train_size": "180", "task": "multiclass_classification"}))
+    row = runner.result_row(config, "k", run)
+    assert row["train_size"] == 180 and row["task"] == "multiclass_classification"
+    assert row["finetuned_primary"] == 0.3
+
+
+def test_result_row_reads_an_old_run_primary_from_accuracy():
+    from types import SimpleNamespace
+
+    config = expand_grid({"train_per_class": [10], "learning_rates": [1e-3]}, "m")[0]
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r", artifact_uri="a"),
+                          data=SimpleNamespace(metrics={"finetuned_accuracy": 0.7, "baseline_accuracy": 0.5},
+                                               params={"train_size": "20"}))
+    row = runner.result_row(config, "k", run)
+    assert row["finetuned_primary"] == 0.7 and row["baseline_primary"] == 0.5
+
+
+def test_report_names_the_task_metric():
+    results = pd.DataFrame([{"model": "m", "data_variant": "clean", "learning_rate": 1e-3, "lora_r": 8,
+                             "lora_alpha": 32, "lora_dropout": 0.1, "num_train_epochs": 3, "train_size": size,
+                             "seed": seed, "run_id": f"{size}-{seed}", "task": "qa", "label_noise": 0.0,
+                             "duplicate_rate": 0.0, "positive_share": 0.5, "finetuned_primary": 0.2 + size / 1000,
+                             "baseline_primary": 0.1, "dataset": "squad", "test_sha256": "abc"}
+                            for size in (25, 50, 100) for seed in (1, 2)])
+    analysis = analyse(results)
+    assert analysis["metric"] == "f1"
+    assert "test f1 30.0%" in markdown_report(results, analysis, {"ran": 6})
+
+
+def test_new_task_settings_do_not_rekey_classification_sweeps():
+    """Sweeps finished before open tasks existed ran with max_new_tokens 8 and data without qa/schema keys:
+    the resolved settings must give them the same key, so they are reused, not retrained."""
+    before = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
+                                         {"task": "binary_classification", "label_positive": "fake"})
+    after = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
+                                        {"task": "binary_classification", "label_positive": "fake",
+                                         "qa": {"no_answer": "x"}, "schema": None, "test_split": "auto"})
+    assert before == after
+    qa = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
+                                     {"task": "qa", "qa": {"no_answer": "x"}})
+    assert qa["evaluation"]["max_new_tokens"] == 32 and qa["task"]["qa"] == {"no_answer": "x"}

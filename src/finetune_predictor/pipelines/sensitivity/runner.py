@@ -35,7 +35,7 @@ from finetune_predictor.meta_features import ProbeSettings, compute_meta_feature
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.records import content_sha256
-from finetune_predictor.tasks import Task, build_task
+from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
 from finetune_predictor.training import fine_tune
 
 logger = logging.getLogger(__name__)
@@ -108,11 +108,17 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
                          data: Mapping[str, Any]) -> dict[str, Any]:
     """Every resolved setting that can change a result, for the resume key. The grid's own axes are in the
     configuration; the data's content is in the data fingerprint."""
-    task_keys = ("task", "label_positive", "label_negative", "labels", "instruction")
+    name = task_type(dict(data))
+    # Only the keys the task reads: a new setting of another task must not re-key every finished sweep.
+    task_keys = ("task", "label_positive", "label_negative", "labels", "instruction",
+                 *{"qa": ("qa",), "structured": ("schema",)}.get(name, ()))
     # The model's name is the configuration's own axis (sensitivity.models): the default name must not
     # re-key a sweep that lists its models explicitly.
     model_settings = {key: value for key, value in model.items() if key != "name"}
-    return {"model": model_settings, "training": dict(training), "evaluation": dict(evaluation),
+    # The generation budget as resolved (null = the task's own), so that the same budget keys the same.
+    budget = evaluation.get("max_new_tokens")
+    resolved = {**evaluation, "max_new_tokens": int(budget) if budget is not None else TASK_TYPES[name].max_new_tokens}
+    return {"model": model_settings, "training": dict(training), "evaluation": resolved,
             "task": {key: data.get(key) for key in task_keys if key in data}}
 
 
