@@ -86,12 +86,19 @@ def window_answer(record: dict[str, Any], width: int = 3) -> str:
     words = match["context"].split()
     if not words:
         return ""
-    hits = np.array([float(re.sub(r"\W", "", w.lower()) in question) for w in words])
+    hits = np.array([float(_shares_stem(w, question)) for w in words])
     # Overlap of the 8 words before each position, then the window that follows the best one.
     before = np.convolve(hits, np.ones(8), mode="full")[: len(words)]
     start = int(np.argmax(np.concatenate([[0.0], before[:-1]])))
-    window = [w for w in words[start:] if re.sub(r"\W", "", w.lower()) not in question][:width]
+    window = [w for w in words[start:] if not _shares_stem(w, question)][:width]
     return " ".join(window).strip(" ,.;:")
+
+
+def _shares_stem(word: str, question: set[str]) -> bool:
+    """``word`` is a question word, or shares its first four letters or more with one ("land"/"landed")."""
+    word = re.sub(r"\W", "", word.lower())
+    return word in question or any(len(w) >= 4 and len(word) >= 4 and (word.startswith(w) or w.startswith(word))
+                                   for w in question)
 
 
 def nearest_target(train: pd.DataFrame, test: pd.DataFrame, task: Task) -> list[str]:
