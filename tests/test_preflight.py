@@ -155,3 +155,18 @@ def test_multiclass_preflight_checks_the_labels_found_in_the_data(tmp_path, liar
     assert verdict["dataset"][0] == PASS
     short = _verdict(tmp_path, data={**data, "train_per_class": 900})
     assert short["dataset"][0] == FAIL and "'pants-fire' has" in short["dataset"][1]
+
+
+def test_open_task_preflight(tmp_path, squad_file):
+    """QA and structured: the template renders real targets, sizes count examples, QA needs a file and (split by
+    article) two articles."""
+    qa = {"task": "qa", "format": "squad", "path": str(squad_file), "train_per_class": 100, "test_per_class": 100}
+    verdict = _verdict(tmp_path, data=qa)
+    assert verdict["dataset"][0] == PASS and "702 unanswerable questions left out" in verdict["dataset"][1]
+    assert verdict["tokenizer and template"][0] == PASS
+    assert _verdict(tmp_path, data={**qa, "train_per_class": 700})["dataset"][0] == FAIL
+    missing = _verdict(tmp_path, data={**qa, "path": None})
+    assert missing["dataset"][0] == FAIL and "data.format=squad" in missing["dataset"][1]
+    structured = _verdict(tmp_path, data={"task": "structured", "path": None, "train_per_class": 100,
+                                          "test_per_class": 100})
+    assert structured["dataset"][0] == PASS and '"figure"' in structured["tokenizer and template"][1]

@@ -363,3 +363,14 @@ def test_new_task_settings_do_not_rekey_classification_sweeps():
     qa = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
                                      {"task": "qa", "qa": {"no_answer": "x"}})
     assert qa["evaluation"]["max_new_tokens"] == 32 and qa["task"]["qa"] == {"no_answer": "x"}
+
+
+def test_old_runs_get_their_task_indicators_from_the_task():
+    from finetune_predictor.tracking import _fill_task_indicators
+
+    table = pd.DataFrame({"task": ["binary_classification", "qa", "qa"], "mf_size": [10.0, 20.0, None],
+                          "mf_task_qa": [None, 1.0, None]})
+    _fill_task_indicators(table)
+    assert table["mf_task_qa"].tolist()[:2] == [0.0, 1.0] and np.isnan(table["mf_task_qa"].iloc[2])
+    assert table["mf_task_binary_classification"].tolist()[:2] == [1.0, 0.0]
+    assert np.isnan(table["mf_task_structured"].iloc[2])  # a run without any feature stays without

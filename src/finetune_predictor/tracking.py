@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.tasks import DEFAULT_TASK
+from finetune_predictor.tasks import DEFAULT_TASK, TASK_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,16 @@ def finished_run(experiment_id: str, key: str) -> Any | None:
     return max(runs, key=lambda run: run.info.end_time or 0) if runs else None
 
 
+def _fill_task_indicators(table: pd.DataFrame) -> None:
+    """``mf_task_<type>`` for runs whose features were logged before the indicators existed: the run's task
+    is known, so its indicators are too (runs without any feature stay without)."""
+    has_features = table[[c for c in table.columns if c.startswith(FEATURE_PREFIX)]].notna().any(axis=1)
+    for name in TASK_TYPES:
+        column = f"{FEATURE_PREFIX}task_{name}"
+        known = (table["task"] == name).astype(float).where(has_features)
+        table[column] = table[column].fillna(known) if column in table else known
+
+
 def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
     """FINISHED fine-tune runs (with a fine-tuned primary metric), one row each: metrics, the configuration's
     params, ``task``, ``dataset_family``, ``model`` and ``replicate_key``, as the run record logged them.
@@ -268,6 +278,7 @@ def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
     table["dataset"] = table.get("param_dataset")
     table["model"] = table.get("param_model_name")
     table["task"] = table["param_task"].fillna(DEFAULT_TASK) if "param_task" in table else DEFAULT_TASK
+    _fill_task_indicators(table)
     table["dataset_family"] = table.get("param_dataset_family")
     table[REPLICATE_KEY] = table.get(f"param_{REPLICATE_KEY}")
     unkeyed = table[REPLICATE_KEY].isna() if REPLICATE_KEY in table else pd.Series(True, index=table.index)
