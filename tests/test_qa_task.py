@@ -77,9 +77,11 @@ def test_test_split_is_by_article_and_nested(squad_file):
     assert not set(train["group"]) & set(test["group"]) and split["test_groups"]
     contexts = {text.split("Context: ")[1] for text in test["input"]}
     assert not contexts & {text.split("Context: ")[1] for text in train["input"]}
-    subsets, test2, _, _, _ = task_data.nested_subsets(records, summary, data, [20, 50])
+    subsets, test2, validation, _, _ = task_data.nested_subsets(records, summary, data, [20, 50], 20)
     small, large = task_data.subset(subsets, 20), task_data.subset(subsets, 50)
     assert set(small["id"]) <= set(large["id"]) and test2["id"].tolist() == test["id"].tolist()
+    # The validation set the sweep selects on is split by article too: no passage of it is trained on.
+    assert len(validation) == 20 and not set(validation["group"]) & (set(large["group"]) | set(test["group"]))
 
 
 def test_group_split_refuses_a_single_article(tmp_path):
@@ -131,3 +133,20 @@ def test_supervised_tokens_of_squad_records_are_answer_plus_end_of_turn(tokenize
     for record, row in zip(records, rows, strict=True):
         supervised = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
         assert tokenizer.decode(supervised) == record["output"] + "<|im_end|>"
+
+
+def test_predictions_read_back_from_json_keep_numeric_answers_as_text(tmp_path):
+    """A JSON reader turns answers like "1945" into numbers unless told not to; the metrics must still match."""
+    from kedro_datasets.pandas import JSONDataset
+
+    frame = pd.DataFrame({"id": ["a", "b"], "reference": ["1945", "12"], "generated_text": ["1945", ""],
+                          "generated_prediction": ["1945", None], "engine": "hf", "prompts_truncated": 0})
+    dataset = JSONDataset(filepath=str(tmp_path / "p.jsonl"), save_args={"orient": "records", "lines": True},
+                          load_args={"orient": "records", "lines": True, "dtype": False})
+    dataset.save(frame)
+    metrics = metrics_of(dataset.load(), QATask())
+    assert metrics["exact_match"] == 0.5 and metrics["parse_failures"] == 1
+
+
+def test_a_missing_answer_never_matches_an_answer_that_normalises_to_nothing():
+    assert QATask().metrics([["the"]], [None])["exact_match"] == 0.0

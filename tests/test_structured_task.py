@@ -104,3 +104,9 @@ def test_generation_stops_at_the_end_of_the_object(tiny_session):
     stopped = generate_answers(model, tiny_session.formatter, records, max_new_tokens=6, stop=stop)
     assert calls and all(len(tiny_session.tokenizer(t)["input_ids"]) <= 1 for t in stopped)
     assert len(free) == 2
+
+
+def test_key_point_coverage_matches_whole_values_not_substrings():
+    reference = json.dumps({"topic": "x", "place": "y", "figure": 12, "source": "z"})
+    answer = json.dumps({"topic": "x", "place": "y", "figure": 1245, "source": "z"})
+    assert TASK.metrics([reference], [answer])["key_point_coverage"] == 0.75

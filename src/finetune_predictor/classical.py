@@ -3,8 +3,8 @@ same test set with the task's own metrics, in about a second on a CPU. Users see
 something that costs nothing:
 
 * classification: TF-IDF (word 1-2 grams) + logistic regression;
-* QA: the context window of a learned answer length that shares most words with the question
-  (sliding-window overlap, the classic SQuAD baseline family);
+* QA: the three context words after the stretch that shares most words with the question (sliding-window
+  overlap, the classic SQuAD baseline family; it learns nothing from the training set, so it is flat in size);
 * structured: the training target of the nearest training input by TF-IDF cosine (retrieval).
 """
 

@@ -127,8 +127,9 @@ def _max_lora_rank(session: ModelSession, evaluation_params: dict[str, Any]) -> 
 def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
     """Metrics of the scored view (accuracy, F1, AUC, ...) plus the generation view under ``gen_``; an open
     task's metrics are its generation view's, unprefixed (``exact_match``, ``f1``, ``field_accuracy``)."""
+    # Text columns stay text: a JSON reader may have turned an answer like "1945" into a number.
     reference = (predictions["references"].tolist() if "references" in predictions
-                 else predictions["reference"].tolist())
+                 else [str(value) for value in predictions["reference"]])
     result: dict[str, Any] = {}
     if "scored_prediction" in predictions:
         labels = task.candidates() or []
@@ -144,7 +145,7 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         shares = predictions["scored_prediction"].value_counts(normalize=True)
         result.update({f"predicted_share_{label_key(label)}": float(shares.get(label, 0.0)) for label in labels})
     if "generated_prediction" in predictions:
-        parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else p
+        parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else str(p)
                   for p in predictions["generated_prediction"].tolist()]
         generated = task.metrics(reference, parsed)
         prefix = "gen_" if task.candidates() else ""

@@ -246,7 +246,8 @@ def compute_meta_features(train: pd.DataFrame, session: ModelSession, task: Task
     key = cache_key(train, session, training, probe)
     cache_file = cache_dir / f"{key}.json" if cache_dir is not None and probe.cache else None
     if cache_file is not None and cache_file.is_file():
-        return json.loads(cache_file.read_text())
+        # Task features are cheap and the cache is shared by tasks over the same records: always recomputed.
+        return {**json.loads(cache_file.read_text()), **task_features(task, train.to_dict("records"))}
     started = time.perf_counter()
     settings = TrainingSettings.from_params(dict(training))
     records = train.to_dict("records")

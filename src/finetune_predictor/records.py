@@ -27,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.tasks.qa import squad_normalise
+
 CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group", "references"]
 TEXT_FIELDS = ("instruction", "input", "output")
 FORMATS = ("auto", "alpaca", "sharegpt", "csv", "tsv", "parquet", "hf_disk", "squad")
@@ -288,7 +290,8 @@ def _squad_item(qa: Any, context: Any, title: str, paragraph_group: str, where: 
     if not isinstance(context, str) or not context.strip():
         return error("its paragraph has no 'context' text")
     answers = [a.get("text") for a in qa.get("answers") or [] if isinstance(a, dict)]
-    answers = list(dict.fromkeys(a.strip() for a in answers if isinstance(a, str) and a.strip()))
+    # As the official SQuAD evaluation, answers that normalise to nothing ("the") are not references.
+    answers = list(dict.fromkeys(a.strip() for a in answers if isinstance(a, str) and squad_normalise(a)))
     if qa.get("is_impossible") or not answers:
         if not spec.include_unanswerable:
             return _SKIPPED

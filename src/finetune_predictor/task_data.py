@@ -184,10 +184,15 @@ def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: di
     draw from, and the summary of the largest split with every subset's hash.
     """
     test, pool, checks = test_set_and_pool(records, data)
-    labels = build_task(data, records["output"]).candidates()
+    task = build_task(data, records["output"])
+    labels = task.candidates()
     seed = int(data.get("seed", 42))
     validation = pool.head(0)
-    if validation_per_class > 0:
+    if validation_per_class > 0 and test_split(task, data) == "group":
+        # Split by article like the test set: a validation passage seen in training would flatter it.
+        validation, pool = select_test_groups(pool, validation_per_class, seed + 1)
+        validation = canonical(validation)
+    elif validation_per_class > 0:
         validation = canonical(select_test_set(pool, labels, validation_per_class, seed + 1))
         pool = pool[~pool["id"].isin(set(validation["id"]))]
     parts, hashes = [], {}

@@ -42,8 +42,8 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def _as_references(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
+    if not isinstance(value, list | tuple | np.ndarray):
+        return [str(value)]
     references = [str(v) for v in value]
     if not references:
         raise ValueError("a QA record needs at least one reference answer")
@@ -92,8 +92,11 @@ class QATask:
             raise ValueError("No examples to score")
         references = [_as_references(value) for value in y_true]
         predictions = [p or "" for p in y_pred]
-        em = np.array([max(exact_match(p, r) for r in refs) for p, refs in zip(predictions, references, strict=True)])
-        f1 = np.array([max(token_f1(p, r) for r in refs) for p, refs in zip(predictions, references, strict=True)])
+        # A parse failure (no answer written) scores 0, never a match with an answer that normalises to "".
+        em = np.array([max(exact_match(p, r) for r in refs) if p else 0.0
+                       for p, refs in zip(predictions, references, strict=True)])
+        f1 = np.array([max(token_f1(p, r) for r in refs) if p else 0.0
+                       for p, refs in zip(predictions, references, strict=True)])
         result: dict[str, Any] = {
             "n": len(references), "exact_match": float(em.mean()), "f1": float(f1.mean()),
             "parse_failures": int(sum(p is None for p in y_pred)),

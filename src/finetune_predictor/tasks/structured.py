@@ -146,8 +146,8 @@ class StructuredTask:
             predicted = predicted or {}
             hits = [key in predicted and _value_text(predicted[key]) == _value_text(value)
                     for key, value in reference.items()]
-            answer_text = " | ".join(_value_text(v) for v in predicted.values())
-            found = [_value_text(value) in answer_text for value in reference.values()]
+            answer_values = {_value_text(v) for v in predicted.values()}
+            found = [_value_text(value) in answer_values for value in reference.values()]
             field.append(float(np.mean(hits)) if hits else 0.0)
             exact.append(float(all(hits) and bool(hits)))
             coverage.append(float(np.mean(found)) if found else 0.0)

@@ -33,7 +33,7 @@ def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any
 def score_classical_baseline(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
     """The task's cheap baseline (TF-IDF + logistic regression for classification) on the same training
     subset, scored on the same test set."""
-    task = build_task(data, pd.concat([train["output"], test["output"]]))
+    task = build_task(data, train["output"])
     return classical_metrics(train, test, task, int(data.get("seed", 42)))
 
 

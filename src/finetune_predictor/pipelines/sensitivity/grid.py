@@ -73,10 +73,10 @@ class SweepConfig:
         return {**dict(base), "learning_rate": self.learning_rate, "num_train_epochs": self.num_train_epochs,
                 "seed": self.seed, "lora": lora}
 
-    def label(self, dataset: str, base_training: Mapping[str, Any] | None = None) -> str:
-        """The run name (the tracking module's one format)."""
+    def label(self, dataset: str, base_training: Mapping[str, Any] | None = None, strata: int = 2) -> str:
+        """The run name (the tracking module's one format); ``strata``: the task's labels (1 for open tasks)."""
         settings = TrainingSettings.from_params(self.training_params(base_training or {}))
-        return run_name(self.model, dataset, 2 * self.train_per_class, settings, self.variant.name)
+        return run_name(self.model, dataset, strata * self.train_per_class, settings, self.variant.name)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -95,7 +95,7 @@ class SweepContext:
         return {**self.model, "name": config.model}
 
     def run_name(self, config: SweepConfig) -> str:
-        return config.label(self.split_summary["source"], self.training)
+        return config.label(self.split_summary["source"], self.training, len(self.task.candidates() or [None]))
 
 
 @dataclass
@@ -318,7 +318,7 @@ def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
         "artifact_uri": run.info.artifact_uri,
     }
     for name in ("primary", "accuracy", "f1_macro", "auc", "parse_failure_rate", "exact_match", "f1",
-                 "parse_rate", "field_accuracy"):
+                 "parse_rate", "schema_compliance", "field_accuracy", "key_point_coverage"):
         for prefix in ("baseline", "classical", "finetuned", "validation"):
             row[f"{prefix}_{name}"] = metrics.get(f"{prefix}_{name}")
     # Runs logged before the primary metric existed were classification runs: their primary is accuracy.
