@@ -38,3 +38,14 @@ def test_unversioned_and_unknown_datasets_are_left_alone(tmp_path):
     hooks.after_dataset_saved("plain")
     hooks.after_dataset_saved("not.in.catalog")
     assert plain.load()["a"].tolist() == [1]
+
+
+def test_headline_says_the_result_first():
+    from finetune_predictor.evaluation import headline
+
+    metrics = {"baseline": {"accuracy": 0.5, "primary": 0.5, "auc": 0.514},
+               "finetuned": {"accuracy": 0.8, "primary": 0.8, "auc": 0.888}, "classical": {"primary": 0.77}}
+    assert headline(metrics, 780) == ("accuracy: baseline 50.0% -> fine-tuned 80.0% (+30.0 points), AUC 0.51 -> 0.89, "
+                                      "classical 77.0%, 13.0 min")
+    qa = {"baseline": {"f1": 0.1, "primary": 0.1}, "finetuned": {"f1": 0.45, "exact_match": 0.3, "primary": 0.45}}
+    assert headline(qa).startswith("f1: baseline 10.0% -> fine-tuned 45.0% (+35.0 points)")

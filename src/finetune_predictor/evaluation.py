@@ -161,3 +161,21 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
     if "prompts_truncated" in predictions:
         result["records_truncated"] = int(predictions["prompts_truncated"].iloc[0])
     return result
+
+
+def headline(metrics: dict[str, Any], seconds: float | None = None) -> str:
+    """One line a person reads first: the primary metric before and after fine-tuning, the gain, AUC where
+    the task has one, the cheap baseline, and the wall time."""
+    baseline, finetuned = metrics["baseline"], metrics["finetuned"]
+    classical = metrics.get("classical") or {}
+    name = next((key for key in ("accuracy", "f1", "field_accuracy")
+                 if key in finetuned and finetuned.get("primary") == finetuned[key]), "primary").replace("_", " ")
+    parts = [f"{name}: baseline {100 * baseline['primary']:.1f}% -> fine-tuned {100 * finetuned['primary']:.1f}% "
+             f"({100 * (finetuned['primary'] - baseline['primary']):+.1f} points)"]
+    if "auc" in finetuned and "auc" in baseline:
+        parts.append(f"AUC {baseline['auc']:.2f} -> {finetuned['auc']:.2f}")
+    if "primary" in classical:
+        parts.append(f"classical {100 * classical['primary']:.1f}%")
+    if seconds is not None:
+        parts.append(f"{seconds / 60:.1f} min")
+    return ", ".join(parts)

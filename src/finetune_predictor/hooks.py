@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import Version
+
+METRICS = "evaluation.reporting.metrics"
 
 
 def _saved_path(dataset: Any) -> Path | None:
@@ -20,11 +23,27 @@ def _saved_path(dataset: Any) -> Path | None:
 
 
 class RunSummaryHooks:
-    """Prints the absolute paths of the run's adapter, predictions, metrics and plots, and next commands."""
+    """Prints the result first (the headline of a run that evaluated a fine-tune), then the absolute paths of
+    the run's adapter, predictions, metrics and plots, and next commands."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._started = time.perf_counter()
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], run_result: dict[str, Any], pipeline: Any,
                            catalog: Any) -> None:
+        if METRICS in pipeline.all_outputs():
+            from finetune_predictor.evaluation import headline  # torch-heavy: only for runs that evaluated
+
+            try:
+                metrics = catalog.load(METRICS)
+                print(f"\nfinetune-predictor: {headline(metrics, time.perf_counter() - self._started)}")
+            except (KeyError, TypeError, ValueError) as error:  # a run without both sides has no headline
+                print(f"\nfinetune-predictor: no headline ({type(error).__name__}: {error})")
         lines = []
         for name in sorted(pipeline.all_outputs()):
             try:
