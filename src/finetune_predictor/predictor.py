@@ -373,13 +373,14 @@ def metrics_for_mlflow(results: pd.DataFrame, settings: PredictorSettings) -> di
 
 
 def noise_floor(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
-    """How well any predictor of this table could do, in accuracy points.
+    """How well any predictor of this table could do, in points of the target metric.
 
     ``seed_sd``: pooled standard deviation of the target among runs that differ only in their seed
     (column ``replicate_key``); a perfect predictor of each configuration's mean still has about this
     RMSE on a new seed. ``test_sampling_sd``: the binomial standard error of an accuracy measured on the
-    run's test set (column ``finetuned_n``): sqrt(p(1-p)/n). ``within3_ceiling``: the share of errors
-    within ±3 points for a normal error of sd ``seed_sd``."""
+    run's test set (column ``finetuned_n``): sqrt(p(1-p)/n). For a mean of per-example scores in [0, 1]
+    (QA F1, field accuracy) it is an upper bound: such a score's variance is at most p(1-p).
+    ``within3_ceiling``: the share of errors within ±3 points for a normal error of sd ``seed_sd``."""
     floor: dict[str, float] = {}
     y = table[settings.target_column].astype(float)
     if "replicate_key" in table:
@@ -417,8 +418,8 @@ def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings,
                      f"(sd over {floor['replicate_groups']:.0f} configurations), so no predictor can expect an RMSE "
                      f"below that or more than {floor['within3_ceiling']:.0%} of runs within ±3 points.")
     if "test_sampling_sd" in floor:
-        lines.append(f"Each accuracy is itself measured with a {floor['test_sampling_sd']:.2f}-point standard error "
-                     "(the size of the runs' test set).")
+        lines.append(f"Each target value is itself measured with a standard error of {floor['test_sampling_sd']:.2f} "
+                     "points (the size of the runs' test set; an upper bound for F1 and field accuracy).")
     return " ".join(lines)
 
 
