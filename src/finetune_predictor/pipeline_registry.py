@@ -7,6 +7,7 @@ from kedro.pipeline import Pipeline
 from finetune_predictor.pipelines import (
     data_engineering,
     evaluation,
+    forecast,
     meta_features,
     predict,
     predictor,
@@ -30,6 +31,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["meta_features"] = (pipelines["preflight"] + data_engineering.create_pipeline(after_preflight=True)
                                   + meta_features.create_pipeline())
     pipelines["predictor"] = predictor.create_pipeline()
+    pipelines["forecast"] = forecast.create_pipeline()
     pipelines["predict"] = pipelines["meta_features"] + predict.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

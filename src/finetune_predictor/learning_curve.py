@@ -1,0 +1,169 @@
+"""Learning-curve forecasts: the primary metric of one configuration as a bounded saturating function of the
+training size, fitted on the sizes already run (every seed), with an interval, and judged by holding out the
+largest size of every finished sweep (forward in size) beside two baselines.
+
+Families (``curve_family``): ``pow3``, ``y = a - b * n^(-c)`` with ``a`` in [floor, 1], ``b >= 0`` and ``c`` in
+[0.05, 2] (fitted on a grid of ``c``, linear in ``a, b`` for each); ``pow2``, the same with ``c = 0.5`` fixed
+(two free parameters, for curves with two or three sizes). Baselines: ``carry_forward`` (the last size's mean)
+and ``loglinear`` (a straight line in log size). The interval at a size is a bootstrap over the runs (seeds)
+at each fitted size, widened by the pooled seed spread, since a new run scatters around the curve by that much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+FAMILIES = ("pow3", "pow2")
+BASELINES = ("carry_forward", "loglinear")
+_C_GRID = np.linspace(0.05, 2.0, 40)
+# Configuration params that say which curve a run belongs to (everything but its size and seed).
+CURVE_KEYS = ("task", "model", "dataset_family", "param_test_sha256", "param_learning_rate", "param_lora_r",
+              "param_lora_alpha", "param_lora_dropout", "param_num_train_epochs", "param_max_steps",
+              "param_effective_batch_size", "param_max_length", "param_precision", "param_data_variant",
+              "param_label_noise", "param_duplicate_rate", "param_positive_share")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A fitted curve: ``predict(n)`` in the metric's units."""
+
+    family: str
+    params: tuple[float, ...]
+
+    def predict(self, sizes: Sequence[float] | np.ndarray) -> np.ndarray:
+        n = np.asarray(sizes, dtype=float)
+        if self.family == "carry_forward":
+            return np.full_like(n, self.params[0])
+        if self.family == "loglinear":
+            return np.clip(self.params[0] + self.params[1] * np.log(n), 0.0, 1.0)
+        a, b, c = self.params
+        return a - b * n ** (-c)
+
+
+def _fit_power(sizes: np.ndarray, values: np.ndarray, exponents: np.ndarray, floor: float) -> Curve:
+    """Least squares of ``a - b n^-c`` for each ``c``; ``a`` kept in [floor, 1] and ``b`` >= 0."""
+    best: tuple[float, Curve] | None = None
+    for c in exponents:
+        x = sizes ** (-c)
+        design = np.column_stack([np.ones_like(x), -x])
+        (a, b), *_ = np.linalg.lstsq(design, values, rcond=None)
+        if b < 0:  # a decreasing fit: the flat curve at the mean is the closest admissible one
+            a, b = float(values.mean()), 0.0
+        a = float(np.clip(a, floor, 1.0))
+        b = float(max(0.0, np.dot(x, a - values) / max(np.dot(x, x), 1e-12)))  # refit b with a clipped
+        error = float(np.sum((a - b * x - values) ** 2))
+        if best is None or error < best[0] - 1e-12:
+            best = (error, Curve("pow3", (a, b, float(c))))
+    assert best is not None
+    return best[1]
+
+
+def fit_curve(sizes: Sequence[float], values: Sequence[float], family: str = "pow2", floor: float = 0.0) -> Curve:
+    """The curve of ``family`` (or a baseline) through runs at ``sizes`` (one value per run)."""
+    n, y = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
+    if len(np.unique(n)) < 2 and family != "carry_forward":
+        raise ValueError(f"a {family} curve needs runs at two sizes or more, got sizes {sorted(set(n.tolist()))}")
+    if family == "carry_forward":
+        largest = n.max()
+        return Curve(family, (float(y[n == largest].mean()),))
+    if family == "loglinear":
+        slope, intercept = np.polyfit(np.log(n), y, 1)
+        return Curve(family, (float(intercept), float(slope)))
+    if family not in FAMILIES:
+        raise ValueError(f"forecast.curve_family must be one of {FAMILIES + BASELINES}, got {family!r}")
+    curve = _fit_power(n, y, _C_GRID if family == "pow3" else np.array([0.5]), floor)
+    return Curve(family, curve.params)
+
+
+def seed_spread(sizes: Sequence[float], values: Sequence[float]) -> float:
+    """Pooled standard deviation of runs at the same size (0 when no size has two runs)."""
+    frame = pd.DataFrame({"n": sizes, "y": values})
+    groups = [g["y"].to_numpy() for _, g in frame.groupby("n") if len(g) >= 2]
+    dof = sum(len(g) - 1 for g in groups)
+    return float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) if dof else 0.0
+
+
+def forecast(sizes: Sequence[float], values: Sequence[float], targets: Sequence[float], family: str = "pow2",
+             floor: float = 0.0, level: float = 0.9, n_boot: int = 200, seed: int = 0,
+             min_spread: float = 0.02) -> pd.DataFrame:
+    """Forecast a new run's metric at each target size: point (the fit on all runs), lower and upper.
+
+    The interval combines the fit's uncertainty (bootstrap: runs resampled within each size) with the scatter
+    of one run around the curve (the pooled seed spread, at least ``min_spread`` since two seeds
+    underestimate it), as independent normal parts."""
+    n, y = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
+    points = fit_curve(n, y, family, floor).predict(targets)
+    rng = np.random.default_rng(seed)
+    by_size = [np.flatnonzero(n == size) for size in np.unique(n)]
+    draws = []
+    for _ in range(n_boot):
+        index = np.concatenate([rng.choice(rows, size=len(rows)) for rows in by_size])
+        draws.append(fit_curve(n[index], y[index], family, floor).predict(targets))
+    z = norm.ppf(0.5 + level / 2)
+    fit_sd = np.std(np.asarray(draws), axis=0)
+    half = z * np.sqrt(fit_sd ** 2 + max(seed_spread(n, y), min_spread) ** 2)
+    return pd.DataFrame({"size": np.asarray(targets, dtype=float), "predicted": points,
+                         "lower": np.clip(points - half, 0.0, 1.0), "upper": np.clip(points + half, 0.0, 1.0)})
+
+
+def chance_floor(task: str | None) -> float:
+    """The lowest the asymptote may be: chance for a balanced binary task, else 0."""
+    return 0.5 if task == "binary_classification" else 0.0
+
+
+def curves_of(table: pd.DataFrame, target: str = "finetuned_primary") -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """The runs table cut into curves: (the configuration, its runs' ``train_size`` and target)."""
+    keys = [key for key in CURVE_KEYS if key in table]
+    size = "train_size" if "train_size" in table else "param_train_size"  # MLflow's runs table has the param
+    runs = table[table[target].notna() & table[size].notna()].copy()
+    runs["train_size"] = runs[size].astype(float)
+    out = []
+    for values, group in runs.groupby(keys, dropna=False):
+        config = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
+        out.append((config, group[["run_id", "train_size", target]].rename(columns={target: "value"})))
+    return out
+
+
+def forward_in_size(table: pd.DataFrame, family: str = "pow2", target: str = "finetuned_primary",
+                    level: float = 0.9, min_sizes: int = 3) -> pd.DataFrame:
+    """For every curve with ``min_sizes`` sizes or more: hold out the largest size, forecast it from the
+    others, and compare with its runs. One row per held-out run, with the curve's and the baselines'
+    predictions."""
+    rows = []
+    for config, runs in curves_of(table, target):
+        sizes = sorted(runs["train_size"].unique())
+        if len(sizes) < min_sizes:
+            continue
+        held = runs["train_size"] == sizes[-1]
+        fitted = runs[~held]
+        floor = chance_floor(config.get("task"))
+        point = forecast(fitted["train_size"], fitted["value"], [sizes[-1]], family, floor, level).iloc[0]
+        baselines = {name: float(fit_curve(fitted["train_size"], fitted["value"], name).predict([sizes[-1]])[0])
+                     for name in BASELINES}
+        for run in runs[held].itertuples(index=False):
+            rows.append({**{k: v for k, v in config.items()}, "run_id": run.run_id, "held_out_size": sizes[-1],
+                         "fitted_sizes": ",".join(str(int(s)) for s in sizes[:-1]), "actual": run.value,
+                         "predicted": point["predicted"], "lower": point["lower"], "upper": point["upper"],
+                         **{f"baseline_{name}": value for name, value in baselines.items()}})
+    return pd.DataFrame(rows)
+
+
+def forward_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """MAE in points of the forecast and of each baseline, interval coverage, and how many curves and runs
+    were held out."""
+    if results.empty:
+        return {"forward_n_held_out": 0.0}
+    error = lambda column: float(100 * np.mean(np.abs(results[column] - results["actual"])))  # noqa: E731
+    inside = (results["actual"] >= results["lower"]) & (results["actual"] <= results["upper"])
+    curves = results.groupby(["held_out_size", "fitted_sizes", *[k for k in CURVE_KEYS if k in results]],
+                             dropna=False).ngroups
+    return {"forward_mae": error("predicted"), "forward_coverage": float(inside.mean()),
+            "baseline_carry_forward_mae": error("baseline_carry_forward"),
+            "baseline_loglinear_mae": error("baseline_loglinear"),
+            "forward_n_held_out": float(curves), "forward_n_runs": float(len(results))}

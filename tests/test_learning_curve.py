@@ -1,0 +1,90 @@
+"""Learning curves: the fit recovers a known curve, intervals cover runs drawn around it, the forward-in-size
+check compares with both baselines, and the forecast pipeline runs under Kedro's SequentialRunner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from finetune_predictor.learning_curve import fit_curve, forecast, forward_in_size, forward_metrics, seed_spread
+from finetune_predictor.pipelines.forecast import create_pipeline
+
+SIZES = [32, 64, 128, 256, 512]
+
+
+def _truth(n):
+    return 0.9 - 1.2 * np.asarray(n, dtype=float) ** -0.5
+
+
+def _runs(config: int, sd: float, rng: np.random.Generator, sizes=SIZES, seeds=(1, 2, 3)) -> pd.DataFrame:
+    return pd.DataFrame([{"run_id": f"{config}-{n}-{s}", "task": "qa", "model": "m", "dataset_family": "f",
+                          "param_learning_rate": str(config), "param_train_size": str(n),
+                          "finetuned_primary": float(_truth(n) + 0.01 * config + rng.normal(0, sd))}
+                         for n in sizes for s in seeds])
+
+
+def test_fit_recovers_a_known_power_law():
+    curve = fit_curve(SIZES, _truth(SIZES), "pow3")
+    assert curve.params[0] == pytest.approx(0.9, abs=1e-3) and curve.params[2] == pytest.approx(0.5, abs=0.05)
+    assert fit_curve(SIZES, _truth(SIZES), "pow2").predict([4096])[0] == pytest.approx(_truth(4096), abs=1e-6)
+    # The asymptote never exceeds 1, nor falls below the floor.
+    assert fit_curve([10, 20], [0.99, 1.0], "pow3").params[0] <= 1.0
+    assert fit_curve([10, 20], [0.40, 0.45], "pow2", floor=0.5).params[0] >= 0.5
+    with pytest.raises(ValueError, match="two sizes or more"):
+        fit_curve([10, 10], [0.5, 0.6])
+
+
+def test_baselines_by_hand():
+    assert fit_curve([1, 2, 2], [0.2, 0.5, 0.7], "carry_forward").predict([8])[0] == pytest.approx(0.6)
+    line = fit_curve([np.e, np.e ** 2], [0.5, 0.6], "loglinear")
+    assert line.predict([np.e ** 3])[0] == pytest.approx(0.7)
+
+
+def test_interval_covers_new_runs_at_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    inside = []
+    for trial in range(60):
+        runs = _runs(0, 0.02, rng, sizes=[32, 64, 128], seeds=(1, 2))
+        band = forecast(runs["param_train_size"].astype(float), runs["finetuned_primary"], [512], n_boot=50,
+                        seed=trial).iloc[0]
+        inside.append(band["lower"] <= _truth(512) + rng.normal(0, 0.02) <= band["upper"])
+    assert np.mean(inside) >= 0.8
+    assert seed_spread([1, 1, 2, 2], [0.1, 0.3, 0.5, 0.5]) == pytest.approx(np.sqrt(0.02 / 2))
+
+
+def test_forward_in_size_beats_carry_forward_on_a_rising_curve():
+    rng = np.random.default_rng(1)
+    table = pd.concat([_runs(config, 0.005, rng) for config in range(3)], ignore_index=True)
+    results = forward_in_size(table, "pow2", min_sizes=3)
+    assert len(results) == 9 and set(results["held_out_size"]) == {512.0}
+    metrics = forward_metrics(results)
+    assert metrics["forward_n_held_out"] == 3
+    assert metrics["forward_mae"] < metrics["baseline_carry_forward_mae"]
+    assert metrics["forward_mae"] < metrics["baseline_loglinear_mae"]
+    assert forward_metrics(forward_in_size(table, min_sizes=6)) == {"forward_n_held_out": 0.0}
+
+
+def test_forecast_pipeline_runs(capsys):
+    rng = np.random.default_rng(2)
+    table = pd.concat([_runs(config, 0.01, rng, sizes=[16, 32, 64]) for config in range(2)], ignore_index=True)
+    pipeline = create_pipeline()
+    catalog = DataCatalog({
+        "params:forecast": MemoryDataset({"curve_family": "pow2", "interval_level": 0.9, "min_sizes": 3}),
+        "params:sensitivity": MemoryDataset({"train_per_class": [16, 32, 64, 128, 256]}),
+        "params:data": MemoryDataset({"task": "qa", "family": "f"}),
+        "forecast.model_input.runs_table": MemoryDataset(table),
+    })
+    for name in pipeline.outputs():
+        catalog[name] = MemoryDataset()
+    pipeline = pipeline.only_nodes("evaluate_forward_in_size", "forecast_sweep_sizes")
+    SequentialRunner().run(pipeline, catalog)
+    metrics = catalog.load("forecast.tracking.metrics")
+    assert {"forward_mae", "forward_coverage", "baseline_carry_forward_mae", "baseline_loglinear_mae",
+            "forward_n_held_out"} <= set(metrics)
+    forecasts = catalog.load("forecast.reporting.forecasts")
+    assert set(forecasts.loc[forecasts["status"] == "forecast", "size"]) == {128.0, 256.0}
+    assert (forecasts["lower"].dropna() <= forecasts["value"][forecasts["lower"].notna()]).all()
+    assert "Forecast for qa on f" in capsys.readouterr().out
