@@ -316,11 +316,26 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
     lines += ["", "![accuracy vs size](accuracy_vs_size.png)",
               "![accuracy vs learning rate](accuracy_vs_learning_rate.png)",
               "![accuracy vs rank](accuracy_vs_lora_r.png)", "![model x size](model_size_heatmap.png)", ""]
+    lines += _forecast_lines(status.get("forecast"))
     if status.get("failures"):
         lines += ["## Failed configurations (excluded)", ""]
         lines += [f"- {failure['config']}: {failure['error']}" for failure in status["failures"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _forecast_lines(forecast: dict[str, Any] | None) -> list[str]:
+    """What a forecast-driven sweep saved, and what it skipped with each forecast (never a result)."""
+    if not forecast:
+        return []
+    planned, trained = forecast["planned_steps"], forecast["trained_steps"]
+    saved = 1 - trained / planned if planned else 0.0
+    lines = ["## Forecast-driven sweep", "",
+             f"Trained {trained} of {planned} planned optimizer steps ({saved:.0%} of the compute saved). Skipped "
+             "configurations are forecasts, not results: they are not in the tables above.", ""]
+    lines += [f"- {entry['config']}: forecast {_pct(entry['predicted'])} [{_pct(entry['lower'])}, "
+              f"{_pct(entry['upper'])}]; {entry['reason']}." for entry in forecast["skipped"]]
+    return [*lines, ""]
 
 
 def _all_sizes(analysis: dict[str, Any]) -> list[float]:

@@ -34,7 +34,9 @@ from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
+from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast
 from finetune_predictor.records import content_sha256
+from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
 from finetune_predictor.training import fine_tune
 
@@ -293,6 +295,35 @@ def execute_ray(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, Any],
     return outcomes
 
 
+def _run_by_forecast(jobs: list[tuple[Any, ...]], keys: dict[SweepConfig, str], execute: Any,
+                     sensitivity: Mapping[str, Any], context: SweepContext, status: dict[str, Any]) -> list:
+    """``sensitivity.strategy: forecast``: sizes in ascending order, curves stopped by forecast; each skipped
+    configuration gets a child run tagged ``skipped_by_forecast`` with its forecast (no config key and no
+    result metric, so it is never resumed from nor read as a result)."""
+    by_key = {key: config for config, key in keys.items()}
+
+    def results_so_far() -> pd.DataFrame:
+        rows = collect(keys, context.experiment_id)
+        return rows.assign(config=rows["config_key"].map(by_key)) if not rows.empty else rows
+
+    strata = len(context.task.candidates() or [None])
+    effective = TrainingSettings.from_params(context.training).effective_batch_size
+    outcomes, forecast_status = run_by_forecast(jobs, lambda level: execute(level, sensitivity, context),
+                                                results_so_far, sensitivity, context.task.name, strata, effective)
+    skipped = []
+    for entry in forecast_status["skipped"]:
+        config, name = entry["config"], context.run_name(entry["config"])
+        tags = {"skipped_by_forecast": "true", tracking.SWEEP_TAG: context.sweep_name}
+        with tracking.child_run(context.experiment_id, context.parent_run_id, f"skipped: {name}", tags) as run_id:
+            tracking.log_params(run_id, {"skipped_reason": entry["reason"], **config.variant.as_params(),
+                                         "train_per_class": config.train_per_class,
+                                         "learning_rate": config.learning_rate, "seed": config.seed})
+            tracking.log_metrics(run_id, {f"forecast_{k}": entry[k] for k in ("predicted", "lower", "upper")})
+        skipped.append({"config": name, **{k: entry[k] for k in ("predicted", "lower", "upper", "reason")}})
+    status["forecast"] = {**forecast_status, "skipped": skipped}
+    return outcomes
+
+
 # --- collect ---------------------------------------------------------------------------------------------------
 
 
@@ -377,6 +408,9 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
     executor = str(sensitivity.get("executor", "sequential"))
     if executor not in EXECUTORS:
         raise ValueError(f"sensitivity.executor must be one of {EXECUTORS}, got {executor!r}")
+    strategy = str(sensitivity.get("strategy", "grid"))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"sensitivity.strategy must be one of {STRATEGIES}, got {strategy!r}")
     context = sweep_context(sensitivity, sweep_data, data, model, model_registry, training, evaluation, sweep_name)
     keys = plan(sensitivity, sweep_data, context)
     jobs_data = {config: sweep_data.training_set(config, context.task) for config in keys}  # bad variants fail here
@@ -389,7 +423,11 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
     jobs = [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
              baselines[config.model], context) for config in pending]
     execute = execute_ray if executor == "ray" else execute_sequential
-    for config, error in execute(jobs, sensitivity, context):
+    if strategy == "forecast":
+        outcomes = _run_by_forecast(jobs, keys, execute, sensitivity, context, status)
+    else:
+        outcomes = execute(jobs, sensitivity, context)
+    for config, error in outcomes:
         status["ran" if error is None else "failed"] += 1
         if error is not None:
             status["failures"].append({"config": context.run_name(config), "error": error})

@@ -1,0 +1,79 @@
+"""The forecast-driven sweep (``sensitivity.strategy: forecast``): sizes run in ascending order; after each
+size, every curve (a configuration less its size and seed) with two sizes or more is forecast at the largest
+size, and a curve whose upper bound there is below the best curve's lower bound stops (successive halving by
+forecast). What is skipped is said, with its forecast, and never enters a runs table as a result."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from finetune_predictor.learning_curve import chance_floor, forecast
+from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
+
+STRATEGIES = ("grid", "forecast")
+
+
+def curve_of(config: SweepConfig) -> SweepConfig:
+    """The curve a configuration belongs to: the same configuration at any size and seed."""
+    return replace(config, train_per_class=0, seed=0)
+
+
+def curves_to_stop(results: pd.DataFrame, configs: list[SweepConfig], largest_size: float, task: str | None,
+                   level: float = 0.9, target: str = "finetuned_primary") -> dict[SweepConfig, dict[str, Any]]:
+    """The curves to stop, each with its forecast at ``largest_size`` (training examples) and the reason.
+
+    ``results`` are the finished rows so far (``config`` column: the SweepConfig). A curve is stopped when
+    its interval's upper bound at the largest size is below the best curve's lower bound there."""
+    bands: dict[SweepConfig, dict[str, float]] = {}
+    if results.empty:
+        return {}
+    for curve, rows in results.groupby(results["config"].map(curve_of), sort=False):
+        if rows["train_size"].nunique() < 2:
+            continue
+        band = forecast(rows["train_size"].astype(float), rows[target].astype(float), [largest_size],
+                        floor=chance_floor(task), level=level).iloc[0]
+        bands[curve] = {"predicted": float(band["predicted"]), "lower": float(band["lower"]),
+                        "upper": float(band["upper"])}
+    if len(bands) < 2:
+        return {}
+    best_curve = max(bands, key=lambda c: bands[c]["lower"])
+    best_lower = bands[best_curve]["lower"]
+    alive = {curve_of(c) for c in configs}
+    return {curve: {**band, "best_lower": best_lower,
+                    "reason": f"forecast upper bound {band['upper']:.3f} at n={largest_size:g} is below the best "
+                              f"curve's lower bound {best_lower:.3f}"}
+            for curve, band in bands.items() if curve in alive and band["upper"] < best_lower}
+
+
+def planned_steps(config: SweepConfig, strata: int, effective_batch: int) -> int:
+    """Optimizer steps a configuration costs: ceil(examples / effective batch) x epochs."""
+    return math.ceil(strata * config.train_per_class / effective_batch) * math.ceil(config.num_train_epochs)
+
+
+def run_by_forecast(jobs: list[tuple[Any, ...]], run_level: Callable[[list[tuple[Any, ...]]], list],
+                    results_so_far: Callable[[], pd.DataFrame], sensitivity: Mapping[str, Any], task: str,
+                    strata: int, effective_batch: int) -> tuple[list, dict[str, Any]]:
+    """Run ``jobs`` size by size through ``run_level``; stop curves by forecast. Returns the outcomes and the
+    strategy's status: skipped configurations with their forecast, planned and trained steps."""
+    if not jobs:
+        return [], {"strategy": "forecast", "skipped": [], "planned_steps": 0, "trained_steps": 0}
+    sizes = sorted({job[0].train_per_class for job in jobs})
+    largest = float(strata * sizes[-1])
+    level = float(sensitivity.get("forecast_interval_level", 0.9))
+    stopped: dict[SweepConfig, dict[str, Any]] = {}
+    outcomes, skipped = [], []
+    for size in sizes:
+        level_jobs = [job for job in jobs if job[0].train_per_class == size]
+        runnable = [job for job in level_jobs if curve_of(job[0]) not in stopped]
+        skipped += [{"config": job[0], **stopped[curve_of(job[0])]} for job in level_jobs if job not in runnable]
+        outcomes += run_level(runnable)
+        pending = [job[0] for job in jobs if job[0].train_per_class > size]
+        stopped.update(curves_to_stop(results_so_far(), pending, largest, task, level))
+    planned = sum(planned_steps(job[0], strata, effective_batch) for job in jobs)
+    trained = planned - sum(planned_steps(entry["config"], strata, effective_batch) for entry in skipped)
+    return outcomes, {"strategy": "forecast", "skipped": skipped, "planned_steps": planned, "trained_steps": trained}
