@@ -58,7 +58,8 @@ def comparison_table(metrics: dict[str, Any]) -> pd.DataFrame:
         for key, value in finetuned.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and key in baseline
     ]
-    return pd.DataFrame(rows)
+    # People read this table: 0.8 - 0.5 shows as 0.3, not 0.30000000000000004.
+    return pd.DataFrame(rows).round(4)
 
 
 def plot_confusion_matrices(metrics: dict[str, Any]) -> Figure:
