@@ -12,6 +12,7 @@ from finetune_predictor.pipelines import (
     predict,
     predictor,
     preflight,
+    rank_datasets,
     sensitivity,
     sft_training,
 )
@@ -32,6 +33,7 @@ def register_pipelines() -> dict[str, Pipeline]:
                                   + meta_features.create_pipeline())
     pipelines["predictor"] = predictor.create_pipeline()
     pipelines["forecast"] = forecast.create_pipeline()
+    pipelines["rank_datasets"] = pipelines["preflight"] + rank_datasets.create_pipeline()
     pipelines["predict"] = pipelines["meta_features"] + predict.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

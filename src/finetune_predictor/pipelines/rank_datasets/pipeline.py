@@ -1,0 +1,22 @@
+"""The rank_datasets pipeline."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from finetune_predictor.pipelines.rank_datasets import nodes
+
+FEATURES = "rank_datasets.feature.candidate_features"
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    return Pipeline([
+        node(nodes.candidate_features,
+             ["params:rank", "params:data", "params:model", "params:model_registry", "params:training",
+              "params:meta_features", "preflight.int.passed"], FEATURES, name="candidate_features"),
+        node(nodes.rank_candidates,
+             [FEATURES, "predictor.model_input.runs_table", "predictor.model.card", "params:rank"],
+             ["rank_datasets.reporting.ranking", "rank_datasets.tracking.metrics"], name="rank_candidates"),
+        node(nodes.plot_ranking, "rank_datasets.reporting.ranking", "rank_datasets.reporting.ranking_plot",
+             name="plot_ranking"),
+    ])

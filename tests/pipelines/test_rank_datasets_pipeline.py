@@ -1,0 +1,73 @@
+"""rank_datasets under Kedro's SequentialRunner: candidates from a glob, one excluded with its error, the rest
+ranked by a predictor trained on a runs table whose features the tiny model really measures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from finetune_predictor import predictor as core
+from finetune_predictor.pipelines import rank_datasets
+from finetune_predictor.pipelines.rank_datasets.nodes import candidate_paths, plot_ranking
+from finetune_predictor.synthetic_news import iter_articles
+
+DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate",
+        "train_per_class": 4, "test_per_class": 3, "seed": 1}
+
+
+def _write(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "candidates"
+    folder.mkdir()
+    _write(folder / "clean.jsonl", list(iter_articles(40, seed=3)))
+    noisy = list(iter_articles(40, seed=4))
+    for record in noisy[::3]:
+        record["output"] = "fake" if record["output"] == "legitimate" else "legitimate"
+    _write(folder / "noisy.jsonl", noisy)
+    _write(folder / "broken.jsonl", [{"instruction": "x", "input": "y"}])  # no output: excluded, not a crash
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame({"mf_size": rng.uniform(4, 200, 40), "mf_label_balance": rng.uniform(0.5, 1, 40),
+                         "dataset_family": [f"f{i % 4}" for i in range(40)], "model": "m",
+                         "replicate_key": [f"k{i}" for i in range(40)]})
+    runs["finetuned_primary"] = 0.5 + 0.001 * runs["mf_size"] + rng.normal(0, 0.01, 40)
+    settings = core.PredictorSettings.from_params({"candidates": ["ridge_cv"], "min_runs": 10, "n_folds": 3})
+    card = core.to_json(core.train_final(runs, settings))
+    pipeline = rank_datasets.create_pipeline()
+    catalog = DataCatalog({
+        "params:rank": MemoryDataset({"candidates": str(folder / "*.jsonl"), "top_reasons": 2}),
+        "params:data": MemoryDataset(DATA),
+        "params:model": MemoryDataset({"name": str(tiny_model_dir), "max_length": 256}),
+        "params:model_registry": MemoryDataset({}),
+        "params:training": MemoryDataset({"per_device_train_batch_size": 4, "precision": "fp32"}),
+        "params:meta_features": MemoryDataset({"sample_size": 4, "probe_steps": 2, "knn": 2, "cache": False}),
+        "preflight.int.passed": MemoryDataset(True),
+        "predictor.model_input.runs_table": MemoryDataset(runs),
+        "predictor.model.card": MemoryDataset(card),
+    })
+    for name in pipeline.outputs():
+        catalog[name] = MemoryDataset()
+    # The plot node is run by hand below: Kedro releases the ranking after its last reader.
+    SequentialRunner().run(pipeline.only_nodes("candidate_features", "rank_candidates"), catalog)
+    ranking = catalog.load("rank_datasets.reporting.ranking")
+    assert plot_ranking(ranking).axes[0].get_title().startswith("Candidate training sets")
+    assert list(ranking.columns[:5]) == ["candidate", "predicted", "lower", "upper", "rank"]
+    assert ranking["rank"].tolist()[:2] == [1, 2] and ranking["candidate"].iloc[-1].endswith("broken.jsonl")
+    assert "missing field 'output'" in ranking["error"].iloc[-1]
+    assert (ranking["lower"].iloc[:2] <= ranking["predicted"].iloc[:2]).all()
+    assert catalog.load("rank_datasets.tracking.metrics")["rank_n_candidates"]["value"] == 2
+    assert "Candidate ranking" in capsys.readouterr().out
+
+
+def test_candidates_must_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"rank\.candidates is not set"):
+        candidate_paths({})
+    with pytest.raises(ValueError, match="matches no data file"):
+        candidate_paths({"candidates": str(tmp_path / "*.jsonl")})
