@@ -82,9 +82,9 @@ def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_ses
                 "mf_grad_consistency", "mf_label_balance", "mf_type_token_ratio"):
         assert math.isfinite(first[key]), key
     assert first["mf_size"] == 24 and first["mf_planned_steps"] == 18 and first["mf_probe_steps"] == 4
-    for key, value in first.items():
+    for key, value in first.items():  # same inputs, same features (another task's features: NaN both times)
         if not key.endswith("_seconds"):
-            assert second[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key  # same inputs, same features
+            assert second[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
 
     cached = ProbeSettings(sample_size=12, probe_steps=4, knn=3, cache=True)
     stored = compute_meta_features(_train(), session, task, training, cached, tmp_path)
