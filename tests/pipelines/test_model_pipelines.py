@@ -126,11 +126,9 @@ def test_open_tasks_through_training_and_evaluation(tiny_model_dir, tmp_path, ta
                 else {"finetuned_parse_rate", "finetuned_field_accuracy", "finetuned_schema_compliance"})
     assert expected | {"baseline_primary", "finetuned_primary", "classical_primary", "primary_gain"} <= set(
         record.metrics)
+    # Judged on generation only: no label-scoring metric, no generation-view prefix.
     assert record.params["task"] == task and "accuracy_gain" not in record.metrics
-    predictions = catalog.load("evaluation.model_output.finetuned_predictions")
-    assert "scored_prediction" not in predictions and predictions["generated_text"].notna().all()
-    if task == "qa":
-        assert predictions["references"].iloc[0] == ["Ana100", "by Ana100"]
+    assert not any(key.startswith(("finetuned_gen_", "finetuned_auc", "finetuned_accuracy")) for key in record.metrics)
 
 
 def test_comparison_table_is_rounded_for_people():
