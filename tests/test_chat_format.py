@@ -7,6 +7,8 @@ import json
 import pytest
 
 from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.records import SourceSpec, read_records
+from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.training import build_training_rows
 
@@ -15,12 +17,25 @@ def _supervised_text(tokenizer, row) -> str:
     return tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
 
 
-def test_supervised_tokens_are_answer_plus_end_of_turn(tokenizer):
-    formatter = PromptFormatter(tokenizer, max_length=512)
-    records = list(iter_articles(40, seed=7))
+def _assert_answer_only(tokenizer, records, max_length: int = 512) -> list[dict]:
+    """Every record's supervised tokens decode to exactly its target plus the end-of-turn token."""
+    formatter = PromptFormatter(tokenizer, max_length=max_length)
     rows = build_training_rows(formatter, records, [r["output"] for r in records])
     for record, row in zip(records, rows, strict=True):
         assert _supervised_text(tokenizer, row) == record["output"] + "<|im_end|>"
+    return rows
+
+
+def test_supervised_tokens_of_qa_and_structured_targets(tokenizer, squad_file):
+    _assert_answer_only(tokenizer, read_records(SourceSpec(squad_file, format="squad")).records.head(40)
+                        .to_dict("records"))
+    _assert_answer_only(tokenizer, list(iter_events(30, 5)))  # JSON objects, braces and quotes included
+
+
+def test_supervised_tokens_are_answer_plus_end_of_turn(tokenizer):
+    records = list(iter_articles(40, seed=7))
+    rows = _assert_answer_only(tokenizer, records)
+    for row in rows:
         # Supervised tokens are one contiguous block at the end of the sequence.
         first = next(i for i, label in enumerate(row["labels"]) if label != -100)
         assert all(label != -100 for label in row["labels"][first:])
@@ -28,12 +43,8 @@ def test_supervised_tokens_are_answer_plus_end_of_turn(tokenizer):
 
 
 def test_supervised_tokens_on_real_liar_records(tokenizer, liar_dir):
-    formatter = PromptFormatter(tokenizer, max_length=256)
     lines = (liar_dir / "liar_train_alpaca.jsonl").read_text().splitlines()[:50]
-    records = [json.loads(line) for line in lines]
-    rows = build_training_rows(formatter, records, [r["output"] for r in records])
-    for record, row in zip(records, rows, strict=True):
-        assert _supervised_text(tokenizer, row) == record["output"] + "<|im_end|>"
+    _assert_answer_only(tokenizer, [json.loads(line) for line in lines], max_length=256)
 
 
 def test_inference_prompt_is_the_training_prefix(tokenizer):

@@ -10,13 +10,11 @@ import pandas as pd
 import pytest
 
 from finetune_predictor import task_data
-from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.classical import window_answer
 from finetune_predictor.evaluation import metrics_of
 from finetune_predictor.records import RecordError, SourceSpec, read_records
 from finetune_predictor.tasks import QATask, build_task
 from finetune_predictor.tasks.qa import exact_match, squad_normalise, token_f1
-from finetune_predictor.training import build_training_rows
 
 QA = {"task": "qa", "format": "squad", "train_per_class": 100, "test_per_class": 100, "seed": 42}
 
@@ -124,15 +122,6 @@ def test_features_answer_in_context():
                {"instruction": "i", "input": "Question: q\n\nContext: Rome", "output": "Milan"}]
     features = build_task({"task": "qa"}).features(records)
     assert features["mf_qa_answer_in_context_rate"] == 0.5 and features["mf_qa_answer_words_mean"] == 1.0
-
-
-def test_supervised_tokens_of_squad_records_are_answer_plus_end_of_turn(tokenizer, squad_file):
-    records = read_records(SourceSpec(squad_file, format="squad")).records.head(40).to_dict("records")
-    formatter = PromptFormatter(tokenizer, max_length=512)
-    rows = build_training_rows(formatter, records, [r["output"] for r in records])
-    for record, row in zip(records, rows, strict=True):
-        supervised = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
-        assert tokenizer.decode(supervised) == record["output"] + "<|im_end|>"
 
 
 def test_predictions_read_back_from_json_keep_numeric_answers_as_text(tmp_path):
