@@ -374,3 +374,15 @@ def test_old_runs_get_their_task_indicators_from_the_task():
     assert table["mf_task_qa"].tolist()[:2] == [0.0, 1.0] and np.isnan(table["mf_task_qa"].iloc[2])
     assert table["mf_task_binary_classification"].tolist()[:2] == [1.0, 0.0]
     assert np.isnan(table["mf_task_structured"].iloc[2])  # a run without any feature stays without
+
+
+def test_every_shipped_sweep_definition_is_accepted():
+    """A key added to conf/ but not to the grid's known settings stopped every sweep before it started."""
+    import yaml
+
+    from tests.conftest import PROJECT_ROOT
+
+    base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_sensitivity.yml").read_text())["sensitivity"]
+    for path in sorted(PROJECT_ROOT.glob("conf/*/parameters_sensitivity.yml")):
+        sensitivity = {**base, **yaml.safe_load(path.read_text())["sensitivity"]}
+        assert expand_grid(sensitivity, "m"), path
