@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.records import reference_answers
+from finetune_predictor.records import reference_lists
 from finetune_predictor.tasks import Task
 
 _WORD = re.compile(r"\w+")
@@ -33,10 +33,7 @@ def _text(frame: pd.DataFrame) -> list[str]:
 
 
 def _references(frame: pd.DataFrame, task: Task) -> list[Any]:
-    records = frame.to_dict("records")
-    if "references" in frame and frame["references"].astype(bool).any():
-        return [reference_answers(r) for r in records]
-    return [task.target(r) for r in records]
+    return reference_lists(frame) or [task.target(r) for r in frame.to_dict("records")]
 
 
 def classical_metrics(train: pd.DataFrame, test: pd.DataFrame, task: Task, seed: int = 0) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from scipy.special import softmax
 
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
-from finetune_predictor.records import reference_answers
+from finetune_predictor.records import reference_lists
 from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
 from finetune_predictor.tasks import Task
 from finetune_predictor.tasks.base import label_key
@@ -52,8 +52,9 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     records = test.to_dict("records")
     batch_size = int(evaluation_params.get("batch_size", 16))
     frame = pd.DataFrame({"id": test["id"].to_numpy(), "reference": [task.target(r) for r in records]})
-    if "references" in test and test["references"].astype(bool).any():
-        frame["references"] = [reference_answers(r) for r in records]
+    references = reference_lists(test)
+    if references is not None:
+        frame["references"] = references
     candidates = task.candidates()
     if candidates:
         rule = str(evaluation_params.get("label_scoring", "sum"))

@@ -27,7 +27,7 @@ from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.splits import deduplicate
 from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
-from finetune_predictor.tasks import declared_labels, task_type
+from finetune_predictor.tasks import OPEN_TASKS, declared_labels, task_type
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 GIB = 2**30
@@ -175,7 +175,7 @@ def _check_template(session: ModelSession, labels: list[str] | None, open_task: 
 def _labels_in_data(data: dict[str, Any]) -> list[str] | None:
     """The answers the template check renders when the parameters name none: a multi-class task's labels as
     its training file has them, or three targets of an open task (the bundled corpus's, without a file)."""
-    open_task = task_type(data) in ("qa", "structured")
+    open_task = task_type(data) in OPEN_TASKS
     if not data.get("path"):
         return [str(r["output"]) for r in iter_events(3, 7)] if task_type(data) == "structured" else None
     result = read_records(SourceSpec.from_params(data, data["path"]), None, "quarantine")
@@ -184,7 +184,7 @@ def _labels_in_data(data: dict[str, Any]) -> list[str] | None:
 
 
 def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
-    if task_type(data) in ("qa", "structured"):
+    if task_type(data) in OPEN_TASKS:
         return _check_open_task_data(data)
     if not data.get("path"):
         difficulty = str((data.get("synthetic") or {}).get("difficulty", DEFAULT_DIFFICULTY))
@@ -338,7 +338,7 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
     if session is not None:
         checks.append(_guard("tokenizer and template",
                              lambda: _check_template(session, labels or _labels_in_data(data),
-                                                     open_task=task_type(data) in ("qa", "structured"))))
+                                                     open_task=task_type(data) in OPEN_TASKS)))
     else:
         checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))

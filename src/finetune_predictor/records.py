@@ -517,3 +517,10 @@ def canonical(frame: pd.DataFrame) -> pd.DataFrame:
     if "references" not in frame:
         frame = frame.assign(references="")
     return frame[CANONICAL_COLUMNS]
+
+
+def reference_lists(frame: pd.DataFrame) -> list[list[str]] | None:
+    """Every record's accepted answers when the records carry more than their output (SQuAD), else None."""
+    if "references" not in frame or not frame["references"].astype(bool).any():
+        return None
+    return [reference_answers(record) for record in frame.to_dict("records")]

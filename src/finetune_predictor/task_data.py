@@ -30,7 +30,7 @@ from finetune_predictor.splits import (
 from finetune_predictor.synthetic_events import SOURCE as EVENTS_SOURCE
 from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
-from finetune_predictor.tasks import build_task, declared_labels, task_type, test_split
+from finetune_predictor.tasks import OPEN_TASKS, build_task, declared_labels, task_type, test_split
 
 ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
 BUNDLED_SOURCE = "bundled-synthetic-news"
@@ -150,7 +150,7 @@ def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame
 
 def _label_counts(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
     """Label counts of a classification task; the groups (articles) on each side of an open task."""
-    if task_type(data) in ("qa", "structured"):
+    if task_type(data) in OPEN_TASKS:
         return {"train_groups": sorted(train["group"].unique().tolist()),
                 "test_groups": sorted(test["group"].unique().tolist())}
     return {"train_label_counts": {k: int(v) for k, v in train["output"].value_counts().items()},

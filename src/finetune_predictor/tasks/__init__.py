@@ -19,6 +19,7 @@ TASK_TYPES: dict[str, type] = {"binary_classification": BinaryClassificationTask
                                "multiclass_classification": MulticlassClassificationTask,
                                "qa": QATask, "structured": StructuredTask}
 DEFAULT_TASK = "binary_classification"
+OPEN_TASKS = frozenset({"qa", "structured"})  # no closed label set: judged on generation
 
 
 def task_type(data_params: dict[str, Any]) -> str:
@@ -45,7 +46,7 @@ def declared_labels(data_params: dict[str, Any]) -> list[str] | None:
     name = task_type(data_params)
     if name == "multiclass_classification":
         return list(data_params["labels"]) if data_params.get("labels") else None
-    if name in ("qa", "structured"):
+    if name in OPEN_TASKS:
         return None
     return build_task(data_params).candidates()
 
@@ -65,5 +66,5 @@ def test_split(task: Task, data_params: dict[str, Any]) -> str:
     return value
 
 
-__all__ = ["DEFAULT_TASK", "TASK_TYPES", "BinaryClassificationTask", "MulticlassClassificationTask", "QATask",
-           "StructuredTask", "Task", "build_task", "declared_labels", "is_open", "task_type", "test_split"]
+__all__ = ["DEFAULT_TASK", "OPEN_TASKS", "TASK_TYPES", "BinaryClassificationTask", "MulticlassClassificationTask",
+           "QATask", "StructuredTask", "Task", "build_task", "declared_labels", "is_open", "task_type", "test_split"]

@@ -8,7 +8,7 @@ import pandas as pd
 
 from finetune_predictor import learning_curve, tracking
 from finetune_predictor.task_data import dataset_family
-from finetune_predictor.tasks import task_type
+from finetune_predictor.tasks import OPEN_TASKS, task_type
 
 
 def load_runs(forecast: dict[str, Any]) -> pd.DataFrame:
@@ -42,7 +42,7 @@ def evaluate_forward_in_size(runs: pd.DataFrame, forecast: dict[str, Any]) -> tu
 
 def _strata(task: str, data: dict[str, Any], runs: pd.DataFrame) -> float:
     """Training examples per unit of ``train_per_class``: the labels of a classification task, 1 otherwise."""
-    if task in ("qa", "structured"):
+    if task in OPEN_TASKS:
         return 1.0
     if data.get("labels"):
         return float(len(data["labels"]))
