@@ -13,7 +13,7 @@ from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
 PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity", "meta_features",
-             "predictor", "predict", "forecast", "rank_datasets"}
+             "predictor", "predict", "forecast", "rank_datasets", "candidate_study"}
 LAYERS = {"raw", "int", "prm", "feature", "model_input", "model", "model_output", "reporting", "tracking"}
 
 
@@ -70,7 +70,8 @@ def test_mini_test100_composes_preflight_and_the_three_pipelines():
     assert composed == parts
     assert pipelines["__default__"].nodes == pipelines["mini_test100"].nodes
     order = [node.name for node in pipelines["mini_test100"].nodes]  # topological order
-    assert order.index("enforce_verdict") < order.index("load_task_records") < order.index("train_adapter")
+    assert order.index("preflight.enforce_verdict") < order.index("data_engineering.load_task_records") < order.index(
+        "sft_training.train_adapter")
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -156,3 +157,49 @@ def test_architecture_doc_names_every_pipeline():
     doc = (PROJECT_ROOT / "docs/architecture.md").read_text()
     missing = [name for name in register_pipelines() if name != "__default__" and f"`{name}`" not in doc]
     assert not missing, f"docs/architecture.md does not describe {missing}"
+
+
+def _layer(entry: dict) -> str | None:
+    """The kedro-viz layer an entry declares: on the entry, or on the inner dataset of an artifact wrapper
+    (kedro-mlflow's wrapper keeps the inner dataset's metadata)."""
+    for holder in (entry, entry.get("dataset") if isinstance(entry.get("dataset"), dict) else {}):
+        layer = ((holder.get("metadata") or {}).get("kedro-viz") or {}).get("layer")
+        if layer:
+            return layer
+    return None
+
+
+def test_every_catalog_entry_declares_the_kedro_viz_layer_of_its_name():
+    """kedro-viz draws layers only from the catalog's metadata: a missing or different layer leaves the
+    dataset outside its band (or in the wrong one)."""
+    wrong = {name: _layer(entry) for name, entry in _catalog().items() if _layer(entry) != name.split(".")[1]}
+    assert not wrong, f"catalog entries whose kedro-viz layer is missing or differs from their name: {wrong}"
+
+
+def test_each_pipeline_groups_its_nodes_in_its_namespace_without_renaming_datasets():
+    """Namespaces collapse each pipeline into one group in kedro-viz; the datasets keep their catalog names
+    (a Pipeline namespace would prefix them, which prefix_datasets_with_namespace=False turns off)."""
+    pipelines = register_pipelines()
+    for name in PIPELINES:
+        own = {node.namespace for node in pipelines[name].nodes if node.name.split(".")[0] == name}
+        assert own == {name}, f"{name}: nodes of its own in namespaces {own}"
+    for pipeline in pipelines.values():
+        for node in pipeline.nodes:
+            assert node.namespace in PIPELINES, f"{node.name} has no pipeline namespace"
+            for dataset in [*node.inputs, *node.outputs]:
+                parts = dataset.split(".")
+                assert dataset.startswith("params:") or (parts[0] in PIPELINES and parts[1] in LAYERS), \
+                    f"{node.name}: dataset {dataset} was renamed by its namespace"
+    assert "data_engineering.prm.train_set" in pipelines["sft_training"].inputs()
+
+
+def test_model_heavy_nodes_are_tagged_gpu_and_report_writers_reporting():
+    nodes = {node.name: node.tags for pipeline in register_pipelines().values() for node in pipeline.nodes}
+    for name in ("sft_training.train_adapter", "evaluation.predict_baseline", "evaluation.predict_finetuned",
+                 "sensitivity.run_sensitivity_sweep", "meta_features.compute_candidate_features",
+                 "rank_datasets.candidate_features"):
+        assert "gpu" in nodes[name], name
+    for name in ("evaluation.comparison_table", "evaluation.plot_training_loss", "sensitivity.write_reports",
+                 "sensitivity.plot_accuracy_vs_size", "predictor.plot_shap_beeswarm"):
+        assert "reporting" in nodes[name], name
+    assert not any("gpu" in tags for name, tags in nodes.items() if name.startswith("preflight."))

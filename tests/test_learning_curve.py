@@ -79,7 +79,7 @@ def test_forecast_pipeline_runs(capsys):
     })
     for name in pipeline.outputs():
         catalog[name] = MemoryDataset()
-    pipeline = pipeline.only_nodes("evaluate_forward_in_size", "forecast_sweep_sizes")
+    pipeline = pipeline.only_nodes("forecast.evaluate_forward_in_size", "forecast.forecast_sweep_sizes")
     SequentialRunner().run(pipeline, catalog)
     metrics = catalog.load("forecast.tracking.metrics")
     assert {"forward_mae", "forward_coverage", "baseline_carry_forward_mae", "baseline_loglinear_mae",

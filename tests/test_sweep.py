@@ -263,7 +263,7 @@ def test_best_configuration_is_selected_on_validation_never_on_test():
 
 
 def test_sensitivity_report_nodes_run_in_kedro():
-    pipeline = create_pipeline().from_nodes("analyse_sweep")
+    pipeline = create_pipeline().from_nodes("sensitivity.analyse_sweep")
     results = _fake_results()
     catalog = DataCatalog({"sensitivity.reporting.experiment_summary": MemoryDataset(results),
                            "sensitivity.reporting.sweep_status": MemoryDataset({"ran": 12})})
@@ -288,7 +288,7 @@ def test_sweep_logs_meta_features_into_each_run_and_backfills_finished_ones(trac
 
 def test_report_nodes_survive_a_sweep_with_no_finished_run():
     """Every run failed: the report and plots say so instead of crashing and losing the sweep status."""
-    pipeline = create_pipeline().from_nodes("analyse_sweep")
+    pipeline = create_pipeline().from_nodes("sensitivity.analyse_sweep")
     catalog = DataCatalog({"sensitivity.reporting.experiment_summary": MemoryDataset(pd.DataFrame()),
                            "sensitivity.reporting.sweep_status": MemoryDataset({"ran": 0, "failed": 2})})
     for name in pipeline.outputs():

@@ -55,7 +55,8 @@ def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
     for name in pipeline.outputs():
         catalog[name] = MemoryDataset()
     # The plot node is run by hand below: Kedro releases the ranking after its last reader.
-    SequentialRunner().run(pipeline.only_nodes("candidate_features", "rank_candidates"), catalog)
+    nodes = pipeline.only_nodes("rank_datasets.candidate_features", "rank_datasets.rank_candidates")
+    SequentialRunner().run(nodes, catalog)
     ranking = catalog.load("rank_datasets.reporting.ranking")
     assert plot_ranking(ranking).axes[0].get_title().startswith("Candidate training sets")
     assert list(ranking.columns[:5]) == ["candidate", "predicted", "lower", "upper", "rank"]

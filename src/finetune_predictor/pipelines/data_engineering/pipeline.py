@@ -25,4 +25,4 @@ def create_pipeline(after_preflight: bool = False, **kwargs: object) -> Pipeline
              "data_engineering.reporting.split_summary"],
             name="split_train_test",
         ),
-    ])
+    ], namespace="data_engineering", prefix_datasets_with_namespace=False)

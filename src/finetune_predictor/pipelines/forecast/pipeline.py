@@ -16,4 +16,4 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              ["forecast.reporting.forward_in_size", "forecast.tracking.metrics"], name="evaluate_forward_in_size"),
         node(nodes.forecast_sweep_sizes, [RUNS, "params:forecast", "params:sensitivity", "params:data"],
              "forecast.reporting.forecasts", name="forecast_sweep_sizes"),
-    ])
+    ], namespace="forecast", prefix_datasets_with_namespace=False)

@@ -13,5 +13,5 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              ["data_engineering.prm.train_set", "params:model", "params:model_registry", "params:training",
               "params:data", "params:meta_features"],
              ["meta_features.reporting.features", "meta_features.tracking.metrics"],
-             name="compute_candidate_features"),
-    ])
+             name="compute_candidate_features", tags="gpu"),
+    ], namespace="meta_features", prefix_datasets_with_namespace=False)

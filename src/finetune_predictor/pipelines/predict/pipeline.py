@@ -13,4 +13,4 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              ["meta_features.reporting.features", "predictor.model_input.runs_table", "predictor.model.card",
               "params:model", "params:training", "params:data"],
              "predict.reporting.prediction", name="predict_candidate"),
-    ])
+    ], namespace="predict", prefix_datasets_with_namespace=False)

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
               "predictor.reporting.report"], name="evaluate_predictor"),
         node(nodes.train_predictor, [TABLE, "params:predictor"], "predictor.model.card", name="train_predictor"),
         node(nodes.plot_shap_bar, "predictor.reporting.shap", "predictor.reporting.shap_bar_plot",
-             name="plot_shap_bar"),
+             name="plot_shap_bar", tags="reporting"),
         node(nodes.plot_shap_beeswarm, [TABLE, "predictor.model.card"],
-             "predictor.reporting.shap_beeswarm_plot", name="plot_shap_beeswarm"),
-    ])
+             "predictor.reporting.shap_beeswarm_plot", name="plot_shap_beeswarm", tags="reporting"),
+    ], namespace="predictor", prefix_datasets_with_namespace=False)

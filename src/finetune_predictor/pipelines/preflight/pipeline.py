@@ -14,4 +14,4 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(check_run, ["params:data", "params:model", "params:model_registry", "params:training", "params:preflight"],
              "preflight.reporting.verdict", name="check_run"),
         node(enforce_verdict, "preflight.reporting.verdict", GATE, name="enforce_verdict"),
-    ])
+    ], namespace="preflight", prefix_datasets_with_namespace=False)

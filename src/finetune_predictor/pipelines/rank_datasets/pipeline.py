@@ -13,10 +13,10 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
         node(nodes.candidate_features,
              ["params:rank", "params:data", "params:model", "params:model_registry", "params:training",
-              "params:meta_features", "preflight.int.passed"], FEATURES, name="candidate_features"),
+              "params:meta_features", "preflight.int.passed"], FEATURES, name="candidate_features", tags="gpu"),
         node(nodes.rank_candidates,
              [FEATURES, "predictor.model_input.runs_table", "predictor.model.card", "params:rank"],
              ["rank_datasets.reporting.ranking", "rank_datasets.tracking.metrics"], name="rank_candidates"),
         node(nodes.plot_ranking, "rank_datasets.reporting.ranking", "rank_datasets.reporting.ranking_plot",
-             name="plot_ranking"),
-    ])
+             name="plot_ranking", tags="reporting"),
+    ], namespace="rank_datasets", prefix_datasets_with_namespace=False)

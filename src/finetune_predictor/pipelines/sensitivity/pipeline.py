@@ -22,10 +22,12 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(nodes.run_sensitivity_sweep,
              [*DATA, "params:sensitivity", "params:data", "params:model", "params:model_registry",
               "params:training", "params:evaluation"],
-             [RESULTS, f"{RESULTS}_csv", "sensitivity.reporting.sweep_status"], name="run_sensitivity_sweep"),
-        node(nodes.analyse_sweep, RESULTS, "sensitivity.reporting.analysis", name="analyse_sweep"),
-        *[node(function, RESULTS, f"sensitivity.reporting.{name}_plot", name=f"plot_{name}")
+             [RESULTS, f"{RESULTS}_csv", "sensitivity.reporting.sweep_status"], name="run_sensitivity_sweep",
+             tags="gpu"),
+        node(nodes.analyse_sweep, RESULTS, "sensitivity.reporting.analysis", name="analyse_sweep", tags="reporting"),
+        *[node(function, RESULTS, f"sensitivity.reporting.{name}_plot", name=f"plot_{name}", tags="reporting")
           for name, function in plots],
         node(nodes.write_reports, [RESULTS, "sensitivity.reporting.analysis", "sensitivity.reporting.sweep_status"],
-             ["sensitivity.reporting.report_markdown", "sensitivity.reporting.report_latex"], name="write_reports"),
-    ])
+             ["sensitivity.reporting.report_markdown", "sensitivity.reporting.report_latex"], name="write_reports",
+             tags="reporting"),
+    ], namespace="sensitivity", prefix_datasets_with_namespace=False)

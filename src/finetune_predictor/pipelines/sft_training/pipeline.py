@@ -14,6 +14,6 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ["data_engineering.prm.train_set", "params:model", "params:model_registry", "params:training",
              "params:data"],
             ["sft_training.model.adapter", "sft_training.reporting.training_summary"],
-            name="train_adapter",
+            name="train_adapter", tags="gpu",
         ),
-    ])
+    ], namespace="sft_training", prefix_datasets_with_namespace=False)
