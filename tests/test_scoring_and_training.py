@@ -169,3 +169,50 @@ def test_metrics_report_the_share_of_each_predicted_label():
     metrics = metrics_of(predictions, task)
     assert metrics["accuracy"] == 0.5 and metrics["predicted_share_fake"] == 1.0
     assert metrics["predicted_share_legitimate"] == 0.0
+
+
+def test_length_grouped_scores_equal_the_input_order_batches(tiny):
+    """Sorting prompts by length before batching changes the padding, never a score or its row."""
+    model, formatter = tiny
+    records = list(iter_articles(9, seed=21))
+    lengths = [len(formatter.prompt_ids(r["instruction"], r["input"])) for r in records]
+    assert len(set(lengths)) > 3  # the grouping really reorders
+    grouped = score_candidates(model, formatter, records, CANDIDATES, batch_size=4, group_by_length=True)
+    plain = score_candidates(model, formatter, records, CANDIDATES, batch_size=4, group_by_length=False)
+    np.testing.assert_allclose(grouped, plain, atol=1e-4)
+    np.testing.assert_allclose(grouped, _naive_scores(model, formatter, records), atol=1e-4)
+
+
+def test_length_grouped_generation_equals_the_input_order_batches(tiny):
+    model, formatter = tiny
+    records = list(iter_articles(9, seed=21))
+    grouped = generate_answers(model, formatter, records, max_new_tokens=4, batch_size=4, group_by_length=True)
+    plain = generate_answers(model, formatter, records, max_new_tokens=4, batch_size=4, group_by_length=False)
+    assert grouped == plain
+    assert grouped == [generate_answers(model, formatter, [r], max_new_tokens=4, batch_size=1)[0] for r in records]
+
+
+def test_length_grouped_batches_cover_every_row_once_longest_first():
+    from finetune_predictor.batching import length_grouped_batches
+
+    batches = length_grouped_batches([3, 9, 1, 9, 5], 2)
+    assert batches == [[1, 3], [4, 0], [2]]  # stable: equal lengths keep their order
+    assert length_grouped_batches([3, 9, 1], 2, group_by_length=False) == [[0, 1], [2]]
+
+
+def test_classification_budget_is_the_longest_label_plus_end_of_turn(tiny_session):
+    """A null evaluation.max_new_tokens gives a label task the tokens of its longest label and one more for
+    the end-of-turn token; an explicit budget and an open task's own budget are kept."""
+    from finetune_predictor.evaluation import max_new_tokens
+    from finetune_predictor.tasks import build_task
+
+    formatter = tiny_session.formatter
+    tokenizer = formatter.tokenizer
+    labels = ["fake", "legitimate", "pants on fire"]
+    task = build_task({"task": "multiclass_classification", "labels": labels})
+    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    assert max_new_tokens(task, {"max_new_tokens": None}, formatter) == longest + 1
+    assert max_new_tokens(task, {"max_new_tokens": 8}, formatter) == 8
+    binary = build_task({"label_positive": "fake", "label_negative": "legitimate"})
+    assert max_new_tokens(binary, {}, formatter) == max(len(formatter.answer_ids(label)) for label in binary.labels)
+    assert max_new_tokens(build_task({"task": "qa"}), {}, formatter) == 32

@@ -352,14 +352,18 @@ def test_report_names_the_task_metric():
 
 
 def test_new_task_settings_do_not_rekey_classification_sweeps():
-    """Sweeps finished before open tasks existed ran with max_new_tokens 8 and data without qa/schema keys:
-    the resolved settings must give them the same key, so they are reused, not retrained."""
-    before = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
+    """Data keys that only other tasks read (qa, schema) must not re-key a classification sweep; the budget
+    keys as resolved: a classification task's null budget is derived from its labels, which generates
+    differently from a fixed 8 tokens, so the two key differently."""
+    before = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
                                          {"task": "binary_classification", "label_positive": "fake"})
     after = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
                                         {"task": "binary_classification", "label_positive": "fake",
                                          "qa": {"no_answer": "x"}, "schema": None, "test_split": "auto"})
-    assert before == after
+    assert before == after and before["evaluation"]["max_new_tokens"] == runner.DERIVED_BUDGET
+    fixed = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
+                                        {"task": "binary_classification", "label_positive": "fake"})
+    assert fixed != before
     qa = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
                                      {"task": "qa", "qa": {"no_answer": "x"}})
     assert qa["evaluation"]["max_new_tokens"] == 32 and qa["task"]["qa"] == {"no_answer": "x"}

@@ -36,6 +36,27 @@ def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, group_by_length: bool = True) -> list[list[int]]:
+    """Row indices in batches of ``batch_size``; with ``group_by_length``, longest first (a stable sort).
+
+    A left-padded batch costs its longest row times its size: sorting before batching puts prompts of
+    similar length together, so little of the compute is padding. The caller writes each result back at
+    its index, which restores the input order. Longest first makes the batch that needs the most memory
+    the first one, so a batch size that does not fit fails at once rather than at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if group_by_length else list(range(len(lengths)))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def padding_share(sequences: Sequence[Sequence[int]]) -> float:
+    """Share of a left-padded batch's computed tokens that are padding."""
+    width = max((len(seq) for seq in sequences), default=0)
+    computed = width * len(sequences)
+    return 1.0 - sum(len(seq) for seq in sequences) / computed if computed else 0.0
+
+
 def answer_window(labels: torch.Tensor) -> int:
     """How many trailing columns of logits a left-padded batch needs for its loss.
 

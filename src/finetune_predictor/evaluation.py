@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
+from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
 from finetune_predictor.records import reference_lists
@@ -29,11 +30,20 @@ def generation_engine(requested: str) -> str:
     return requested
 
 
-def max_new_tokens(task: Task, evaluation_params: dict[str, Any]) -> int:
-    """``evaluation.max_new_tokens``, or the task's own budget when it is null (8 for a label, 32 for a
-    SQuAD answer, 128 for a JSON record, which stops earlier at the end of the object)."""
+def max_new_tokens(task: Task, evaluation_params: dict[str, Any], formatter: PromptFormatter) -> int:
+    """``evaluation.max_new_tokens``, or the task's own budget when it is null: for a classification task
+    the longest label's tokens plus the end-of-turn token (the longest answer training teaches), for a
+    SQuAD answer 32, for a JSON record 128 (which stops earlier at the end of the object)."""
     value = evaluation_params.get("max_new_tokens")
-    return int(value) if value is not None else int(task.max_new_tokens)
+    if value is not None:
+        return int(value)
+    if task.max_new_tokens is not None:
+        return int(task.max_new_tokens)
+    candidates = task.candidates()
+    if not candidates:
+        raise ValueError(f"Task {task.name!r} has neither a generation budget nor labels to derive one from")
+    # answer_ids is the label as training supervises it: its tokens and the end-of-turn token.
+    return max(len(formatter.answer_ids(label)) for label in candidates)
 
 
 def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any],
@@ -63,7 +73,7 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     # Each record's prompt is built once per view; the first view's count is the number of records cut.
     truncated = session.formatter.truncated_prompts - truncated_before
     if evaluation_params.get("generation", True) or not candidates:
-        budget = max_new_tokens(task, evaluation_params)
+        budget = max_new_tokens(task, evaluation_params, session.formatter)
         if engine == "vllm":
             del model  # vLLM takes the GPU memory for itself
             model = None

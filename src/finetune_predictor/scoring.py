@@ -12,12 +12,17 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from finetune_predictor.batching import attention_mask_of, left_pad, position_ids_of
+from finetune_predictor.batching import attention_mask_of, left_pad, length_grouped_batches, position_ids_of
 from finetune_predictor.chat_format import PromptFormatter
 
 
 def _device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def _prompts(formatter: PromptFormatter, records: Sequence[dict[str, Any]], reserve: int) -> list[list[int]]:
+    """Every record's prompt ids, built once (the formatter counts each record it has to shorten once)."""
+    return [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=reserve) for r in records]
 
 
 @torch.no_grad()
@@ -27,23 +32,23 @@ def score_candidates(
     records: Sequence[dict[str, Any]],
     candidates: Sequence[str],
     batch_size: int = 16,
+    group_by_length: bool = True,
 ) -> np.ndarray:
     """Log-probability of each candidate answer (with its end-of-turn token) after each prompt.
 
-    Returns an ``(n_records, n_candidates)`` array. Each batch of prompts goes through the model once;
-    the candidates (a few tokens each) are then scored on top of the prompts' key/value cache, so the
-    cost is one forward pass over the prompts whatever the number of labels.
+    Returns an ``(n_records, n_candidates)`` array in the order of ``records``. Each batch of prompts goes
+    through the model once; the candidates (a few tokens each) are then scored on top of the prompts'
+    key/value cache, so the cost is one forward pass over the prompts whatever the number of labels.
+    With ``group_by_length`` the batches hold prompts of similar length (less padding, same scores).
     """
     model.eval()
     device = _device_of(model)
     answer_ids = [formatter.answer_ids(candidate) for candidate in candidates]
-    reserve = max(len(ids) for ids in answer_ids)
     pad_id = formatter.tokenizer.pad_token_id
+    all_prompts = _prompts(formatter, records, reserve=max(len(ids) for ids in answer_ids))
     scores = np.zeros((len(records), len(candidates)), dtype=np.float64)
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=reserve)
-                   for r in chunk]
+    for rows in length_grouped_batches([len(p) for p in all_prompts], batch_size, group_by_length):
+        prompts = [all_prompts[row] for row in rows]
         input_ids, attention_mask = left_pad(prompts, pad_id).to(device), attention_mask_of(prompts).to(device)
         position_ids = position_ids_of(attention_mask)
         prompt_out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -54,16 +59,16 @@ def score_candidates(
         for cand_index, ids in enumerate(answer_ids):
             total = first_log_probs[:, ids[0]].clone()
             if len(ids) > 1:
-                continuation = torch.tensor([ids[:-1]], device=device).expand(len(chunk), -1)
+                continuation = torch.tensor([ids[:-1]], device=device).expand(len(rows), -1)
                 mask = torch.cat([attention_mask, torch.ones_like(continuation)], dim=1)
                 positions = next_position + torch.arange(len(ids) - 1, device=device)[None, :]
                 out = model(input_ids=continuation, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True)
                 log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-                targets = torch.tensor(ids[1:], device=device)[None, :, None].expand(len(chunk), -1, 1)
+                targets = torch.tensor(ids[1:], device=device)[None, :, None].expand(len(rows), -1, 1)
                 total += log_probs.gather(-1, targets).squeeze(-1).sum(-1)
                 cache.crop(-(len(ids) - 1))  # drop this candidate's keys before scoring the next one
-            scores[start:start + len(chunk), cand_index] = total.cpu().numpy()
+            scores[rows, cand_index] = total.cpu().numpy()
     return scores
 
 
@@ -95,18 +100,20 @@ def generate_answers(
     max_new_tokens: int = 8,
     batch_size: int = 16,
     stop: Callable[[str], bool] | None = None,
+    group_by_length: bool = True,
 ) -> list[str]:
-    """Greedy completions of each prompt with Hugging Face generate (CPU and GPU). Each row stops at the
-    end-of-turn token, or earlier where ``stop(text so far)`` says the answer is complete."""
+    """Greedy completions of each prompt with Hugging Face generate (CPU and GPU), in the order of
+    ``records``. Each row stops at the end-of-turn token (``eos_token_id``: a finished row only receives
+    padding, and the batch ends when every row has finished), or earlier where ``stop(text so far)`` says
+    the answer is complete. With ``group_by_length`` the batches hold prompts of similar length."""
     model.eval()
     device = _device_of(model)
     tokenizer = formatter.tokenizer
     stops = stop_token_ids(formatter)
-    outputs: list[str] = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        prompts = [formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""), reserve=max_new_tokens)
-                   for r in chunk]
+    all_prompts = _prompts(formatter, records, reserve=max_new_tokens)
+    outputs: list[str] = [""] * len(records)
+    for rows in length_grouped_batches([len(p) for p in all_prompts], batch_size, group_by_length):
+        prompts = [all_prompts[row] for row in rows]
         input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id), attention_mask_of(prompts)
         criteria = (StoppingCriteriaList([_StopWhen(tokenizer, input_ids.shape[1], stop)]) if stop is not None
                     else None)
@@ -119,8 +126,8 @@ def generate_answers(
             pad_token_id=tokenizer.pad_token_id,
             stopping_criteria=criteria,
         )
-        new_tokens = generated[:, input_ids.shape[1]:]
-        outputs.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens)
+        for row, new_tokens in zip(rows, generated[:, input_ids.shape[1]:], strict=True):
+            outputs[row] = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     return outputs
 
 

@@ -20,7 +20,9 @@ class Task(Protocol):
     name: str
     positive_label: str | None  # the class whose probability feeds a binary AUC; None for other tasks
     primary_metric: str  # the one figure per task that reports and the predictor use by default
-    max_new_tokens: int  # the generation budget when evaluation.max_new_tokens is null
+    # The generation budget when evaluation.max_new_tokens is null; None = derived from the candidates
+    # (the longest label's tokens + end-of-turn).
+    max_new_tokens: int | None
     feature_names: tuple[str, ...]  # the task-specific meta-features ``features`` returns
 
     def target(self, record: dict[str, Any]) -> str:

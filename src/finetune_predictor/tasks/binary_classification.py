@@ -31,7 +31,9 @@ class BinaryClassificationTask:
     negative_label: str
     name: str = "binary_classification"
     primary_metric: ClassVar[str] = "accuracy"  # logged as baseline_primary / finetuned_primary
-    max_new_tokens: ClassVar[int] = 8  # a label and its end-of-turn token
+    # None: the budget is derived from the labels (the longest label's tokens + end-of-turn, see
+    # evaluation.max_new_tokens), so generation never runs past the longest answer it could give.
+    max_new_tokens: ClassVar[int | None] = None
     feature_names: ClassVar[tuple[str, ...]] = ("mf_label_balance",)  # what features() returns
 
     def __post_init__(self) -> None:

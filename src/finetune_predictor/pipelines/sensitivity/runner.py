@@ -21,7 +21,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from finetune_predictor.training import fine_tune
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
+# A classification task's generation budget is derived from its labels' token counts (evaluation.max_new_tokens).
+DERIVED_BUDGET = "longest_label+end_of_turn"
 
 
 @dataclass
@@ -56,6 +58,8 @@ class SweepData:
     validation: pd.DataFrame
     pool: pd.DataFrame
     split_summary: dict[str, Any]
+    # Source variants' subsets, by the variant's source settings (JSON): drawn by add_sources.
+    sources: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def fingerprint(self, config: SweepConfig) -> str:
         """The data one configuration sees: its own subset and the test set (and the pool it re-draws
@@ -64,15 +68,37 @@ class SweepData:
                  str(self.split_summary.get("validation_sha256"))]
         if config.variant.positive_share != 0.5:
             parts.append(content_sha256(self.pool))
+        if config.variant.source is not None:
+            parts.append(content_sha256(self.source_subset(config)))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def add_sources(self, configs: list[SweepConfig], data: dict[str, Any], task: Task) -> None:
+        """Draw the training subsets of every source variant once (all its sizes), before planning: the
+        resume key hashes what each configuration will train on."""
+        sizes: dict[str, set[int]] = {}
+        for config in configs:
+            if config.variant.source is not None:
+                sizes.setdefault(config.variant.source, set()).add(config.train_per_class)
+        held_out = [frame for frame in (self.test, self.validation) if len(frame)]
+        for source, wanted in sizes.items():
+            if source not in self.sources:
+                overrides = json.loads(source)
+                self.sources[source] = task_data.source_subsets(data, overrides, held_out, task.candidates(),
+                                                                sorted(wanted))
+
+    def source_subset(self, config: SweepConfig) -> pd.DataFrame:
+        if config.variant.source not in self.sources:
+            raise KeyError(f"data variant {config.variant.name!r}: its source was not drawn (SweepData.add_sources)")
+        return task_data.subset(self.sources[config.variant.source], config.train_per_class)
 
     def task(self, data: dict[str, Any]) -> Task:
         """The sweep's task; a structured task's schema is inferred from the training candidates."""
         return build_task(data, pd.concat([self.subsets["output"], self.pool["output"]]))
 
     def training_set(self, config: SweepConfig, task: Task) -> pd.DataFrame:
-        return apply_variant(task_data.subset(self.subsets, config.train_per_class), config.variant, task,
-                             config.seed, self.pool)
+        base = (self.source_subset(config) if config.variant.source is not None
+                else task_data.subset(self.subsets, config.train_per_class))
+        return apply_variant(base, config.variant, task, config.seed, self.pool)
 
 
 @dataclass
@@ -117,9 +143,12 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
     # The model's name is the configuration's own axis (sensitivity.models): the default name must not
     # re-key a sweep that lists its models explicitly.
     model_settings = {key: value for key, value in model.items() if key != "name"}
-    # The generation budget as resolved (null = the task's own), so that the same budget keys the same.
+    # The generation budget as resolved (null = the task's own, or derived from the labels), so that the same
+    # budget keys the same.
     budget = evaluation.get("max_new_tokens")
-    resolved = {**evaluation, "max_new_tokens": int(budget) if budget is not None else TASK_TYPES[name].max_new_tokens}
+    own = TASK_TYPES[name].max_new_tokens
+    resolved = {**evaluation, "max_new_tokens": int(budget) if budget is not None
+                else own if own is not None else DERIVED_BUDGET}
     return {"model": model_settings, "training": dict(training), "evaluation": resolved,
             "task": {key: data.get(key) for key in task_keys if key in data}}
 
@@ -130,6 +159,7 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
 def plan(sensitivity: Mapping[str, Any], sweep_data: SweepData, context: SweepContext) -> dict[SweepConfig, str]:
     """Every configuration of the grid with its resume key."""
     configs = expand_grid(sensitivity, context.model["name"])
+    sweep_data.add_sources(configs, context.data, context.task)
     missing = sorted({c.train_per_class for c in configs} - {int(s) for s in sweep_data.split_summary["subset_sha256"]})
     if missing:
         raise ValueError(f"sensitivity.train_per_class {missing} have no prepared subset: re-run prepare_sweep_data")
