@@ -169,10 +169,16 @@ def _layer(entry: dict) -> str | None:
     return None
 
 
+# The preflight verdict gates the data: drawn in the reporting band, upstream of int, it would make the layers
+# a cycle, and kedro-viz then draws none.
+DRAWN_IN = {"preflight.reporting.verdict": "int"}
+
+
 def test_every_catalog_entry_declares_the_kedro_viz_layer_of_its_name():
     """kedro-viz draws layers only from the catalog's metadata: a missing or different layer leaves the
     dataset outside its band (or in the wrong one)."""
-    wrong = {name: _layer(entry) for name, entry in _catalog().items() if _layer(entry) != name.split(".")[1]}
+    wrong = {name: _layer(entry) for name, entry in _catalog().items()
+             if _layer(entry) != DRAWN_IN.get(name, name.split(".")[1])}
     assert not wrong, f"catalog entries whose kedro-viz layer is missing or differs from their name: {wrong}"
 
 
@@ -180,15 +186,16 @@ def test_each_pipeline_groups_its_nodes_in_its_namespace_without_renaming_datase
     """Namespaces collapse each pipeline into one group in kedro-viz; the datasets keep their catalog names
     (a Pipeline namespace would prefix them, which prefix_datasets_with_namespace=False turns off)."""
     pipelines = register_pipelines()
+    names = set(pipelines) - {"__default__", "mini_test100"}
     for name in PIPELINES:
         own = {node.namespace for node in pipelines[name].nodes if node.name.split(".")[0] == name}
         assert own == {name}, f"{name}: nodes of its own in namespaces {own}"
     for pipeline in pipelines.values():
         for node in pipeline.nodes:
-            assert node.namespace in PIPELINES, f"{node.name} has no pipeline namespace"
+            assert node.namespace in names, f"{node.name} has no pipeline namespace"
             for dataset in [*node.inputs, *node.outputs]:
                 parts = dataset.split(".")
-                assert dataset.startswith("params:") or (parts[0] in PIPELINES and parts[1] in LAYERS), \
+                assert dataset.startswith("params:") or (parts[0] in names and parts[1] in LAYERS), \
                     f"{node.name}: dataset {dataset} was renamed by its namespace"
     assert "data_engineering.prm.train_set" in pipelines["sft_training"].inputs()
 
