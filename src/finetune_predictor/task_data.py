@@ -216,3 +216,37 @@ def subset(subsets: pd.DataFrame, train_per_class: int) -> pd.DataFrame:
     if chosen.empty:
         raise KeyError(f"no training subset with train_per_class={train_per_class}")
     return canonical(chosen).reset_index(drop=True)
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in key by key (nested settings such as ``synthetic`` included)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(dict(base.get(key) or {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def source_subsets(data: dict[str, Any], overrides: dict[str, Any], held_out: list[pd.DataFrame],
+                   labels: list[str] | None, sizes: list[int]) -> pd.DataFrame:
+    """Nested balanced training subsets (column ``train_per_class``) drawn from another source of the same
+    task: ``data`` with ``overrides`` merged in (``{"synthetic": {"difficulty": "easy"}}``, ``{"path": ...}``),
+    deduplicated, and with every held-out set's text (the sweep's test and validation sets) removed, so that
+    a candidate training set from elsewhere is scored on the same test set without leaking into it."""
+    params = _merged(data, overrides)
+    params.pop("test_path", None)  # the sweep's test set stays the one fixed test set
+    records, _, _ = load_task_records(params)
+    pool, _ = deduplicate(records[records[ORIGIN] == "pool"], str(params.get("duplicates", "drop")))
+    for frame in held_out:
+        pool, _ = remove_test_overlap(pool, frame)
+    unknown = sorted(set(pool["output"].astype(str)) - set(labels)) if labels else []
+    if unknown:
+        raise ValueError(f"the source {overrides} has labels {unknown} that the sweep's task does not know "
+                         f"({labels}): map them with data.label_map in the variant's source")
+    seed = int(params.get("seed", 42))
+    parts = []
+    for size in sorted(sizes):
+        train = canonical(nested_balanced_subset(pool, labels, size, seed))
+        for frame in held_out:
+            assert_disjoint(train, frame)
+        parts.append(train.assign(train_per_class=size))
+    return pd.concat(parts, ignore_index=True)

@@ -26,24 +26,39 @@ class DataVariant:
     ``label_noise``: share of training targets corrupted by the task (labels flipped; QA answers shuffled
     between questions; structured fields dropped or swapped); ``duplicate_rate``: share of training records
     replaced by copies of other training records; ``positive_share``: share of the positive class at the
-    same total size (0.5 = balanced).
+    same total size (0.5 = balanced); ``source``: ``data.*`` settings of another source of the same task
+    (``{synthetic: {difficulty: easy}}``, ``{path: other.jsonl}``): the training subset is drawn from it, at
+    the same size, with the sweep's test and validation text kept out (a candidate training set from a
+    different generator or file, scored on the same test set).
     """
 
     name: str = "clean"
     label_noise: float = 0.0
     duplicate_rate: float = 0.0
     positive_share: float = 0.5
+    source: str | None = None  # the source's data settings as sorted JSON (hashable: configurations are dict keys)
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, Mapping):
+            object.__setattr__(self, "source", json.dumps(dict(self.source), sort_keys=True))
+        if self.source is not None and self.positive_share != 0.5:
+            raise ValueError(f"sensitivity.data_variants.{self.name}: source and positive_share cannot be combined "
+                             "(the class-share pool is the sweep's own source)")
         for key, value, upper in (("label_noise", self.label_noise, 0.5), ("duplicate_rate", self.duplicate_rate, 0.9),
                                   ("positive_share", self.positive_share, 1.0)):
             if not 0 <= value <= upper:
                 raise ValueError(f"sensitivity.data_variants.{self.name}.{key} must be in [0, {upper}], got {value}")
 
     def as_params(self) -> dict[str, Any]:
-        """The variant as run-record params (part of the configuration)."""
-        return {"data_variant": self.name, "label_noise": self.label_noise, "duplicate_rate": self.duplicate_rate,
-                "positive_share": self.positive_share}
+        """The variant as run-record params (part of the configuration); ``data_source`` only for a source
+        variant, so that the runs of every other variant keep their replicate keys."""
+        params = {"data_variant": self.name, "label_noise": self.label_noise, "duplicate_rate": self.duplicate_rate,
+                  "positive_share": self.positive_share}
+        return params if self.source is None else {**params, "data_source": self.source}
+
+    def source_settings(self) -> dict[str, Any]:
+        """The source's ``data.*`` overrides (empty for the sweep's own source)."""
+        return json.loads(self.source) if self.source else {}
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,10 @@ class SweepConfig:
         a result (``model``, ``training``, ``evaluation`` and task parameters). A change to any of them
         (batch size, max_steps, precision, quantization, max_length, ...) means new runs, never a stale
         reuse."""
-        payload = json.dumps({"config": asdict(self), "data": data_fingerprint, "settings": settings or {}},
+        config = asdict(self)
+        if self.variant.source is None:  # the key of every variant that predates sources stays as it was
+            config["variant"].pop("source")
+        payload = json.dumps({"config": config, "data": data_fingerprint, "settings": settings or {}},
                              sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

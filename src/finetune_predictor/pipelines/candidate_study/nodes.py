@@ -1,0 +1,96 @@
+"""Nodes of the candidate_study pipeline: thin wrappers over :mod:`.study`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from finetune_predictor import tracking
+from finetune_predictor.pipelines.candidate_study import study
+from finetune_predictor.predictor import POINTS, PredictorSettings, runs_with_features
+
+
+def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any]) -> pd.DataFrame:
+    """FINISHED runs with meta-features from the MLflow experiment the predictor reads."""
+    settings = PredictorSettings.from_params(predictor)
+    table = tracking.runs_table(str(candidate_study.get("experiment_name") or tracking.EXPERIMENT_NAME))
+    if table.empty:
+        raise ValueError("No finished runs in the MLflow experiment: train the candidates first "
+                         "(kedro run --pipeline=sensitivity --env=candidate_study)")
+    return runs_with_features(table, settings)
+
+
+def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_study: dict[str, Any],
+                predictor: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """The study's candidates on its test set (``candidate_study.test_sha256``, or the last sweep's test set):
+    their truth beside their leave-one-candidate-out predictions; ``rank_spearman``, ``rank_top1_regret``
+    with baselines and the noise floor. Printed, logged as metrics and written as a Markdown report."""
+    settings = PredictorSettings.from_params(predictor)
+    test_sha256 = str(candidate_study.get("test_sha256") or split_summary["test_sha256"])
+    in_study = study.study_runs(table, candidate_study, test_sha256)
+    found = sorted(table.loc[in_study, study.CANDIDATE].unique())
+    missing = sorted(set(map(str, candidate_study["candidates"])) - set(found))
+    if len(found) < 3:
+        raise ValueError(f"candidate_study: {len(found)} of the candidates have finished runs with features on "
+                         f"test set {test_sha256} (missing: {missing}); run "
+                         "`kedro run --pipeline=sensitivity --env=candidate_study` first")
+    predictions = study.predictions_by_protocol(table, in_study, settings)
+    runs = table[in_study]
+    ranking = study.candidate_table(runs, predictions, settings.target_column)
+    metrics = study.study_metrics(ranking, runs, settings.target_column)
+    report = markdown(ranking, metrics, missing, len(table) - len(runs))
+    print("\n" + report)
+    return ranking.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}, report
+
+
+def _figure(metrics: dict[str, float], key: str, digits: int = 2) -> str:
+    return f"{metrics[key]:.{digits}f}" if key in metrics else "n/a"
+
+
+def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str], other_runs: int) -> str:
+    """The study's report: the headline figures with their baselines and noise floor, then the table."""
+    lines = [
+        "# Candidate study: ranking training sets before training them", "",
+        f"{len(ranking)} candidates, {metrics['rank_n_runs']:.0f} fully trained runs (the truth); "
+        f"{other_runs} other runs in the store. Each candidate is ranked from its meta-features by the predictor "
+        "chosen without any run of it (leave-one-candidate-out, seeds together).", "",
+        "| ranking | Spearman | top-1 regret (points) |", "| --- | --- | --- |",
+        f"| predictor, leave-one-candidate-out | {_figure(metrics, 'rank_spearman')} | "
+        f"{_figure(metrics, 'rank_top1_regret', 1)} |",
+        f"| predictor, cold start (no run of the study known) | {_figure(metrics, 'rank_spearman_cold_start')} | "
+        f"{_figure(metrics, 'rank_top1_regret_cold_start', 1)} |",
+        f"| baseline: best single feature | {_figure(metrics, 'rank_spearman_best_single_feature')} | "
+        f"{_figure(metrics, 'rank_top1_regret_best_single_feature', 1)} |",
+        f"| baseline: random pick | 0 (expected) | {_figure(metrics, 'rank_top1_regret_random', 1)} |",
+        f"| noise floor: seed-to-seed agreement of the truth | {_figure(metrics, 'rank_seed_ceiling_spearman')} | — |",
+        "",
+        f"Noise floor of each true score: binomial standard error {_figure(metrics, 'rank_truth_binomial_se', 1)} "
+        f"points on the test set, seed spread {_figure(metrics, 'rank_truth_seed_sd', 1)} points (mean SD).", "",
+        "| candidate | actual (points) | actual rank | predicted (points) | predicted rank | runs |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {row.candidate} | {POINTS * row.actual:.1f} | {row.actual_rank:.0f} | {POINTS * row.predicted:.1f} | "
+          f"{row.rank:.0f} | {row.runs} |" for row in ranking.itertuples()),
+    ]
+    if missing:
+        lines += ["", f"Candidates without finished runs (not ranked): {', '.join(missing)}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(ranking: pd.DataFrame) -> Figure:
+    """Predicted vs actual score per candidate: a good ranking lies on a rising line."""
+    figure, axis = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    axis.scatter(ranking["actual"] * POINTS, ranking["predicted"] * POINTS)
+    for row in ranking.itertuples():
+        axis.annotate(str(row.candidate), (row.actual * POINTS, row.predicted * POINTS), fontsize=8,
+                      xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("actual fine-tuned score (points, mean over seeds)")
+    axis.set_ylabel("predicted before training (points)")
+    axis.set_title("Candidate study: predicted vs actual")
+    axis.grid(alpha=0.3)
+    return figure

@@ -1,0 +1,125 @@
+"""Score a candidate study: several candidate training sets for one task and one test set, each fully trained
+(the truth), ranked by the predictor from meta-features only.
+
+The question a team asks is "which of these training sets should we fine-tune on?", before training any.
+So the ranking of a candidate never sees a run of that candidate: each candidate is held out in turn
+(leave-one-candidate-out over the runs table, seed replicates held out together) and predicted from its
+meta-features by the predictor chosen on the remaining runs (the same nested one-standard-error choice that
+ships). A stricter cold-start protocol leaves out every candidate of the study at once (only other studies
+are known). Beside them: the best single feature (a baseline that ships if it wins), a random pick, and the
+noise floor of the truth itself (seed-to-seed rank agreement, binomial error of the test set).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from finetune_predictor.model_selection import best_single_feature_model, selected_model
+from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
+
+CANDIDATE = "param_data_variant"
+
+
+def study_runs(table: pd.DataFrame, study: dict[str, Any], test_sha256: str) -> pd.Series:
+    """Which rows of the runs table are the study's: its candidates, at its training size, on its test set."""
+    candidates = [str(c) for c in study["candidates"]]
+    mask = (table.get(CANDIDATE, pd.Series("", index=table.index)).isin(candidates)
+            & (table.get("param_test_sha256", pd.Series("", index=table.index)) == test_sha256))
+    if study.get("train_size") is not None:
+        mask &= pd.to_numeric(table.get("param_train_size"), errors="coerce") == float(study["train_size"])
+    return mask
+
+
+def _predict_held_out(table: pd.DataFrame, features: list[str], target: str, held_out: pd.Series,
+                      fit: Callable[..., Any]) -> np.ndarray:
+    train = table[~held_out]
+    model = fit(train[features].astype(float), train[target].to_numpy(dtype=float))
+    return np.asarray(model(table.loc[held_out, features].astype(float)), dtype=float)
+
+
+def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: PredictorSettings
+                            ) -> dict[str, np.ndarray]:
+    """Per study run, its prediction under each protocol: ``loco`` (the predictor chosen without any run of
+    that candidate), ``cold_start`` (without any run of the study) and ``best_single_feature`` (the baseline,
+    leave-one-candidate-out like ``loco``)."""
+    features, target = feature_columns(table, settings), settings.target_column
+    selected = selected_model(settings, groups_of_table(table))
+    study = table[in_study]
+    out = {name: np.full(len(study), np.nan) for name in ("loco", "best_single_feature", "cold_start")}
+    positions = {index: k for k, index in enumerate(study.index)}
+    for candidate in study[CANDIDATE].unique():
+        held_out = in_study & (table[CANDIDATE] == candidate)
+        rows = [positions[i] for i in table.index[held_out]]
+        out["loco"][rows] = _predict_held_out(table, features, target, held_out, selected)
+        out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out,
+                                                             best_single_feature_model)
+    if (~in_study).sum() >= 2:
+        out["cold_start"][:] = _predict_held_out(table, features, target, in_study, selected)
+    return out
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _regret(actual: pd.Series, predicted: pd.Series) -> float:
+    """Points lost by training the predicted-best candidate instead of the truly best."""
+    if predicted.isna().all():
+        return float("nan")
+    return float((actual.max() - actual[predicted.idxmax()]) * POINTS)
+
+
+def seed_ceiling(study: pd.DataFrame, target: str) -> float:
+    """Mean Spearman between the candidates' scores under two different seeds: how well the truth ranks
+    itself, the best any predictor can reach (NaN with a single seed)."""
+    wide = study.pivot_table(index=CANDIDATE, columns="param_seed", values=target, aggfunc="mean")
+    columns = [c for c in wide.columns if wide[c].notna().all()]
+    pairs = [_spearman(wide[a], wide[b]) for i, a in enumerate(columns) for b in columns[i + 1:]]
+    finite = [p for p in pairs if math.isfinite(p)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], target: str) -> pd.DataFrame:
+    """One row per candidate: its true score (mean over seeds, with the seed spread), the predictions under
+    every protocol, and the predicted and true ranks."""
+    frame = study[[CANDIDATE, target]].copy()
+    for name, values in predictions.items():
+        frame[f"predicted_{name}"] = values
+    grouped = frame.groupby(CANDIDATE)
+    table = grouped.mean().rename(columns={target: "actual"})
+    table["actual_seed_sd"] = grouped[target].std(ddof=1)
+    table["runs"] = grouped.size()
+    table = table.reset_index().rename(columns={CANDIDATE: "candidate"})
+    table["predicted"] = table["predicted_loco"]
+    table["rank"] = table["predicted"].rank(ascending=False, method="min")
+    table["actual_rank"] = table["actual"].rank(ascending=False, method="min")
+    return table.sort_values("rank").reset_index(drop=True)
+
+
+def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict[str, float]:
+    """``rank_spearman`` / ``rank_top1_regret`` (leave-one-candidate-out, the figure to trust), the same for
+    the cold-start protocol and the best-single-feature baseline, a random pick's expected regret, and the
+    noise floor: the seed-to-seed Spearman of the truth and the binomial standard error of one test score."""
+    actual = table["actual"]
+    metrics = {"rank_n_candidates": float(len(table)), "rank_n_runs": float(len(study)),
+               "rank_spearman": _spearman(table["predicted_loco"], actual),
+               "rank_top1_regret": _regret(actual, table["predicted_loco"])}
+    for name in ("cold_start", "best_single_feature"):
+        metrics[f"rank_spearman_{name}"] = _spearman(table[f"predicted_{name}"], actual)
+        metrics[f"rank_top1_regret_{name}"] = _regret(actual, table[f"predicted_{name}"])
+    metrics["rank_top1_regret_random"] = float((actual.max() - actual.mean()) * POINTS)
+    metrics["rank_seed_ceiling_spearman"] = seed_ceiling(study, target)
+    test_size = pd.to_numeric(study.get("param_test_size"), errors="coerce").median()
+    p = float(actual.mean())
+    metrics["rank_truth_binomial_se"] = (float(math.sqrt(p * (1 - p) / test_size) * POINTS)
+                                         if test_size and 0 <= p <= 1 else float("nan"))
+    metrics["rank_truth_seed_sd"] = float(table["actual_seed_sd"].mean() * POINTS)
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
