@@ -48,7 +48,7 @@ def test_every_pipeline_dataset_is_in_the_catalog():
     memory_only = {"preflight.int.passed"}
     for pipeline in register_pipelines().values():
         for dataset in pipeline.datasets():
-            if dataset.startswith("params:") or dataset in memory_only:
+            if dataset.startswith("params:") or dataset == "parameters" or dataset in memory_only:
                 continue
             assert dataset in names or any(p.match(dataset) for p in patterns), f"{dataset} missing from catalog"
 
@@ -195,7 +195,8 @@ def test_each_pipeline_groups_its_nodes_in_its_namespace_without_renaming_datase
             assert node.namespace in names, f"{node.name} has no pipeline namespace"
             for dataset in [*node.inputs, *node.outputs]:
                 parts = dataset.split(".")
-                assert dataset.startswith("params:") or (parts[0] in names and parts[1] in LAYERS), \
+                assert dataset.startswith("params:") or dataset == "parameters" or (
+                    parts[0] in names and parts[1] in LAYERS), \
                     f"{node.name}: dataset {dataset} was renamed by its namespace"
     assert "data_engineering.prm.train_set" in pipelines["sft_training"].inputs()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -15,7 +16,16 @@ from finetune_predictor.hardware import ComputePlan
 from finetune_predictor.model_session import resolve_model
 from finetune_predictor.models import ModelEntry, ModelNotFoundError
 from finetune_predictor.pipelines.preflight import create_pipeline
-from finetune_predictor.preflight import FAIL, PASS, PreflightError, estimate_training_memory, run_checks
+from finetune_predictor.preflight import (
+    FAIL,
+    PASS,
+    SKIP,
+    PreflightError,
+    estimate_training_memory,
+    format_verdict,
+    model_shape,
+    run_checks,
+)
 from finetune_predictor.settings_schema import TrainingSettings
 from tests.conftest import PROJECT_ROOT
 
@@ -103,12 +113,39 @@ def test_unwritable_output_folder_and_too_few_examples(tmp_path):
     assert "'fake' has 5, needs 200" in detail and "'legitimate' has 0, needs 200" in detail
 
 
-def test_bad_record_and_unknown_setting_fail(tmp_path):
+def test_bad_record_fails_the_dataset_check(tmp_path):
     data_file = tmp_path / "bad.jsonl"
     data_file.write_text('{"instruction": "Q", "output": "fake"}\n{"instruction": "Q", "output": "maybe"}\n')
-    verdict = _verdict(tmp_path, data={**DATA, "path": str(data_file)}, training={"learnin_rate": 1})
+    verdict = _verdict(tmp_path, data={**DATA, "path": str(data_file)})
     assert verdict["dataset"][0] == FAIL and "bad.jsonl:2: unknown label 'maybe'" in verdict["dataset"][1]
-    assert verdict["settings"][0] == FAIL and "training.learnin_rate" in verdict["settings"][1]
+
+
+@pytest.mark.parametrize(("group", "values", "named"), [
+    ("training", {"learnin_rate": 1}, "training.learnin_rate (did you mean training.learning_rate?)"),
+    ("data", {**DATA, "train_per_clas": 3}, "data.train_per_clas (did you mean data.train_per_class?)"),
+    ("data", {**DATA, "train_per_class": "abc"}, "data.train_per_class must be an integer, got 'abc'"),
+    ("model", {"name": "SmolLM2-135M-Instruct", "quantisation": "4bit"}, "model.quantisation"),
+    ("preflight", {"output_dirs": ["x"], "memory_margin": 0.5}, "preflight.memory_margin must be >= 1.0"),
+])
+def test_a_wrong_setting_fails_before_anything_loads(tmp_path, group, values, named):
+    """Issue 18: typos and wrong types in data.* / model.* were silently ignored (or died later with a bare
+    int() error); now the settings row names the setting and the checks that would load anything are skipped."""
+    verdict = _verdict(tmp_path, **{group: values})
+    assert verdict["settings"][0] == FAIL and named in verdict["settings"][1], verdict["settings"]
+    for name in ("model resolvable", "tokenizer and template", "dataset", "memory"):
+        assert verdict[name][0] == SKIP, (name, verdict[name])
+
+
+def test_every_group_is_checked_when_the_node_passes_them_all(tmp_path):
+    """The preflight node gets every parameter group: evaluation.* typos and values fail too."""
+    parameters = {"data": DATA, "model": {"name": "SmolLM2-135M-Instruct"}, "training": TRAINING,
+                  "evaluation": {"batch_sise": 4, "engine": "foo"}, "forecast": {"min_size": 3}}
+    table = run_checks(DATA, parameters["model"], REGISTRY, TRAINING,
+                       {"output_dirs": [str(tmp_path)], "min_free_disk_gb": 0.01}, parameters)
+    detail = table.set_index("name").loc["settings", "detail"]
+    assert "evaluation.batch_sise (did you mean evaluation.batch_size?)" in detail
+    assert "evaluation.engine must be one of auto, hf, vllm, got 'foo'" in detail
+    assert "forecast.min_size (did you mean forecast.min_sizes?)" in detail
 
 
 def test_registry_entries_and_unknown_keys():
@@ -129,19 +166,70 @@ def test_missing_model_error_says_where_it_looked(tmp_path):
         resolve_model("org/nowhere", tmp_path, registry)
 
 
-def test_preflight_pipeline_stops_the_run_on_failure(tmp_path):
+def test_preflight_pipeline_stops_the_run_on_failure(tmp_path, capsys):
+    params = {"data": DATA, "model": {"name": "Qwen2.5-7B-Instruct"}, "model_registry": REGISTRY,
+              "training": TRAINING, "preflight": {"output_dirs": [str(tmp_path)], "min_free_disk_gb": 0.01}}
     catalog = DataCatalog({
-        "params:data": MemoryDataset(DATA),
-        "params:model": MemoryDataset({"name": "Qwen2.5-7B-Instruct"}),
-        "params:model_registry": MemoryDataset(REGISTRY),
-        "params:training": MemoryDataset(TRAINING),
-        "params:preflight": MemoryDataset({"output_dirs": [str(tmp_path)], "min_free_disk_gb": 0.01}),
+        **{f"params:{name}": MemoryDataset(values) for name, values in params.items()},
+        "parameters": MemoryDataset(params),
         "preflight.reporting.verdict": MemoryDataset(),
         "preflight.int.passed": MemoryDataset(),
     })
-    with pytest.raises(PreflightError, match="preflight FAILED"):
+    with pytest.raises(PreflightError, match=r"preflight FAILED: \d check\(s\) failed \(model resolvable") as info:
         SequentialRunner().run(create_pipeline(), catalog)
     assert (catalog.load("preflight.reporting.verdict")["status"] == FAIL).any()  # the verdict was kept
+    # The table is printed once; the error names the failed checks and points at it instead of repeating it.
+    assert capsys.readouterr().out.count("Preflight verdict") == 1
+    assert "Preflight verdict" not in str(info.value) and "verdict above" in info.value.where
+
+
+def test_the_verdict_table_says_failed_or_passed():
+    table = pd.DataFrame([{"name": "settings", "status": FAIL, "detail": "x"},
+                                            {"name": "memory", "status": SKIP, "detail": "skipped"}])
+    assert format_verdict(table).strip().endswith("preflight FAILED: 1 check(s) failed")
+
+
+# Peak RSS added by two real LoRA steps of the embedded model on a CPU, batch 8 of the bundled task's longest
+# rows (131 tokens): benchmarks/cpu_training_peak_rss.py, measured on the project's 2-core CPU.
+_MEASURED_CPU_GIB = {"fp32": (2.31, 2.59), "bf16": (2.26, 2.26)}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_memory_estimate_of_the_embedded_model_matches_its_measured_peak_rss(embedded_model, autocast):
+    """Issue 18: the default 135M model was estimated at ~11 GiB, which contradicts "runs on a laptop CPU"; the
+    estimate took every row at model.max_length=512 (the bundled rows are ~131 tokens). At the measured row
+    length the estimate is within a sane bound of the measured peak RSS (never below it by much)."""
+    plan = ComputePlan("cpu", torch.float32, autocast, False, False, "test")
+    settings = TrainingSettings.from_params({"per_device_train_batch_size": 8})
+    estimate = estimate_training_memory(0.135, plan, settings, model_shape(embedded_model), 131, margin=1.0)
+    low, high = _MEASURED_CPU_GIB["bf16" if autocast else "fp32"]
+    assert 0.85 * high < estimate.total / 2**30 < 1.35 * low, estimate.describe()
+
+
+def test_the_default_run_is_estimated_at_a_laptop_s_memory(tmp_path, embedded_model):
+    """The default mini_test100 (embedded model, bundled task): the rows are measured from the data, and the
+    whole estimate (margin included) stays under 4 GiB whatever the CPU's precision."""
+    for precision in ("fp32", "auto"):
+        status, detail = _verdict(tmp_path, training={**TRAINING, "precision": precision})["memory"]
+        assert status == PASS and "(the data's longest row; model.max_length=512)" in detail, detail
+        rows = int(detail.split("rows of up to ")[1].split()[0])
+        needs = float(detail.split("needs ~")[1].split()[0])
+        assert 64 < rows < 512 and needs < 4.0, detail
+
+
+def test_memory_advice_is_a_whole_sentence(tmp_path):
+    """The verdict for a model that does not fit ended "... or a smaller model would"."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the 7B model may fit")
+    _, detail = _verdict(tmp_path, model={"name": "Qwen2.5-7B-Instruct", "max_length": 512})["memory"]
+    assert "it would fit as QLoRA on a GPU with >= " in detail
+    assert detail.endswith("or with a smaller model or a smaller training.per_device_train_batch_size"), detail
+
+
+def test_bundled_task_too_small_for_the_sizes(tmp_path):
+    """data.train_per_class beyond what the bundled generator makes passed the preflight and failed later."""
+    status, detail = _verdict(tmp_path, data={**DATA, "train_per_class": 100000})["dataset"]
+    assert status == FAIL and "data.synthetic.num_records=24000" in detail
 
 
 def test_multiclass_preflight_checks_the_labels_found_in_the_data(tmp_path, liar_dir):

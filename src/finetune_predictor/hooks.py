@@ -1,4 +1,6 @@
-"""Hooks: read back this run's own versions; at the end of a run, say where its outputs are and what next."""
+"""Hooks: settings checked before a pipeline without a preflight starts; read back this run's own versions; at
+the end of a run, its result first (the evaluation headline, the data split and what was removed), then where
+its outputs are and what next."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from kedro.framework.hooks import hook_impl
 from kedro.io.core import Version
 
 METRICS = "evaluation.reporting.metrics"
+SPLIT_SUMMARY = "data_engineering.reporting.split_summary"
+TRAINING_SUMMARY = "sft_training.reporting.training_summary"
+PREFLIGHT_GATE = "preflight.int.passed"
 
 
 def _saved_path(dataset: Any) -> Path | None:
@@ -44,6 +49,8 @@ class RunSummaryHooks:
                 print(f"\nfinetune-predictor: {headline(metrics, time.perf_counter() - self._started)}")
             except (KeyError, TypeError, ValueError) as error:  # a run without both sides has no headline
                 print(f"\nfinetune-predictor: no headline ({type(error).__name__}: {error})")
+        if SPLIT_SUMMARY in pipeline.all_outputs():
+            self._print_split(pipeline, catalog)
         lines = []
         for name in sorted(pipeline.all_outputs()):
             try:
@@ -65,6 +72,39 @@ class RunSummaryHooks:
         print('  run on your own data:           kedro run --pipeline=mini_test100 --params '
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
+
+
+    @staticmethod
+    def _print_split(pipeline: Any, catalog: Any) -> None:
+        """The data line: train/test counts and what was removed on the way (and, when this run trained,
+        how many training prompts were cut to model.max_length)."""
+        from finetune_predictor.task_data import split_headline
+
+        try:
+            summary = catalog.load(SPLIT_SUMMARY)
+            training = catalog.load(TRAINING_SUMMARY) if TRAINING_SUMMARY in pipeline.all_outputs() else None
+        except Exception as error:  # the line is a courtesy: a dataset that cannot be read back must not fail the run
+            print(f"\nfinetune-predictor: no data summary ({type(error).__name__}: {error})")
+            return
+        print(f"\nfinetune-predictor: {split_headline(summary, training)}")
+
+
+class SettingsCheckHooks:
+    """Refuses unknown keys and wrong values of the parameter groups a pipeline reads, before it starts. A
+    pipeline with the preflight leaves this to the preflight (its verdict table has a ``settings`` row); the
+    others (``data_engineering``, ``predictor``, ``forecast``) would otherwise run on a misspelt setting."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        if PREFLIGHT_GATE in pipeline.all_outputs():
+            return
+        inputs = set(pipeline.inputs())
+        groups = sorted({name.split(":", 1)[1].split(".")[0] for name in inputs if name.startswith("params:")})
+        if not groups and "parameters" not in inputs:
+            return
+        from finetune_predictor.settings_schema import check_parameters
+
+        check_parameters(catalog.load("parameters"), None if "parameters" in inputs else groups)
 
 
 def pin_load_to_saved_version(dataset: Any) -> bool:

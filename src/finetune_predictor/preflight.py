@@ -19,17 +19,18 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.hardware import ComputePlan
 from finetune_predictor.model_session import ModelSession, compute_plan, open_session
 from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel
 from finetune_predictor.records import RecordError, SourceSpec, read_records
-from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.settings_schema import TrainingSettings, parameter_problems
 from finetune_predictor.splits import deduplicate
 from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
 from finetune_predictor.tasks import OPEN_TASKS, declared_labels, task_type
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 GIB = 2**30
 # Bytes per weight when loaded: fp32, 16-bit, and NF4 with double quantisation (~4.5 bits incl. scales).
 _BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit-nf4": 0.56}
@@ -37,8 +38,16 @@ _BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit-nf4": 0.56}
 _DEFAULT_SHAPE = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000}
 
 
-class PreflightError(RuntimeError):
-    """At least one preflight check failed; the message is the verdict table."""
+class PreflightError(UserFacingError, RuntimeError):
+    """At least one preflight check failed. The verdict table has been printed (and saved) already, so the
+    message names the failed checks only instead of repeating the table."""
+
+    def __init__(self, failed: list[str]) -> None:
+        super().__init__(f"preflight FAILED: {len(failed)} check(s) failed ({', '.join(failed)})",
+                         "the preflight verdict above (saved as data/08_reporting/preflight_verdict.csv)",
+                         "fix what each FAIL row says, then run again; `kedro run --pipeline=preflight` checks "
+                         "in seconds without training")
+        self.failed = failed
 
 
 @dataclass
@@ -85,6 +94,9 @@ def model_shape(resolved: ResolvedModel | None) -> dict[str, int]:
 # H100 (transformers 5.23, sdpa attention, LoRA r=8 on q/k/v/o with dropout, batch 8, no checkpointing) with
 # a 6.7B Llama shape: 61 for bf16 LoRA and 77 for QLoRA (NF4 dequantisation buffers); rounded up. The
 # textbook 34 (Korthikanti et al.) counts no LoRA dropout copies and underestimated that run by half.
+# On a CPU (the embedded 135M model, two real steps of batch 8 x 131 tokens, benchmarks/cpu_training_peak_rss.py)
+# the training step added 2.3-2.6 GiB of peak RSS in fp32 and 2.26 GiB under bf16 autocast, against estimates
+# of 2.9 and 2.1 GiB (before the margin): the same constants hold there.
 _ACTIVATION_BYTES = {"lora": 64, "qlora": 80}
 # Answer-window loss projects only the answer columns onto the vocabulary; a bound on their number.
 _ANSWER_WINDOW_TOKENS = 64
@@ -93,7 +105,9 @@ _ANSWER_WINDOW_TOKENS = 64
 def estimate_training_memory(params_b: float, plan: ComputePlan, settings: TrainingSettings, shape: dict[str, int],
                              sequence_length: int, margin: float = 1.2) -> MemoryEstimate:
     """Weights at the plan's precision, LoRA weights + grads + Adam states in fp32, and activations of a
-    batch of ``sequence_length``-token rows (the worst batch: every row at ``model.max_length``).
+    batch of ``sequence_length``-token rows (the widest batch: every row as long as the data's longest, at
+    most ``model.max_length``). Under autocast over fp32 weights (bf16 on a CPU) the weights' 16-bit copies
+    count too.
 
     Activations: ``_ACTIVATION_BYTES`` per token x layer x hidden (doubled for fp32). With gradient
     checkpointing only each layer's 16-bit input is kept, plus one layer recomputed at a time. Logits:
@@ -102,6 +116,8 @@ def estimate_training_memory(params_b: float, plan: ComputePlan, settings: Train
     params = params_b * 1e9
     weight_bytes = params * _BYTES_PER_PARAM[plan.precision_name if plan.load_in_4bit else
                                              ("fp32" if plan.load_dtype.itemsize == 4 else "bf16")]
+    if not plan.load_in_4bit and plan.load_dtype.itemsize == 4 and (plan.bf16 or plan.fp16):
+        weight_bytes += params * 2  # autocast over fp32 weights (bf16 on a CPU) keeps a 16-bit copy of each
     hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
     # r x (in + out) per adapted projection; 4 attention projections + 3 MLP ones (all-linear worst case).
     lora_params = settings.lora.r * 2 * hidden * 7 * layers
@@ -172,15 +188,61 @@ def _check_template(session: ModelSession, labels: list[str] | None, open_task: 
                  f"{template}; prompt {len(prompt)} tokens; answers {decoded}")
 
 
-def _labels_in_data(data: dict[str, Any]) -> list[str] | None:
+def _labels_in_data(data: dict[str, Any], records: pd.DataFrame | None) -> list[str] | None:
     """The answers the template check renders when the parameters name none: a multi-class task's labels as
     its training file has them, or three targets of an open task (the bundled corpus's, without a file)."""
     open_task = task_type(data) in OPEN_TASKS
     if not data.get("path"):
         return [str(r["output"]) for r in iter_events(3, 7)] if task_type(data) == "structured" else None
-    result = read_records(SourceSpec.from_params(data, data["path"]), None, "quarantine")
-    outputs = result.records["output"].astype(str)
+    if records is None:
+        return None
+    outputs = records["output"].astype(str)
     return (outputs.head(3).tolist() if open_task else sorted(outputs.unique())) or None
+
+
+# Rows of the bundled corpus generated to find its longest ones, and rows tokenised (the longest by characters).
+_LENGTH_SAMPLE = 2000
+_LONGEST_ROWS = 16
+
+
+def training_records(data: dict[str, Any]) -> pd.DataFrame | None:
+    """The training source's records, read once for the template and memory checks (records with problems
+    are set aside here; the dataset check reports them under the run's own data.on_invalid). The bundled
+    corpus is represented by its first rows; None when there is nothing to read."""
+    from finetune_predictor.task_data import bundled_records
+
+    try:
+        if data.get("path"):
+            return read_records(SourceSpec.from_params(data, data["path"]), None, "quarantine").records
+        synthetic = dict(data.get("synthetic") or {})
+        sample = min(int(synthetic.get("num_records", 24000)), _LENGTH_SAMPLE)
+        return bundled_records({**data, "synthetic": {**synthetic, "num_records": sample}})
+    except (RecordError, ValueError, OSError):
+        return None  # the dataset check says why
+
+
+def longest_row_tokens(session: ModelSession, records: pd.DataFrame) -> int:
+    """Tokens of the longest training row (prompt + answer as the formatter builds it, cut to
+    ``model.max_length``): batches are padded to their longest row, so this is the widest batch a run meets."""
+    lengths = records["instruction"].str.len() + records["input"].str.len() + records["output"].astype(str).str.len()
+    longest = records.loc[lengths.nlargest(_LONGEST_ROWS).index]
+    return max(len(session.formatter.training_example(row.instruction, row.input, str(row.output))["input_ids"])
+               for row in longest.itertuples(index=False))
+
+
+def _check_bundled_size(data: dict[str, Any], labels: list[str] | None) -> Check | None:
+    """The bundled generator's ``num_records`` against what the split asks for (each label is about an even
+    share of the records; a few go as duplicates), or None when it is enough."""
+    synthetic = data.get("synthetic") or {}
+    records = int(synthetic.get("num_records", 24000))
+    strata = len(labels) if labels else 1
+    need = int(data["train_per_class"]) + int(data.get("test_per_class") or 0)
+    if need * strata <= 0.9 * records:
+        return None
+    return Check("dataset", FAIL, f"the bundled task has data.synthetic.num_records={records} (about "
+                                  f"{records // strata} per {'label' if labels else 'stratum'}); data.train_per_class"
+                                  f" + data.test_per_class = {need} per {'label' if labels else 'stratum'}: raise "
+                                  "data.synthetic.num_records or lower the sizes")
 
 
 def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
@@ -188,8 +250,9 @@ def _check_data(data: dict[str, Any], labels: list[str] | None) -> Check:
         return _check_open_task_data(data)
     if not data.get("path"):
         difficulty = str((data.get("synthetic") or {}).get("difficulty", DEFAULT_DIFFICULTY))
-        return Check("dataset", PASS, f"bundled generated task, difficulty {difficulty} "
-                                      f"(Bayes ceiling {bayes_ceiling(difficulty):.1%})")
+        return _check_bundled_size(data, labels) or Check(
+            "dataset", PASS,
+            f"bundled generated task, difficulty {difficulty} (Bayes ceiling {bayes_ceiling(difficulty):.1%})")
     need = {label: int(data["train_per_class"]) for label in labels or []}
     details = []
     for key in ("path", "test_path"):
@@ -221,7 +284,8 @@ def _check_open_task_data(data: dict[str, Any]) -> Check:
         if name == "qa":
             return Check("dataset", FAIL, "data.task=qa has no bundled data: set data.path to SQuAD JSON and "
                                           "data.format=squad")
-        return Check("dataset", PASS, "bundled generated structured task (event records: topic, place, figure, source)")
+        return _check_bundled_size(data, None) or Check(
+            "dataset", PASS, "bundled generated structured task (event records: topic, place, figure, source)")
     result = read_records(SourceSpec.from_params(data, data["path"]), None, str(data.get("on_invalid", "error")))
     records, duplicates = deduplicate(result.records, str(data.get("duplicates", "drop")))
     train_n, test_n = int(data["train_per_class"]), data.get("test_per_class")
@@ -265,7 +329,10 @@ def _check_disk(paths: list[str], need_bytes: float, min_free_gb: float) -> Chec
 
 
 def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, model: dict[str, Any],
-                  settings: TrainingSettings, margin: float) -> Check:
+                  settings: TrainingSettings, margin: float, longest_row: int | None = None) -> Check:
+    """The training step's peak memory against what is free. Rows are as long as the data's longest row
+    (``longest_row``, batches are padded to it), at most ``model.max_length``; without data to measure, every
+    row is taken at ``model.max_length``."""
     quantization = model.get("quantization", "none")
     plan = compute_plan(model, settings.precision)
     params_b = entry.params_b if entry is not None and entry.params_b else None
@@ -273,7 +340,8 @@ def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, mode
         params_b = _count_params_b(resolved)
     if params_b is None:
         return Check("memory", WARN, f"size of {model['name']!r} unknown: set model_registry.<name>.params_b")
-    sequence = int(model.get("max_length", 512))
+    max_length = int(model.get("max_length", 512))
+    sequence = min(longest_row, max_length) if longest_row else max_length
     shape = model_shape(resolved)
 
     def needs(compute_plan: ComputePlan, gradient_checkpointing: bool) -> MemoryEstimate:
@@ -285,25 +353,30 @@ def _check_memory(entry: ModelEntry | None, resolved: ResolvedModel | None, mode
     if quantization == "4bit" and not plan.load_in_4bit:
         notes.append("4-bit QLoRA needs CUDA (bitsandbytes), so this machine would load full precision")
     vram = available_vram_bytes()
-    if plan.device == "cuda" and vram is not None:
-        where, free = "GPU", vram
-    else:
-        where, free = "RAM", available_ram_bytes()
-    fits = estimate.total <= free
-    verdict = (f"{params_b:g}B params at {plan.precision_name} on {plan.device}: needs {estimate.describe()}; "
+    where, free = ("GPU", vram) if plan.device == "cuda" and vram is not None else ("RAM", available_ram_bytes())
+    rows = (f"batches of {settings.per_device_train_batch_size} rows of up to {sequence} tokens ("
+            + (f"the data's longest row; model.max_length={max_length})" if longest_row else "model.max_length)"))
+    verdict = (f"{params_b:g}B params at {plan.precision_name} on {plan.device}, {rows}: needs {estimate.describe()}; "
                f"{free / GIB:.1f} GiB {where} available")
+    fits = estimate.total <= free
     if not fits:
-        verdict += " -> will not fit"
-        if not settings.gradient_checkpointing:
-            verdict += (f"; with training.gradient_checkpointing=true it would need "
-                        f"~{needs(plan, True).total / GIB:.1f} GiB")
-        if plan.device == "cpu":
-            qlora = needs(_qlora_plan(), settings.gradient_checkpointing)
-            qlora_checkpointed = needs(_qlora_plan(), True)
-            verdict += (f"; QLoRA on a GPU with >= {qlora.total / GIB:.0f} GiB free (model.quantization=4bit; "
-                        f">= {qlora_checkpointed.total / GIB:.0f} GiB with training.gradient_checkpointing=true) "
-                        "or a smaller model would")
+        verdict += _how_it_would_fit(plan, settings, needs)
     return Check("memory", PASS if fits else FAIL, "; ".join([verdict, *notes]))
+
+
+def _how_it_would_fit(plan: ComputePlan, settings: TrainingSettings,
+                      needs: Callable[[ComputePlan, bool], MemoryEstimate]) -> str:
+    """What would make a run that does not fit fit, as the end of the memory verdict."""
+    advice = " -> will not fit"
+    if not settings.gradient_checkpointing:
+        advice += f"; with training.gradient_checkpointing=true it would need ~{needs(plan, True).total / GIB:.1f} GiB"
+    if plan.device == "cpu":
+        qlora, qlora_checkpointed = needs(_qlora_plan(), settings.gradient_checkpointing), needs(_qlora_plan(), True)
+        advice += (f"; it would fit as QLoRA on a GPU with >= {qlora.total / GIB:.0f} GiB free "
+                   f"(model.quantization=4bit; >= {qlora_checkpointed.total / GIB:.0f} GiB with "
+                   "training.gradient_checkpointing=true), or "
+                   "with a smaller model or a smaller training.per_device_train_batch_size")
+    return advice
 
 
 def _qlora_plan() -> ComputePlan:
@@ -323,37 +396,70 @@ def _count_params_b(resolved: ResolvedModel) -> float | None:
     return total / 1e9 if total else None
 
 
+def _check_settings(parameters: dict[str, Any]) -> Check:
+    """Every parameter group against its schema (settings_schema): unknown keys, wrong types, bad values."""
+    unchecked: list[str] = []
+    problems = parameter_problems(parameters, unchecked=unchecked.append)
+    if problems:
+        return Check("settings", FAIL, "; ".join(message for _, message in problems if message))
+    groups = ", ".join(group for group in parameters if group not in unchecked)
+    if unchecked:
+        return Check("settings", WARN, f"valid: {groups}; no schema checks the keys of {', '.join(unchecked)}")
+    return Check("settings", PASS, f"every setting known and valid ({groups})")
+
+
 def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, Any], training: dict[str, Any],
-               preflight: dict[str, Any]) -> pd.DataFrame:
-    """The verdict table: one row per check (check, status, detail)."""
+               preflight: dict[str, Any], parameters: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The verdict table: one row per check (check, status, detail).
+
+    The settings come first (``parameters``: every group; by default the five given): when one is wrong,
+    nothing is loaded or read, and the checks that would need it say they were skipped.
+    """
+    settings_check = _check_settings(parameters if parameters is not None else {
+        "data": data, "model": model, "model_registry": registry, "training": training, "preflight": preflight})
+    if settings_check.status == FAIL:
+        skipped = "skipped: the settings are wrong (nothing was loaded)"
+        loaded = [Check(name, SKIP, skipped) for name in ("model resolvable", "tokenizer and template", "dataset",
+                                                           "memory")]
+    else:
+        loaded = _model_data_and_memory_checks(data, model, registry, training, preflight)
+    folders = list(preflight.get("output_dirs") or [])
+    need_disk = 0.05 * GIB  # adapter, predictions, plots and MLflow copies of a LoRA run
+    converted = any(check.name == "model resolvable" and check.status == PASS for check in loaded)
+    if not converted and settings_check.status != FAIL and ModelEntry.from_registry(model["name"], registry).embedded:
+        need_disk += 0.6 * GIB  # the one-time conversion of the embedded model
+    min_free_gb = float(preflight.get("min_free_disk_gb", 1))
+    checks = [settings_check, *loaded[:-1], _check_writable(folders),
+              _guard("free disk", lambda: _check_disk(folders, need_disk, min_free_gb)), loaded[-1]]
+    return pd.DataFrame([c.__dict__ for c in checks], columns=["name", "status", "detail"])
+
+
+def _model_data_and_memory_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, Any],
+                                  training: dict[str, Any], preflight: dict[str, Any]) -> list[Check]:
+    """Model, template, data and memory: the checks that load a tokenizer and read the data."""
     checks: list[Check] = []
     labels = declared_labels(data)  # None: a multi-class task takes its labels from the data
-    settings_check = _guard("settings", lambda: (TrainingSettings.from_params(training),
-                                                 Check("settings", PASS, "training settings valid"))[1])
-    checks.append(settings_check)
     entry = _guard_entry(model["name"], registry, checks)
     model_check, session = _check_model("model resolvable", model, registry, str(training.get("precision", "auto")))
     resolved = session.resolved if session is not None else None
     checks.append(model_check)
+    records = training_records(data)
     if session is not None:
         checks.append(_guard("tokenizer and template",
-                             lambda: _check_template(session, labels or _labels_in_data(data),
+                             lambda: _check_template(session, labels or _labels_in_data(data, records),
                                                      open_task=task_type(data) in OPEN_TASKS)))
     else:
         checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))
-    folders = list(preflight.get("output_dirs") or [])
-    checks.append(_check_writable(folders))
-    need_disk = 0.05 * GIB  # adapter, predictions, plots and MLflow copies of a LoRA run
-    if resolved is None and entry is not None and entry.embedded:
-        need_disk += 0.6 * GIB  # the one-time conversion of the embedded model
-    min_free_gb = float(preflight.get("min_free_disk_gb", 1))
-    checks.append(_guard("free disk", lambda: _check_disk(folders, need_disk, min_free_gb)))
-    if settings_check.status == PASS:
-        settings = TrainingSettings.from_params(training)
-        margin = float(preflight.get("memory_margin", 1.2))
-        checks.append(_guard("memory", lambda: _check_memory(entry, resolved, model, settings, margin)))
-    return pd.DataFrame([c.__dict__ for c in checks], columns=["name", "status", "detail"])
+    settings = TrainingSettings.from_params(training)
+    margin = float(preflight.get("memory_margin", 1.2))
+
+    def memory() -> Check:
+        longest = longest_row_tokens(session, records) if session is not None and records is not None else None
+        return _check_memory(entry, resolved, model, settings, margin, longest)
+
+    checks.append(_guard("memory", memory))
+    return checks
 
 
 def _guard_entry(name: str, registry: dict[str, Any], checks: list[Check]) -> ModelEntry | None:
@@ -365,6 +471,7 @@ def _guard_entry(name: str, registry: dict[str, Any], checks: list[Check]) -> Mo
 
 
 def format_verdict(table: pd.DataFrame) -> str:
+    """The verdict table as the console shows it, with the overall verdict last."""
     width = max(len(name) for name in table["name"])
     lines = [f"{row.status:<4}  {row.name:<{width}}  {row.detail}" for row in table.itertuples(index=False)]
     failed = int((table["status"] == FAIL).sum())

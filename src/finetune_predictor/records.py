@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.tasks.qa import squad_normalise
 
 CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group", "references"]
@@ -38,12 +39,25 @@ INVALID_POLICIES = ("error", "quarantine")
 _SUFFIX_FORMATS = {".json": "alpaca", ".jsonl": "alpaca", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
-class RecordError(ValueError):
-    """A record (or file) that cannot be used, located by file and line or row."""
+DEFAULT_MAX_RECORD_CHARS = 100_000
+_RECORD_FIX = ("correct the record, or set data.on_invalid=quarantine to set bad records aside "
+               "(listed in data/08_reporting/rejects.csv) and train on the rest")
+_FILE_FIX = "check data.path / data.test_path and data.format (see README: your own data)"
 
-    def __init__(self, path: str | Path, line: int | None, reason: str, unit: str = "line") -> None:
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {reason}" if unit == "line" or line is None else f"{path} {unit} {line}: {reason}")
+
+class RecordError(ValueError, UserFacingError):
+    """A record (or file) that cannot be used, located by file and line or row.
+
+    ``str(error)`` is ``file:line: reason``; as a :class:`UserFacingError` its ``where`` is the location and
+    ``fix`` the remedy (``fix`` given, or the generic one for a record or for a whole file).
+    """
+
+    def __init__(self, path: str | Path, line: int | None, reason: str, unit: str = "line",
+                 fix: str | None = None) -> None:
+        where = f"{path}:{line}" if unit == "line" or line is None else f"{path} {unit} {line}"
+        where = where if line is not None else str(path)
+        UserFacingError.__init__(self, reason, where, fix or (_RECORD_FIX if line is not None else _FILE_FIX),
+                                 message=f"{where}: {reason}")
         self.path, self.line, self.reason, self.unit = str(path), line, reason, unit
 
 
@@ -70,6 +84,9 @@ class SourceSpec:
     include_unanswerable: bool = False
     no_answer: str = "unanswerable"
     qa_group: str = "article"
+    # Longer records (instruction + input + output, in characters) are refused: far beyond any model's
+    # max_length, they are almost always a broken export (a whole file in one field). None: no limit.
+    max_record_chars: int | None = DEFAULT_MAX_RECORD_CHARS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -106,6 +123,8 @@ class SourceSpec:
             include_unanswerable=bool(qa.get("include_unanswerable", False)),
             no_answer=str(qa.get("no_answer") or "unanswerable"),
             qa_group=str(qa.get("group_by") or "article"),
+            max_record_chars=(int(data["max_record_chars"]) if data.get("max_record_chars") is not None else None)
+            if "max_record_chars" in data else DEFAULT_MAX_RECORD_CHARS,
         )
 
 
@@ -190,7 +209,8 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
             yield number, RecordError(path, number, f"malformed JSON line: {error.msg}")
 
 
-def _iter_delimited(path: Path, delimiter: str, header: bool) -> Iterator[tuple[int, Any]]:
+def _iter_delimited(spec: SourceSpec, delimiter: str) -> Iterator[tuple[int, Any]]:
+    path = spec.path
     raw = _read_bytes(path)
     good_lines: list[str] = []
     line_numbers: list[int] = []
@@ -209,8 +229,9 @@ def _iter_delimited(path: Path, delimiter: str, header: bool) -> Iterator[tuple[
             number = line_numbers[min(reader.line_num, len(line_numbers)) - 1]
             if not values or not any(v.strip() for v in values):
                 continue
-            if header and names is None:
+            if spec.header and names is None:
                 names = [v.strip() for v in values]
+                _check_columns(spec, names, number)
                 continue
             yield number, dict(zip(names, values, strict=False)) if names else values
     except csv.Error as error:
@@ -218,11 +239,32 @@ def _iter_delimited(path: Path, delimiter: str, header: bool) -> Iterator[tuple[
         raise RecordError(path, line, f"malformed CSV: {error}") from None
 
 
+def _check_columns(spec: SourceSpec, found: list[str], line: int | None) -> None:
+    """A table whose columns lack what the mapping needs is refused once, with the columns it has, instead
+    of failing on its first record with a field that no record can have."""
+    if not spec.columns and ({"messages", "conversations"} & set(found)):
+        return  # ShareGPT-style rows
+    needed = {"output": spec.columns.get("output", "output")}
+    if spec.instruction is None or "instruction" in spec.columns:
+        needed["instruction"] = spec.columns.get("instruction", "instruction")
+    needed.update({name: column for name, column in spec.columns.items() if isinstance(column, str)})
+    missing = {name: column for name, column in needed.items() if column not in found}
+    if not missing:
+        return
+    wanted = ", ".join(f"{column!r} (data.columns.{name})" for name, column in missing.items())
+    example = ",".join(f"data.columns.{name}=<column>" for name in missing)
+    raise RecordError(spec.path, line, f"no column {wanted}; the columns found are: {', '.join(found) or 'none'}",
+                      fix=f"map the file's columns with data.columns, e.g. --params \"{example}\""
+                          + ("; or set data.instruction for a file without an instruction column"
+                             if "instruction" in missing else ""))
+
+
 def _iter_table(frame: pd.DataFrame) -> Iterator[tuple[int, Any]]:
     yield from enumerate(frame.to_dict("records"), start=1)
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def _iter_parquet(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
+    path = spec.path
     if not path.exists():
         raise RecordError(path, None, "file not found")
     try:
@@ -231,10 +273,12 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
         raise RecordError(path, None, f"not a readable Parquet file ({type(error).__name__}: {error})") from None
     if frame.empty:
         raise RecordError(path, None, "file is empty")
+    _check_columns(spec, [str(c) for c in frame.columns], None)
     yield from _iter_table(frame)
 
 
-def _iter_hf_disk(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+def _iter_hf_disk(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
+    path, split = spec.path, spec.split
     if not path.is_dir():
         raise RecordError(path, None, "not found: a datasets.save_to_disk folder was expected")
     from datasets import DatasetDict, load_from_disk
@@ -249,6 +293,7 @@ def _iter_hf_disk(path: Path, split: str) -> Iterator[tuple[int, Any]]:
         dataset = dataset[split]
     if len(dataset) == 0:
         raise RecordError(path, None, "dataset is empty")
+    _check_columns(spec, list(dataset.column_names), None)
     yield from _iter_table(dataset.to_pandas())
 
 
@@ -309,10 +354,10 @@ def _raw_items(spec: SourceSpec) -> Iterator[tuple[int, Any]]:
     if kind in ("alpaca", "sharegpt"):
         return _iter_json(spec.path)
     if kind in ("csv", "tsv"):
-        return _iter_delimited(spec.path, "\t" if kind == "tsv" else ",", spec.header)
+        return _iter_delimited(spec, "\t" if kind == "tsv" else ",")
     if kind == "parquet":
-        return _iter_parquet(spec.path)
-    return _iter_hf_disk(spec.path, spec.split)
+        return _iter_parquet(spec)
+    return _iter_hf_disk(spec)
 
 
 # --- one raw item -> canonical fields --------------------------------------------------------------------
@@ -381,7 +426,9 @@ def _canonical(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
     for name in ("instruction", "output"):
         if fields_.get(name, _MISSING) is _MISSING:
             column = spec.columns.get(name, name)
-            fail(f"missing field {column!r}" if column == name else f"missing field {name!r} (column {column!r})")
+            found = f"; its fields: {', '.join(map(str, item))}" if isinstance(item, dict) else ""
+            fail((f"missing field {column!r}" if column == name else f"missing field {name!r} (column {column!r})")
+                 + f"{found} (map yours with data.columns.{name})")
     for name in TEXT_FIELDS:
         value = fields_.get(name, _MISSING)
         if (value is _MISSING or value is None) and name == "input":
@@ -416,19 +463,10 @@ def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_inval
                 raise RecordError(path, _number, reason, unit)
 
             fields_ = _canonical(item, spec, fail)
-            if not fields_["output"].strip():
-                fail("empty 'output'")
-            if not (fields_["instruction"].strip() or fields_["input"].strip()):
-                fail("empty text: both 'instruction' and 'input' are blank")
-            output = fields_["output"].strip()
-            if spec.label_map is not None:
-                if output not in spec.label_map:
-                    unmapped[output] += 1
-                    continue
-                output = spec.label_map[output]
-            if allowed is not None and output not in allowed:
-                hint = " (add it to data.label_map)" if spec.label_map is None else " (data.label_map maps to it)"
-                fail(f"unknown label {output!r}; expected one of {sorted(allowed)}{hint}")
+            output = _checked_output(fields_, spec, allowed, fail)
+            if output is None:
+                unmapped[fields_["output"].strip()] += 1
+                continue
         except RecordError as error:
             if on_invalid == "error":
                 raise
@@ -452,6 +490,28 @@ def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_inval
     if duplicated_ids.any():
         raise RecordError(path, None, f"duplicate id {records['id'][duplicated_ids].iloc[0]!r}: ids must be unique")
     return ReadResult(records, rejects, unmapped, skipped)
+
+
+def _checked_output(fields_: dict[str, Any], spec: SourceSpec, allowed: set[str] | None, fail: Any) -> str | None:
+    """The record's task target after the label map (None: a raw label the map leaves out), or ``fail``
+    with why the record cannot be used: empty text, abnormal length, a label the task does not know."""
+    if not fields_["output"].strip():
+        fail("empty 'output'")
+    if not (fields_["instruction"].strip() or fields_["input"].strip()):
+        fail("empty text: both 'instruction' and 'input' are blank")
+    length = sum(len(fields_[name]) for name in TEXT_FIELDS)
+    if spec.max_record_chars is not None and length > spec.max_record_chars:
+        fail(f"abnormally long record: {length:,} characters, over data.max_record_chars={spec.max_record_chars:,} "
+             "(raise data.max_record_chars, or set it to null, if records this long are meant)")
+    output = fields_["output"].strip()
+    if spec.label_map is not None:
+        if output not in spec.label_map:
+            return None
+        output = spec.label_map[output]
+    if allowed is not None and output not in allowed:
+        hint = " (add it to data.label_map)" if spec.label_map is None else " (data.label_map maps to it)"
+        fail(f"unknown label {output!r}; expected one of {sorted(allowed)}{hint}")
+    return output
 
 
 def _dropped_detail(rejects: list[dict[str, Any]], unmapped: Counter, skipped: int) -> str:

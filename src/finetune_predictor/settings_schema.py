@@ -1,71 +1,296 @@
-"""Typed views of the parameter dicts, so a misspelt or out-of-range setting fails before compute starts."""
+"""Typed views of the parameter groups, so a misspelt key, a wrong type or an out-of-range value fails before
+compute starts, naming the full setting (``data.train_per_class must be an integer, got 'abc'``).
+
+Each group a user sets (``conf/base/parameters_<group>.yml``, ``--params group.key=value``) has a frozen
+dataclass here; nested dicts (``data.columns``, ``data.qa``, ``data.synthetic``, ``training.lora``) have
+their own. ``from_params`` refuses unknown keys (listing the known ones, and the closest one for a typo),
+checks each value against the field's type, and converts what the command line or YAML spelt loosely (a
+number for a text label, a quoted number, a list for a tuple). Allowed values are read from the module that
+uses them (``choices``), so they have one home. :func:`parameter_problems` checks every group at once for
+the preflight and for pipelines that run without one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, Union
+
+from finetune_predictor.errors import UserFacingError
 
 
-def _from_mapping(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
+class SettingsError(UserFacingError, ValueError):
+    """One or more settings that cannot work; ``settings`` names each one (``data.train_per_class``)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        names = list(dict.fromkeys(setting for setting, _ in problems))
+        example = names[0] if names and "." in names[0] else None
+        fix = (f"correct it in conf/base/parameters_{example.split('.')[0]}.yml (or conf/local/) or on the command "
+               f"line: kedro run --params \"{example}=...\"" if example else None)
+        super().__init__("; ".join(message for _, message in problems if message), ", ".join(names), fix)
+
+
+class _Invalid(Exception):
+    """A value that does not fit its field; the message completes 'SETTING must ...'."""
+
+
+def choices(module: str, name: str) -> dict[str, Any]:
+    """Field metadata: the allowed values are ``module.name`` (read when checking, so no import cycle)."""
+    return {"choices": lambda: tuple(getattr(importlib.import_module(module), name))}
+
+
+def one_of(*values: str) -> dict[str, Any]:
+    return {"choices": lambda: values}
+
+
+def at_least(low: float, **more: Any) -> dict[str, Any]:
+    return {"min": low, **more}
+
+
+def between(low: float, high: float, closed_high: bool = False) -> dict[str, Any]:
+    """The interval (low, high), or (low, high] with ``closed_high``."""
+    return {"above": low, "max" if closed_high else "below": high}
+
+
+# --- checking one value against its type ----------------------------------------------------------------
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0])}s" if args else "a list"
+    if origin in (dict, Mapping) or hint is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping of settings"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _scalar(value: Any, hint: type, strict: bool) -> Any:
+    """``value`` as a bool, int, float or str. A value of the right kind is returned unchanged (an int stays
+    an int in a float field, so run names and configuration hashes do not change); text that spells a number
+    is read as one, and a number given for a text field (a label ``1`` on the command line) becomes text."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _Invalid
+    if hint is str:
+        if isinstance(value, str) or not strict:
+            return str(value)
+        raise _Invalid
+    if isinstance(value, int) or (hint is float and isinstance(value, float)):
+        return value
+    if strict:
+        raise _Invalid
+    if isinstance(value, float):  # an integral float for an integer field (100.0)
+        if value.is_integer():
+            return int(value)
+        raise _Invalid
+    text = value.strip()
+    try:
+        return int(text) if hint is int else float(text)
+    except ValueError:
+        raise _Invalid from None
+
+
+def _convert(value: Any, hint: Any, name: str, strict: bool = False) -> Any:
+    """``value`` as ``hint`` says (tuple for a list, dataclass for a mapping), or :class:`_Invalid`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        for member_strict in (True, False):  # an exact match first: 3 stays an int in `str | int`
+            for member in members:
+                try:
+                    return _convert(value, member, name, member_strict)
+                except _Invalid:
+                    continue
+        raise _Invalid
+    if origin is Literal:
+        if value in args or str(value) in args:
+            return str(value) if str(value) in args else value
+        raise _Invalid
+    if origin in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise _Invalid
+        return tuple(_convert(item, args[0] if args else Any, f"{name}[{i}]") for i, item in enumerate(value))
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise _Invalid
+        value_hint = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, value_hint, f"{name}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if value is None:
+            return hint()
+        if not isinstance(value, Mapping):
+            raise _Invalid
+        return _from_mapping(hint, value, name)
+    return _scalar(value, hint, strict)
+
+
+_LIMITS = {"min": (lambda v, b: v >= b, ">="), "max": (lambda v, b: v <= b, "<="),
+           "above": (lambda v, b: v > b, ">"), "below": (lambda v, b: v < b, "<")}
+
+
+def _bounds(value: Any, meta: Mapping[str, Any], name: str) -> str | None:
+    """The problem with ``value`` against its field's allowed values and range, if any."""
+    if value is None:
+        return None
+    allowed = meta.get("choices")
+    items = value if isinstance(value, tuple) else (value,)
+    if allowed is not None and any(item not in allowed() for item in items):
+        return f"{name} must be one of {', '.join(map(str, allowed()))}, got {value!r}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for key, (holds, sign) in _LIMITS.items():
+            if key in meta and not holds(value, meta[key]):
+                return f"{name} must be {sign} {meta[key]}, got {value!r}"
+    return None
+
+
+def _unknown_keys(cls: type, values: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """One problem per unknown key; the first carries the message that lists them all beside the known ones
+    (the others have an empty message: they are named in ``where`` but not repeated)."""
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(map(str, values)) - set(known))
+    if not unknown:
+        return []
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{prefix}.{key}" + (f" (did you mean {prefix}.{close[0]}?)" if close else ""))
+    message = f"Unknown setting(s) {', '.join(named)}; known: {', '.join(known)}"
+    return [(f"{prefix}.{key}", message if index == 0 else "") for index, key in enumerate(unknown)]
+
+
+def _problems_and_values(cls: type, values: Mapping[str, Any] | None,
+                         prefix: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"Unknown setting(s) {', '.join(prefix + '.' + k for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    return cls(**values)
+    problems = _unknown_keys(cls, values, prefix)
+    hints = typing.get_type_hints(cls)
+    converted: dict[str, Any] = {}
+    for item in fields(cls):
+        if item.name not in values:
+            continue
+        name = f"{prefix}.{item.name}"
+        try:
+            converted[item.name] = _convert(values[item.name], hints[item.name], name)
+        except SettingsError as nested:  # a nested group: its own problems, named in full
+            problems.extend(nested.problems)
+            continue
+        except _Invalid:
+            problems.append((name, f"{name} must be {_describe(hints[item.name])}, got {values[item.name]!r}"))
+            continue
+        problem = _bounds(converted[item.name], item.metadata, name)
+        if problem:
+            problems.append((name, problem))
+    return problems, converted
+
+
+def _group_problems(cls: type, values: Mapping[str, Any] | None, prefix: str) -> tuple[list[tuple[str, str]], Any]:
+    """The problems of one group, and its settings object when there are none (range checks between
+    fields, in ``__post_init__``, run only on values of the right types)."""
+    problems, converted = _problems_and_values(cls, values, prefix)
+    if problems:
+        return problems, None
+    try:
+        return [], cls(**converted)
+    except SettingsError as error:
+        return error.problems, None
+
+
+def _from_mapping(cls: type, values: Mapping[str, Any] | None, prefix: str) -> Any:
+    problems, settings = _group_problems(cls, values, prefix)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+class _Group:
+    """``from_params`` for a settings dataclass whose group is ``PREFIX``."""
+
+    PREFIX = ""
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None) -> Any:
+        return _from_mapping(cls, values, cls.PREFIX)
+
+
+# --- training -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class LoraSettings:
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
+class LoraSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "training.lora"
+    r: int = field(default=8, metadata=at_least(1))
+    alpha: int = field(default=32, metadata=at_least(1))
+    dropout: float = field(default=0.1, metadata=at_least(0.0))
     target_modules: tuple[str, ...] | str = "auto"  # auto: the model registry's modules for the model
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1:
-            raise ValueError("training.lora.r and training.lora.alpha must be >= 1, "
-                             f"got r={self.r}, alpha={self.alpha}")
+            raise SettingsError([("training.lora.r", "training.lora.r and training.lora.alpha must be >= 1, "
+                                                     f"got r={self.r}, alpha={self.alpha}")])
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"training.lora.dropout must be in [0, 1), got {self.dropout}")
+            raise SettingsError([("training.lora.dropout",
+                                  f"training.lora.dropout must be in [0, 1), got {self.dropout}")])
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
-    @classmethod
-    def from_params(cls, values: dict[str, Any] | None) -> LoraSettings:
-        return _from_mapping(cls, values, "training.lora")
-
 
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "training"
     learning_rate: float = 3e-4
     num_train_epochs: float = 3
     max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
+    per_device_train_batch_size: int = field(default=8, metadata=at_least(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=at_least(1))
+    warmup_ratio: float = field(default=0.05, metadata=at_least(0.0))
+    weight_decay: float = field(default=0.0, metadata=at_least(0.0))
     lr_scheduler_type: str = "linear"
     seed: int = 42
-    precision: str = "auto"
-    logging_steps: int = 1
+    precision: str = field(default="auto", metadata=choices("finetune_predictor.hardware", "PRECISION_CHOICES"))
+    logging_steps: int = field(default=1, metadata=at_least(1))
     # TRL turns this on by default; it re-runs the forward pass and only pays off when memory is short.
     gradient_checkpointing: bool = False
     # answer: logits only for the trailing answer window of left-padded batches (same loss, ~2x faster on
     # CPU); full: TRL's stock collator and loss, for remote-code models whose forward lacks logits_to_keep.
-    loss_window: str = "answer"
+    loss_window: str = field(default="answer", metadata=one_of("answer", "full"))
+    # The held-out loss curve: evaluated every eval_steps optimiser steps, before the first and after the last
+    # (0 = none), on at most eval_max_records records, so it costs a small share of training. It never changes
+    # the trained adapter, so it is not part of a sweep's resume key.
+    eval_steps: int = field(default=25, metadata=at_least(0))
+    eval_max_records: int = field(default=64, metadata=at_least(1))
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
+        def refuse(setting: str, message: str) -> None:
+            raise SettingsError([(setting, message)])
+
         if not 0 < self.learning_rate < 1:
-            raise ValueError(f"training.learning_rate must be in (0, 1), got {self.learning_rate}")
+            refuse("training.learning_rate", f"training.learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("training.num_train_epochs or training.max_steps must be positive")
+            refuse("training.num_train_epochs", "training.num_train_epochs or training.max_steps must be positive")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError("training.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+            refuse("training.per_device_train_batch_size",
+                   "training.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
         if self.loss_window not in ("answer", "full"):
-            raise ValueError(f"training.loss_window must be 'answer' or 'full', got {self.loss_window!r}")
+            refuse("training.loss_window", f"training.loss_window must be 'answer' or 'full', got {self.loss_window!r}")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings.from_params(self.lora))
 
@@ -73,6 +298,231 @@ class TrainingSettings:
     def effective_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
-    @classmethod
-    def from_params(cls, values: dict[str, Any] | None) -> TrainingSettings:
-        return _from_mapping(cls, values, "training")
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnsSettings(_Group):
+    """Canonical field -> the file's column name, or its 0-based position in a file without header."""
+
+    PREFIX: typing.ClassVar[str] = "data.columns"
+    id: int | str | None = None
+    instruction: int | str | None = None
+    input: int | str | None = None
+    output: int | str | None = None
+    group: int | str | None = None
+
+
+@dataclass(frozen=True)
+class QASettings(_Group):
+    PREFIX: typing.ClassVar[str] = "data.qa"
+    include_unanswerable: bool = False
+    no_answer: str = "unanswerable"
+    group_by: str = field(default="article", metadata=choices("finetune_predictor.records", "QA_GROUPS"))
+
+
+@dataclass(frozen=True)
+class SyntheticSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "data.synthetic"
+    num_records: int = field(default=24000, metadata=at_least(2))
+    seed: int = 7
+    difficulty: str = field(default="standard", metadata=choices("finetune_predictor.synthetic_news", "DIFFICULTIES"))
+
+
+@dataclass(frozen=True)
+class DataSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "data"
+    task: str = field(default="binary_classification", metadata=choices("finetune_predictor.tasks", "TASK_TYPES"))
+    path: str | None = None
+    test_path: str | None = None
+    format: str = field(default="auto", metadata=choices("finetune_predictor.records", "FORMATS"))
+    columns: ColumnsSettings = field(default_factory=ColumnsSettings)
+    header: bool = True
+    instruction: str | None = None
+    label_map: dict[str, str] | None = None
+    split: str = "train"
+    group: str | None = None
+    family: str | None = None
+    on_invalid: str = field(default="error", metadata=choices("finetune_predictor.records", "INVALID_POLICIES"))
+    duplicates: str = field(default="drop", metadata=choices("finetune_predictor.splits", "DUPLICATE_POLICIES"))
+    test_overlap: str = field(default="drop", metadata=choices("finetune_predictor.splits", "OVERLAP_POLICIES"))
+    label_positive: str = "fake"
+    label_negative: str = "legitimate"
+    labels: tuple[str, ...] | None = None
+    schema: dict[str, str] | None = None
+    qa: QASettings = field(default_factory=QASettings)
+    test_split: str = field(default="auto", metadata=one_of("auto", "record", "group"))
+    train_per_class: int = field(default=100, metadata=at_least(1))
+    test_per_class: int | None = field(default=100, metadata=at_least(1))
+    seed: int = 42
+    # A record whose text is longer than this many characters is refused (quarantined under
+    # on_invalid=quarantine): far beyond any model.max_length, it is almost always a broken export.
+    max_record_chars: int | None = field(default=100_000, metadata=at_least(1))
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+
+
+# --- model and evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "model"
+    name: str = "SmolLM2-135M-Instruct"
+    cache_dir: str | None = None
+    quantization: str = field(default="none", metadata=choices("finetune_predictor.hardware", "QUANTIZATION_CHOICES"))
+    max_length: int = field(default=512, metadata=at_least(16))
+    system_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "evaluation"
+    batch_size: int = field(default=16, metadata=at_least(1))
+    generation: bool = True
+    max_new_tokens: int | None = field(default=None, metadata=at_least(1))
+    engine: str = field(default="auto", metadata=choices("finetune_predictor.evaluation", "ENGINES"))
+    max_lora_rank: int | None = field(default=None, metadata=at_least(1))
+    label_scoring: str = field(default="sum", metadata=choices("finetune_predictor.evaluation", "LABEL_SCORING"))
+    reuse_baseline: bool = True
+
+
+# --- the other groups -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreflightSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "preflight"
+    output_dirs: tuple[str, ...] = ()
+    memory_margin: float = field(default=1.2, metadata=at_least(1.0))
+    min_free_disk_gb: float = field(default=1.0, metadata=at_least(0.0))
+
+
+@dataclass(frozen=True)
+class MetaFeaturesSettings(_Group):
+    """The keys of ``meta_features`` (and of ``sensitivity.meta_features``); ``meta_features.ProbeSettings``
+    is what the features are computed with."""
+
+    PREFIX: typing.ClassVar[str] = "meta_features"
+    sample_size: int = field(default=64, metadata=at_least(2))
+    probe_steps: int = field(default=20, metadata=at_least(0))
+    probe_batch_size: int | None = field(default=None, metadata=at_least(1))
+    knn: int = field(default=10, metadata=at_least(1))
+    seed: int = 0
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class RankSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "rank"
+    candidates: str | None = None
+    top_reasons: int = field(default=3, metadata=at_least(1))
+
+
+@dataclass(frozen=True)
+class ForecastSettings(_Group):
+    PREFIX: typing.ClassVar[str] = "forecast"
+    experiment_name: str = "finetune_predictor"
+    target_column: str = "finetuned_primary"
+    curve_family: str = field(default="pow2", metadata=one_of("pow2", "pow3", "loglinear", "carry_forward"))
+    interval_level: float = field(default=0.9, metadata=between(0.0, 1.0))
+    min_sizes: int = field(default=3, metadata=at_least(2))
+
+
+@dataclass(frozen=True)
+class PredictorParams(_Group):
+    """The keys of ``predictor``; ``predictor.PredictorSettings`` is what the predictor trains with (it also
+    checks the candidate names)."""
+
+    PREFIX: typing.ClassVar[str] = "predictor"
+    table_path: str | None = None
+    experiment_name: str = "finetune_predictor"
+    target_column: str = "finetuned_primary"
+    group_column: str | None = None  # the single-column spelling of an external table's group
+    group_columns: tuple[str, ...] | str = ("dataset_family", "model", "task")
+    feature_prefix: str = "mf_"
+    feature_columns: tuple[str, ...] = ()
+    n_folds: int = field(default=5, metadata=at_least(2))
+    min_runs: int = field(default=30, metadata=at_least(1))
+    shap_mass: float = field(default=0.9, metadata=between(0.0, 1.0, closed_high=True))
+    interval_alpha: float = field(default=0.1, metadata=between(0.0, 1.0))
+    seed: int = 0
+    candidates: tuple[str, ...] = ()
+    lightgbm: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SensitivityParams(_Group):
+    """The keys of ``sensitivity`` and their types; the grid (``pipelines/sensitivity/grid.py``) checks how
+    the axes combine."""
+
+    PREFIX: typing.ClassVar[str] = "sensitivity"
+    executor: str = field(default="sequential", metadata=one_of("sequential", "ray"))
+    strategy: str = field(default="grid", metadata=one_of("grid", "forecast"))
+    forecast_interval_level: float = field(default=0.9, metadata=between(0.0, 1.0))
+    ray_address: str | None = None
+    gpus_per_run: float = field(default=1, metadata=at_least(0))
+    models: tuple[str, ...] | str | None = None
+    train_per_class: tuple[int, ...] | int = (25, 50, 100)
+    learning_rates: tuple[float, ...] | float = (3e-4,)
+    lora: Any = None
+    num_train_epochs: tuple[float, ...] | float = (3,)
+    seeds: tuple[int, ...] | int = (42,)
+    data_variants: Any = None
+    test_per_class: int = field(default=50, metadata=at_least(1))
+    validation_per_class: int = field(default=0, metadata=at_least(0))
+    evaluation_batch_size: int | None = field(default=None, metadata=at_least(1))
+    output_dir: str = "data/06_models/sweeps"
+    meta_features: MetaFeaturesSettings | None = None
+
+
+GROUPS: dict[str, type] = {"data": DataSettings, "model": ModelSettings, "training": TrainingSettings,
+                           "evaluation": EvaluationSettings, "preflight": PreflightSettings,
+                           "meta_features": MetaFeaturesSettings, "rank": RankSettings, "forecast": ForecastSettings,
+                           "predictor": PredictorParams, "sensitivity": SensitivityParams}
+
+
+def _registry_problems(registry: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    from finetune_predictor.models import ModelEntry
+
+    problems = []
+    for name in registry or {}:
+        try:
+            ModelEntry.from_registry(str(name), dict(registry))
+        except (TypeError, ValueError) as error:
+            problems.append((f"model_registry.{name}", str(error)))
+    return problems
+
+
+def parameter_problems(parameters: Mapping[str, Any], groups: list[str] | None = None,
+                       unchecked: Callable[[str], None] | None = None) -> list[tuple[str, str]]:
+    """Every problem with ``parameters`` (all groups, or ``groups``): ``(setting, message)`` pairs.
+
+    A group without a schema close to a known name (``dat``) is a typo; any other one is passed to
+    ``unchecked`` (a new group whose keys nobody checks yet) and not refused.
+    """
+    problems: list[tuple[str, str]] = []
+    for group in groups or list(parameters):
+        values = parameters.get(group)
+        if group == "model_registry":
+            problems.extend(_registry_problems(values))
+        elif group in GROUPS:
+            if values is not None and not isinstance(values, Mapping):
+                problems.append((group, f"{group} must be a mapping of settings, got {values!r}"))
+                continue
+            problems.extend(_group_problems(GROUPS[group], values, group)[0])
+        elif difflib.get_close_matches(group, [*GROUPS, "model_registry"], n=1, cutoff=0.8):
+            close = difflib.get_close_matches(group, [*GROUPS, "model_registry"], n=1, cutoff=0.8)[0]
+            problems.append((group, f"Unknown parameter group {group!r} (did you mean {close}?); "
+                                    f"groups: {', '.join(sorted([*GROUPS, 'model_registry']))}"))
+        elif unchecked is not None:
+            unchecked(group)
+    return problems
+
+
+def check_parameters(parameters: Mapping[str, Any], groups: list[str] | None = None) -> None:
+    """Raise :class:`SettingsError` naming every problem of :func:`parameter_problems`."""
+    problems = parameter_problems(parameters, groups)
+    if problems:
+        raise SettingsError(problems)

@@ -5,18 +5,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.records import exact_text, normalised_text
 
 DUPLICATE_POLICIES = ("drop", "keep", "error")
 OVERLAP_POLICIES = ("drop", "error")
 
 
-class InsufficientDataError(ValueError):
-    """Fewer examples of a class than a balanced sample asks for."""
+class InsufficientDataError(ValueError, UserFacingError):
+    """Fewer examples of a class than a balanced sample asks for. ``cause`` says what took records away on
+    the way (duplicates dropped, records set aside for the test set or removed for repeating its text)."""
+
+    def __init__(self, message: str, cause: str = "", setting: str = "data.train_per_class") -> None:
+        what = f"{message}{f' ({cause})' if cause else ''}"
+        UserFacingError.__init__(self, what, setting,
+                                 "lower data.train_per_class / data.test_per_class, or give data.path more "
+                                 "distinct records of each class")
+        self.message, self.cause, self.setting = message, cause, setting
+
+    def because(self, cause: str) -> InsufficientDataError:
+        """The same shortage with what caused it."""
+        return InsufficientDataError(self.message, cause, self.setting)
 
 
-class DataLeakError(ValueError):
+class DataLeakError(ValueError, UserFacingError):
     """Test-set text that also appears in training (or a duplicate the policy refuses)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        UserFacingError.__init__(self, message, fix=fix)
 
 
 def deduplicate(frame: pd.DataFrame, policy: str = "drop") -> tuple[pd.DataFrame, dict[str, int]]:
@@ -40,7 +56,8 @@ def deduplicate(frame: pd.DataFrame, policy: str = "drop") -> tuple[pd.DataFrame
     if policy == "error" and near_dup.any():
         first = frame.loc[near_dup].iloc[0]
         raise DataLeakError(f"{stats['exact_duplicates']} exact and {stats['near_duplicates']} near duplicate "
-                            f"records (first: id {first['id']!r} from {first['source']}); data.duplicates=error")
+                            f"records (first: id {first['id']!r} from {first['source']}); data.duplicates=error",
+                            "remove the duplicates from the file, or set data.duplicates=drop (keeps the first)")
     if policy == "drop":
         frame = frame.loc[~near_dup]
     stats["duplicates_removed"] = int(near_dup.sum()) if policy == "drop" else 0
@@ -61,10 +78,11 @@ def strata(labels: list[str] | None) -> list[str | None]:
     return list(labels) if labels else [None]
 
 
-def _require(available: int, wanted: int, label: str | None, what: str) -> None:
+def _require(available: int, wanted: int, label: str | None, what: str, setting: str = "data.train_per_class") -> None:
     if available < wanted:
         of = f"of label {label!r} " if label is not None else ""
-        raise InsufficientDataError(f"{what} asks for {wanted} examples {of}but only {available} exist")
+        raise InsufficientDataError(f"{what} asks for {wanted} examples {of}but only {available} exist",
+                                    setting=setting)
 
 
 def select_test_groups(frame: pd.DataFrame, size: int | None, seed: int,
@@ -79,7 +97,8 @@ def select_test_groups(frame: pd.DataFrame, size: int | None, seed: int,
     groups = frame["group"].drop_duplicates().tolist()
     if len(groups) < 2:
         raise InsufficientDataError(f"a test split by group needs at least two groups, the data has {len(groups)} "
-                                    f"({groups}); set data.test_split=record or give a data.test_path")
+                                    f"({groups}); set data.test_split=record or give a data.test_path",
+                                    setting="data.test_split")
     wanted = size if size is not None else max(1, round(len(frame) * fraction))
     counts = frame["group"].value_counts()
     chosen: list[str] = []
@@ -89,7 +108,7 @@ def select_test_groups(frame: pd.DataFrame, size: int | None, seed: int,
         chosen.append(groups[index])
     if len(chosen) == len(groups):
         raise InsufficientDataError(f"data.test_per_class={size} needs every group of the data for the test set; "
-                                    "lower it so that some groups remain for training")
+                                    "lower it so that some groups remain for training", setting="data.test_per_class")
     in_test = frame["group"].isin(chosen)
     test = _class_order(frame[in_test], None, seed)
     return (test.head(size) if size is not None else test).reset_index(drop=True), frame[~in_test]
@@ -105,7 +124,7 @@ def select_test_set(frame: pd.DataFrame, labels: list[str] | None, per_class: in
     parts = []
     for label in strata(labels):
         ordered = _class_order(frame, label, seed)
-        _require(len(ordered), per_class, label, "data.test_per_class")
+        _require(len(ordered), per_class, label, "data.test_per_class", "data.test_per_class")
         parts.append(ordered.head(per_class))
     return pd.concat(parts).reset_index(drop=True)
 
@@ -126,16 +145,18 @@ def remove_test_overlap(train_pool: pd.DataFrame, test: pd.DataFrame,
     if removed and policy == "error":
         leaked = train_pool[[not k for k in keep]].iloc[0]
         raise DataLeakError(f"{removed} training records repeat test-set text (first: id {leaked['id']!r} "
-                            f"from {leaked['source']}); data.test_overlap=error")
+                            f"from {leaked['source']}); data.test_overlap=error",
+                            "remove them from the training file, or set data.test_overlap=drop")
     return train_pool[keep], removed
 
 
 def assert_disjoint(train: pd.DataFrame, test: pd.DataFrame) -> None:
-    """The invariant every split must keep: no test text (normalised) in training."""
+    """The invariant every split must keep: no test text (normalised) in training. Overlap is removed (or
+    refused) before, so a violation is a bug of the split, reported with its traceback (not a user error)."""
     test_texts = set(map(normalised_text, test["instruction"], test["input"]))
     for row in train.itertuples(index=False):
         if normalised_text(row.instruction, row.input) in test_texts:
-            raise DataLeakError(f"training record {row.id!r} from {row.source} repeats test-set text")
+            raise RuntimeError(f"training record {row.id!r} from {row.source} repeats test-set text")
 
 
 def nested_balanced_subset(pool: pd.DataFrame, labels: list[str] | None, per_class: int, seed: int) -> pd.DataFrame:

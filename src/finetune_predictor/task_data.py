@@ -6,6 +6,7 @@ less the sweep's validation set, when it has one).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import PurePath
 from typing import Any
@@ -20,6 +21,7 @@ from finetune_predictor.records import (
     read_records,
 )
 from finetune_predictor.splits import (
+    InsufficientDataError,
     assert_disjoint,
     deduplicate,
     nested_balanced_subset,
@@ -31,6 +33,8 @@ from finetune_predictor.synthetic_events import SOURCE as EVENTS_SOURCE
 from finetune_predictor.synthetic_events import iter_events
 from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
 from finetune_predictor.tasks import OPEN_TASKS, build_task, declared_labels, task_type, test_split
+
+logger = logging.getLogger(__name__)
 
 ORIGIN = "origin"  # "pool" (training candidates) or "test_file" (the user's fixed test file)
 BUNDLED_SOURCE = "bundled-synthetic-news"
@@ -104,7 +108,22 @@ def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame,
         frames.append(test)
     rejects = [reject for result in results.values() for reject in result.rejects]
     summary = {name: result.summary() for name, result in results.items()}
+    for name, result in results.items():
+        _log_read(data, name, result)
     return pd.concat(frames, ignore_index=True), pd.DataFrame(rejects, columns=REJECT_COLUMNS), summary
+
+
+def _log_read(data: dict[str, Any], name: str, result: ReadResult) -> None:
+    """What reading one file set aside, on the console (not only in the rejects file)."""
+    setting = "data.path" if name == "train_file" else "data.test_path"
+    if result.rejects:
+        reasons = ", ".join(f"{kind}: {count}" for kind, count in result.summary()["rejected_by_reason"].items())
+        logger.warning("%s=%s: %d record(s) quarantined (%s; the first at %s) and left out; each is listed with its "
+                       "reason in the rejected records file", setting, data.get(setting.removeprefix("data.")),
+                       len(result.rejects), reasons, result.rejects[0]["location"])
+    if result.unmapped_labels:
+        logger.info("%s: %d record(s) with raw labels outside data.label_map left out: %s", setting,
+                    sum(result.unmapped_labels.values()), dict(result.unmapped_labels))
 
 
 def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -116,17 +135,57 @@ def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.D
     policy = str(data.get("duplicates", "drop"))
     pool, pool_dups = deduplicate(records[records[ORIGIN] == "pool"], policy)
     duplicates = {"pool": pool_dups}
-    if (records[ORIGIN] == "test_file").any():
-        test_file, duplicates["test_file"] = deduplicate(records[records[ORIGIN] == "test_file"], policy)
-        test = select_test_set(test_file, labels, data.get("test_per_class"), seed)
-    elif test_split(task, data) == "group":  # QA: whole articles go to the test side
-        test, pool = select_test_groups(pool, data.get("test_per_class"), seed)
-    else:
-        test = select_test_set(pool, labels, data.get("test_per_class"), seed)
-        pool = pool[~pool["id"].isin(set(test["id"]))]
+    try:
+        if (records[ORIGIN] == "test_file").any():
+            test_file, duplicates["test_file"] = deduplicate(records[records[ORIGIN] == "test_file"], policy)
+            test = select_test_set(test_file, labels, data.get("test_per_class"), seed)
+        elif test_split(task, data) == "group":  # QA: whole articles go to the test side
+            test, pool = select_test_groups(pool, data.get("test_per_class"), seed)
+        else:
+            test = select_test_set(pool, labels, data.get("test_per_class"), seed)
+            pool = pool[~pool["id"].isin(set(test["id"]))]
+    except InsufficientDataError as error:
+        raise error.because(_duplicates_cause(duplicates.get("test_file", pool_dups), policy)) from None
+    candidates = len(pool)
     pool, overlap_removed = remove_test_overlap(pool, test, str(data.get("test_overlap", "drop")))
-    return canonical(test), canonical(pool), {"duplicates": duplicates,
-                                                                "train_test_overlap_removed": overlap_removed}
+    checks = {"duplicates": duplicates, "train_test_overlap_removed": overlap_removed}
+    _log_split_removals(checks, policy, candidates)
+    return canonical(test), canonical(pool), checks
+
+
+def _duplicates_cause(stats: dict[str, int], policy: str) -> str:
+    removed = stats.get("duplicates_removed", 0)
+    return (f"{removed} duplicate record(s) were dropped before ({stats['exact_duplicates']} exact, "
+            f"{stats['near_duplicates']} near; data.duplicates={policy})") if removed else ""
+
+
+def _log_split_removals(checks: dict[str, Any], policy: str, candidates: int) -> None:
+    for side, stats in checks["duplicates"].items():
+        if stats.get("duplicates_removed"):
+            logger.info("%s: %d duplicate record(s) dropped (%d exact, %d near; data.duplicates=%s)",
+                        "training source" if side == "pool" else "test file", stats["duplicates_removed"],
+                        stats["exact_duplicates"], stats["near_duplicates"], policy)
+    if checks["train_test_overlap_removed"]:
+        logger.warning("%d of %d training candidate(s) removed: their text is in the test set (data.test_overlap="
+                       "drop)", checks["train_test_overlap_removed"], candidates)
+
+
+def _shortage_cause(records: pd.DataFrame, pool_size: int, test: pd.DataFrame, checks: dict[str, Any],
+                    data: dict[str, Any]) -> str:
+    """What took the training source's records away before the training subset was drawn."""
+    source = int((records[ORIGIN] == "pool").sum())
+    parts = [f"the training source has {source} record(s)"]
+    dups = checks["duplicates"]["pool"].get("duplicates_removed", 0)
+    if dups:
+        parts.append(f"{dups} dropped as duplicates (data.duplicates={data.get('duplicates', 'drop')})")
+    if not (records[ORIGIN] == "test_file").any():
+        parts.append(f"{len(test)} set aside for the test set (data.test_per_class={data.get('test_per_class')})")
+    overlap = checks["train_test_overlap_removed"]
+    if overlap:
+        same = " - is data.test_path the training file itself?" if overlap >= 0.9 * (overlap + pool_size) else ""
+        parts.append(f"{overlap} removed because their text is in the test set (data.test_overlap=drop){same}")
+    parts.append(f"{pool_size} remain as training candidates")
+    return "; ".join(parts)
 
 
 def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame, read_summary: dict[str, Any],
@@ -148,6 +207,35 @@ def split_summary(train: pd.DataFrame, test: pd.DataFrame, records: pd.DataFrame
     }
 
 
+def split_headline(summary: dict[str, Any], training_summary: dict[str, Any] | None = None) -> str:
+    """One line for the console: train and test sizes (by label for classification), the source, and what
+    was removed on the way: duplicates, training records repeating test-set text, quarantined records, records
+    over ``data.max_record_chars``, labels outside ``data.label_map``, and (after training) prompts cut to
+    ``model.max_length``."""
+    def sized(side: str) -> str:
+        counts = summary.get(f"{side}_label_counts")
+        by_label = f" ({', '.join(f'{label} {n}' for label, n in counts.items())})" if counts else ""
+        return f"{side} {summary[f'{side}_size']}{by_label}"
+
+    read = list((summary.get("read") or {}).values())
+    rejected = sum(r.get("records_rejected", 0) for r in read)
+    too_long = sum((r.get("rejected_by_reason") or {}).get("abnormally long record", 0) for r in read)
+    removed = {
+        "duplicate(s)": sum(d.get("duplicates_removed", 0) for d in (summary.get("duplicates") or {}).values()),
+        "repeating test-set text": summary.get("train_test_overlap_removed", 0),
+        "quarantined": rejected - too_long,
+        "over data.max_record_chars": too_long,
+        "outside data.label_map": sum(sum((r.get("labels_dropped_by_label_map") or {}).values()) for r in read),
+    }
+    what = ", ".join(f"{n} {name}" for name, n in removed.items() if n) or "nothing"
+    line = (f"data: {sized('train')}, {sized('test')} from {summary.get('records_available', '?')} records of "
+            f"{summary.get('source')}; removed: {what}")
+    if training_summary is not None:
+        cut = training_summary.get("records_truncated", 0)
+        line += f"; truncated: {cut} training prompt(s) cut to model.max_length"
+    return line
+
+
 def _label_counts(train: pd.DataFrame, test: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any]:
     """Label counts of a classification task; the groups (articles) on each side of an open task."""
     if task_type(data) in OPEN_TASKS:
@@ -166,7 +254,10 @@ def split_train_test(records: pd.DataFrame, read_summary: dict[str, Any],
     """
     test, pool, checks = test_set_and_pool(records, data)
     labels = build_task(data, records["output"]).candidates()
-    train = nested_balanced_subset(pool, labels, int(data["train_per_class"]), int(data.get("seed", 42)))
+    try:
+        train = nested_balanced_subset(pool, labels, int(data["train_per_class"]), int(data.get("seed", 42)))
+    except InsufficientDataError as error:
+        raise error.because(_shortage_cause(records, len(pool), test, checks, data)) from None
     train = canonical(train)
     assert_disjoint(train, test)
     return train, test, split_summary(train, test, records, read_summary, data, checks)
@@ -197,7 +288,10 @@ def nested_subsets(records: pd.DataFrame, read_summary: dict[str, Any], data: di
         pool = pool[~pool["id"].isin(set(validation["id"]))]
     parts, hashes = [], {}
     for size in sorted(sizes):
-        train = canonical(nested_balanced_subset(pool, labels, size, seed))
+        try:
+            train = canonical(nested_balanced_subset(pool, labels, size, seed))
+        except InsufficientDataError as error:
+            raise error.because(_shortage_cause(records, len(pool), test, checks, data)) from None
         assert_disjoint(train, test)
         hashes[str(size)] = content_sha256(train)
         parts.append(train.assign(train_per_class=size))

@@ -11,7 +11,8 @@ GATE = "preflight.int.passed"
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
-        node(check_run, ["params:data", "params:model", "params:model_registry", "params:training", "params:preflight"],
+        node(check_run, ["params:data", "params:model", "params:model_registry", "params:training", "params:preflight",
+                         "parameters"],
              "preflight.reporting.verdict", name="check_run"),
         node(enforce_verdict, "preflight.reporting.verdict", GATE, name="enforce_verdict"),
     ], namespace="preflight", prefix_datasets_with_namespace=False)
