@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
+from finetune_predictor import tracking
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
-from finetune_predictor.records import reference_lists
+from finetune_predictor.models import folder_sha256
+from finetune_predictor.records import content_sha256, reference_lists
 from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
 from finetune_predictor.tasks import Task
 from finetune_predictor.tasks.base import label_key
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "hf", "vllm")
 LABEL_SCORING = ("sum", "mean", "calibrated")
@@ -90,6 +98,68 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     model = None
     release_accelerator_memory()
     return frame
+
+
+# --- the baseline: computed once per key, reused by later runs and sweeps --------------------------------
+
+# Raise when the prediction code changes what a baseline contains: every stored baseline then misses.
+PREDICTIONS_VERSION = 2
+
+
+def evaluated_set_sha256(test: pd.DataFrame) -> str:
+    """What a prediction table is of: the records' content, their ids and their accepted answers."""
+    parts = [content_sha256(test), json.dumps([str(value) for value in test["id"]])]
+    if "references" in test:
+        parts.append(json.dumps([str(value) for value in test["references"]]))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def baseline_key(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any]) -> str:
+    """Everything that changes the base model's predictions: the model's content (weights, config,
+    tokenizer), the test set, the task (labels, schema, ...), how prompts are built (template, system
+    prompt, max_length), where and how the model runs (device, precision, quantization, engine) and the
+    scoring and generation settings. ``batch_size`` is left out: batches give the same predictions
+    (length grouping and batch independence are tested)."""
+    import torch
+    import transformers
+
+    candidates = task.candidates()
+    generation = bool(evaluation_params.get("generation", True)) or not candidates
+    formatter = session.formatter
+    payload = {
+        "version": PREDICTIONS_VERSION, "torch": torch.__version__, "transformers": transformers.__version__,
+        "model": folder_sha256(session.resolved.path), "test": evaluated_set_sha256(test),
+        "task": {"type": type(task).__name__, **asdict(task)},
+        "prompt": {"max_length": formatter.max_length, "system_prompt": formatter.system_prompt,
+                   "chat_template": formatter.tokenizer.chat_template if formatter.uses_chat_template else None},
+        "plan": {"device": session.plan.device, "precision": session.plan.precision_name},
+        "label_scoring": str(evaluation_params.get("label_scoring", "sum")) if candidates else None,
+        "generation": generation,
+        "max_new_tokens": max_new_tokens(task, evaluation_params, formatter) if generation else None,
+        "engine": generation_engine(str(evaluation_params.get("engine", "auto"))) if generation else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def baseline_predictions(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any],
+                         tracked: bool, run_id: str = "") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The base model's predictions and their provenance (``baseline_key``, ``baseline_reused``,
+    ``baseline_source_run_id``, logged with the run record).
+
+    With ``evaluation.reuse_baseline`` and an MLflow store (``tracked``), a FINISHED run with the same key
+    gives its predictions instead of computing them again; otherwise they are computed, and ``run_id`` (the
+    run that logs them) is their source.
+    """
+    key = baseline_key(test, task, session, evaluation_params)
+    if tracked and evaluation_params.get("reuse_baseline", True):
+        previous = tracking.finished_baseline_run(key)
+        found = tracking.load_baseline_predictions(previous) if previous is not None else None
+        if found is not None and found[0]["id"].astype(str).tolist() == test["id"].astype(str).tolist():
+            logger.info("Baseline reused from run %s (baseline_key %s): not computed again", found[1], key)
+            return found[0], {tracking.BASELINE_KEY: key, tracking.BASELINE_REUSED: "true",
+                              tracking.BASELINE_SOURCE: found[1]}
+    frame = predict(test, task, session, evaluation_params)
+    return frame, {tracking.BASELINE_KEY: key, tracking.BASELINE_REUSED: "false", tracking.BASELINE_SOURCE: run_id}
 
 
 def label_scores(log_probs: np.ndarray, rule: str, model: Any, session: ModelSession,

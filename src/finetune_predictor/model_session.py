@@ -11,6 +11,7 @@ What a session actually used (``precision``, ``quantization_requested``, ``quant
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import tempfile
@@ -109,6 +110,37 @@ def load_causal_lm(path: str, plan: ComputePlan, for_training: bool = False, tru
     return model
 
 
+# --- one base model per process (a sweep's configurations) -----------------------------------------------
+
+_KEPT_BASE_MODELS: dict[tuple[str, str, bool], Any] = {}
+_keep_base_models = False
+
+
+def keep_base_models(enabled: bool = True) -> None:
+    """Load each base model once in this process and hand every later load a copy of it (a sweep's
+    configurations and their probes; a Ray worker keeps its copy between tasks). ``False`` drops them.
+
+    A copy, because training adds LoRA layers to the model it gets and evaluation merges an adapter into
+    it: the kept model itself is never handed out, so no configuration sees another's changes. It stays
+    on the CPU (a GPU holds only the copies in use). A 4-bit base is loaded from disk each time: its
+    bitsandbytes weights are quantised as they are loaded onto the GPU and do not copy reliably.
+    """
+    global _keep_base_models
+    _keep_base_models = enabled
+    if not enabled:
+        _KEPT_BASE_MODELS.clear()
+
+
+def _base_model(path: str, plan: ComputePlan, for_training: bool, trust_remote_code: bool) -> Any:
+    if not _keep_base_models or plan.load_in_4bit:
+        return load_causal_lm(path, plan, for_training=for_training, trust_remote_code=trust_remote_code)
+    key = (path, str(plan.load_dtype), trust_remote_code)
+    if key not in _KEPT_BASE_MODELS:
+        _KEPT_BASE_MODELS[key] = load_causal_lm(path, replace(plan, device="cpu"), trust_remote_code=trust_remote_code)
+    model = copy.deepcopy(_KEPT_BASE_MODELS[key])
+    return model.to("cuda") if plan.device == "cuda" else model
+
+
 @dataclass
 class ModelSession:
     """One base model as every stage of a run sees it: where it lives, how it runs, how prompts look."""
@@ -139,8 +171,8 @@ class ModelSession:
         A full-precision base gets the adapter merged (one matmul per layer at inference). A 4-bit base
         keeps it unmerged: merging into NF4 weights would round the adapter away.
         """
-        model = load_causal_lm(self.resolved.path, self.plan, for_training=self.purpose in ("train", "probe"),
-                               trust_remote_code=self.resolved.trust_remote_code)
+        model = _base_model(self.resolved.path, self.plan, for_training=self.purpose in ("train", "probe"),
+                            trust_remote_code=self.resolved.trust_remote_code)
         if adapter_dir is None:
             return model
         from peft import PeftModel

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,44 @@ def locate_model(name: str, cache_dir: str | Path | None = None,
 def _converted_folder(gguf_path: Path, cache_dir: Path) -> Path:
     """The cached HF folder of a GGUF file, named by content so a reinstalled wheel reuses it."""
     return cache_dir / "converted" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
+
+
+# --- a model folder's content hash ------------------------------------------------------------------------
+
+
+def folder_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """The sha256 of a model folder's content: every file's name and bytes (weights, config, tokenizer).
+
+    Hashing a 7B model's weights takes a minute, so each file's hash is kept in
+    ``<cache>/content_hashes.json`` by (resolved path, size, mtime): a file is read again only when it
+    changed. Hidden files (the GGUF conversion marker, which names a path on this machine) are left out.
+    """
+    folder = Path(path)
+    store = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_file = store / "content_hashes.json"
+    try:
+        known = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        known = {}  # a damaged cache is rebuilt, never trusted
+    digest, changed = hashlib.sha256(), False
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        real = file.resolve()  # an HF cache snapshot links to its blobs
+        stat = real.stat()
+        entry = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
+        if entry not in known:
+            known[entry], changed = _sha256_of_file(real), True
+        digest.update(f"{file.relative_to(folder).as_posix()}:{known[entry]}\n".encode())
+    if changed:
+        store.mkdir(parents=True, exist_ok=True)
+        staging = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps(known, indent=0, sort_keys=True))
+        staging.replace(cache_file)  # atomic: two processes never leave a half-written cache
+    return digest.hexdigest()
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -288,3 +288,40 @@ def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
         table.loc[unkeyed, REPLICATE_KEY] = table.loc[unkeyed, "run_id"]
         table["dataset_family"] = table["dataset_family"].fillna(table["dataset"])
     return table
+
+
+# --- reusing a baseline: the base model's predictions of an earlier run with the same key --------------------
+
+BASELINE_KEY = "baseline_key"
+BASELINE_REUSED = "baseline_reused"
+BASELINE_SOURCE = "baseline_source_run_id"
+BASELINE_ARTIFACT = "predictions/baseline_predictions.jsonl"
+
+
+def finished_baseline_run(key: str) -> Any | None:
+    """The latest FINISHED run of any experiment on this tracking store whose record has the param
+    ``baseline_key = key``. The param is logged with the run record at the end of a run, so a run that
+    failed, or stopped before its record, is never a source."""
+    client = _client()
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(experiments, filter_string=f"params.{BASELINE_KEY} = '{key}' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.end_time DESC"], max_results=5)
+    return runs[0] if runs else None
+
+
+def load_baseline_predictions(run: Any) -> tuple[pd.DataFrame, str] | None:
+    """The baseline predictions artifact of ``run`` and the run that computed them (a run that reused its
+    baseline names its own source); None when the artifact is gone or unreadable."""
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=BASELINE_ARTIFACT)
+        frame = pd.read_json(local, orient="records", lines=True, dtype=False)
+    except Exception as error:  # a deleted artifact or an unreachable store: compute the baseline again
+        logger.warning("Run %s has baseline_key but its baseline predictions could not be read (%s): the baseline "
+                       "is computed again", run.info.run_id, error)
+        return None
+    source = run.data.params.get(BASELINE_SOURCE) or run.info.run_id
+    return frame, source

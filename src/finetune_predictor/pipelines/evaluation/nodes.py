@@ -9,17 +9,22 @@ from matplotlib.figure import Figure
 
 from finetune_predictor import tracking
 from finetune_predictor.classical import classical_metrics
-from finetune_predictor.evaluation import metrics_of, predict
+from finetune_predictor.evaluation import baseline_predictions, metrics_of, predict
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.evaluation import plots
 from finetune_predictor.tasks import build_task
 
 
 def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any], precision: str,
-                     evaluation: dict[str, Any], data: dict[str, Any]) -> pd.DataFrame:
-    """Predictions of the base model without adapter, in the model session the fine-tune used."""
+                     evaluation: dict[str, Any], data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Predictions of the base model without adapter, in the model session the fine-tune used, and where
+    they came from: reused from an earlier FINISHED run with the same ``baseline_key`` (same model
+    content, test set, task and evaluation settings) when ``evaluation.reuse_baseline`` allows, else
+    computed here."""
     session = open_session(model, model_registry, "evaluate", precision)
-    return predict(test, build_task(data, test["output"]), session, evaluation)
+    run_id = tracking.active_run_id()  # kedro-mlflow's run, which logs these predictions and the record
+    return baseline_predictions(test, build_task(data, test["output"]), session, evaluation,
+                                tracked=run_id is not None, run_id=run_id or "")
 
 
 def predict_finetuned(test: pd.DataFrame, adapter_dir: str, model: dict[str, Any], model_registry: dict[str, Any],
@@ -75,6 +80,9 @@ def plot_metric_comparison(metrics: dict[str, Any]) -> Figure:
 
 
 def build_run_record(split_summary: dict[str, Any], training_summary: dict[str, Any], metrics: dict[str, Any],
-                     model: dict[str, Any], training: dict[str, Any], data: dict[str, Any]) -> tracking.RunRecord:
-    """The run's record (name, params, metrics) for MLflow."""
-    return tracking.build_run_record(split_summary, training_summary, metrics, model, training, data)
+                     model: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+                     baseline_provenance: dict[str, Any]) -> tracking.RunRecord:
+    """The run's record (name, params, metrics) for MLflow, with where its baseline came from."""
+    record = tracking.build_run_record(split_summary, training_summary, metrics, model, training, data)
+    record.provenance.update(baseline_provenance)
+    return record

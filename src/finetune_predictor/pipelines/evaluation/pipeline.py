@@ -13,7 +13,8 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         node(nodes.predict_baseline,
              [test, "params:model", "params:model_registry", "params:training.precision", "params:evaluation",
               "params:data"],
-             "evaluation.model_output.baseline_predictions", name="predict_baseline", tags="gpu"),
+             ["evaluation.model_output.baseline_predictions", "evaluation.tracking.baseline_provenance"],
+             name="predict_baseline", tags="gpu"),
         node(nodes.predict_finetuned,
              [test, "sft_training.model.adapter", "params:model", "params:model_registry", "params:training.precision",
               "params:evaluation", "params:data"],
@@ -34,6 +35,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              "evaluation.reporting.metric_comparison_plot", name="plot_metric_comparison", tags="reporting"),
         node(nodes.build_run_record,
              ["data_engineering.reporting.split_summary", "sft_training.reporting.training_summary",
-              "evaluation.reporting.metrics", "params:model", "params:training", "params:data"],
+              "evaluation.reporting.metrics", "params:model", "params:training", "params:data",
+              "evaluation.tracking.baseline_provenance"],
              "evaluation.tracking.run_record", name="build_run_record"),
     ], namespace="evaluation", prefix_datasets_with_namespace=False)

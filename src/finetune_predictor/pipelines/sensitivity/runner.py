@@ -29,10 +29,10 @@ import pandas as pd
 
 from finetune_predictor import task_data, tracking
 from finetune_predictor.classical import classical_metrics
-from finetune_predictor.evaluation import metrics_of, predict
+from finetune_predictor.evaluation import baseline_predictions, metrics_of, predict
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
-from finetune_predictor.model_session import open_session
+from finetune_predictor.model_session import keep_base_models, open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast
 from finetune_predictor.records import content_sha256
@@ -194,30 +194,47 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
 # --- execute ---------------------------------------------------------------------------------------------------
 
 
-def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext) -> dict[str, dict[str, Any]]:
-    """The base model's metrics on the fixed test set, once per model."""
+@dataclass
+class Baseline:
+    """The base model on the sweep's test set: its predictions, their metrics, and where they came from
+    (``baseline_key``, ``baseline_reused``, ``baseline_source_run_id``)."""
+
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def baseline_metrics(models: set[str], test: pd.DataFrame, context: SweepContext) -> dict[str, Baseline]:
+    """The base model on the fixed test set, once per model: reused from any earlier FINISHED run with the
+    same ``baseline_key`` (a mini_test100 run or another sweep's configuration), else computed here."""
+    import mlflow
+
+    mlflow.set_tracking_uri(context.tracking_uri)
     task = context.task
     precision = str(context.training.get("precision", "auto"))
     baselines = {}
     for name in sorted(models):
         session = open_session({**context.model, "name": name}, context.model_registry, "evaluate", precision)
-        baselines[name] = metrics_of(predict(test, task, session, context.evaluation), task)
+        # Each configuration's run logs the predictions and names itself their source (_baseline_provenance).
+        predictions, provenance = baseline_predictions(test, task, session, context.evaluation, tracked=True)
+        baselines[name] = Baseline(predictions, metrics_of(predictions, task), provenance)
     return baselines
 
 
 def run_configuration(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
-                      validation: pd.DataFrame, baseline: dict[str, Any], context: SweepContext) -> dict[str, Any]:
+                      validation: pd.DataFrame, baseline: Baseline, context: SweepContext) -> dict[str, Any]:
     """Train and evaluate one configuration inside its own MLflow child run (ended FAILED on error)."""
     import mlflow
 
     mlflow.set_tracking_uri(context.tracking_uri)
+    keep_base_models()  # once per process: a Ray worker keeps its base model for its next configuration
     tags = {tracking.CONFIG_KEY_TAG: key, tracking.SWEEP_TAG: context.sweep_name}
     with tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id:
         return train_and_evaluate(config, key, train, test, validation, baseline, context, run_id)
 
 
 def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
-                       validation: pd.DataFrame, baseline: dict[str, Any], context: SweepContext,
+                       validation: pd.DataFrame, baseline: Baseline, context: SweepContext,
                        run_id: str) -> dict[str, Any]:
     """The body of a configuration's run: the same session, fine-tune, evaluation and run record as
     mini_test100."""
@@ -233,25 +250,36 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     started = time.perf_counter()
     predictions = predict(test, task, session.with_purpose("evaluate"), context.evaluation, str(adapter_dir))
     inference_s = time.perf_counter() - started
-    metrics = {"baseline": baseline, "finetuned": metrics_of(predictions, task),
+    metrics = {"baseline": baseline.metrics, "finetuned": metrics_of(predictions, task),
                "classical": classical_metrics(train, test, task, config.seed),
                "validation": _validation_metrics(validation, task, session, context, str(adapter_dir))}
     split = {**context.split_summary, "train_size": len(train), "train_sha256": content_sha256(train)}
     record = tracking.build_run_record(split, training_summary, metrics, model, training, context.data,
                                        variant=config.variant.as_params())
     record.provenance.update({"sweep_name": context.sweep_name, tracking.CONFIG_KEY_TAG: key,
-                              "train_per_class": config.train_per_class})
+                              "train_per_class": config.train_per_class, **_baseline_provenance(baseline, run_id)})
     record.metrics["inference_runtime_s"] = inference_s
     tracking.log_record(run_id, record)
     predictions.to_json(run_dir / "finetuned_predictions.jsonl", orient="records", lines=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     mlflow.log_artifacts(str(adapter_dir), "adapter")
+    # Full precision, as the catalog writes them (pandas' default of 10 decimals can turn near-ties into ties).
+    baseline.predictions.to_json(run_dir / "baseline_predictions.jsonl", orient="records", lines=True,
+                                 double_precision=15)
     mlflow.log_artifact(str(run_dir / "finetuned_predictions.jsonl"), "predictions")
+    mlflow.log_artifact(str(run_dir / "baseline_predictions.jsonl"), "predictions")  # what a later run reuses
     mlflow.log_artifact(str(run_dir / "metrics.json"))
     if context.meta_features is not None:
         log_meta_features(run_id, config, train, context)
     release_accelerator_memory()
     return {"run_id": run_id, "artifact_dir": str(run_dir.resolve())}
+
+
+def _baseline_provenance(baseline: Baseline, run_id: str) -> dict[str, Any]:
+    """A baseline computed by this sweep has each configuration's run as its source (each logs it)."""
+    reused = baseline.provenance[tracking.BASELINE_REUSED] == "true"
+    return {**baseline.provenance, tracking.BASELINE_SOURCE: baseline.provenance[tracking.BASELINE_SOURCE]
+            if reused else run_id}
 
 
 def _validation_metrics(validation: pd.DataFrame, task: Any, session: Any, context: SweepContext,
@@ -449,14 +477,18 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
     pending = resume(keys, sweep_data, context, status)
     logger.info("Sweep %s: %d configurations, %d already finished, %d to run (%s)", sweep_name, len(keys),
                 status["reused"], len(pending), executor)
-    baselines = baseline_metrics({config.model for config in pending}, sweep_data.test, context)
-    jobs = [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
-             baselines[config.model], context) for config in pending]
-    execute = execute_ray if executor == "ray" else execute_sequential
-    if strategy == "forecast":
-        outcomes = _run_by_forecast(jobs, keys, execute, sensitivity, context, status)
-    else:
-        outcomes = execute(jobs, sensitivity, context)
+    keep_base_models()  # the base model is read from disk once, not for every configuration and probe
+    try:
+        baselines = baseline_metrics({config.model for config in pending}, sweep_data.test, context)
+        jobs = [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
+                 baselines[config.model], context) for config in pending]
+        execute = execute_ray if executor == "ray" else execute_sequential
+        if strategy == "forecast":
+            outcomes = _run_by_forecast(jobs, keys, execute, sensitivity, context, status)
+        else:
+            outcomes = execute(jobs, sensitivity, context)
+    finally:
+        keep_base_models(False)
     for config, error in outcomes:
         status["ran" if error is None else "failed"] += 1
         if error is not None:
