@@ -211,3 +211,30 @@ def test_model_heavy_nodes_are_tagged_gpu_and_report_writers_reporting():
                  "sensitivity.plot_accuracy_vs_size", "predictor.plot_shap_beeswarm"):
         assert "reporting" in nodes[name], name
     assert not any("gpu" in tags for name, tags in nodes.items() if name.startswith("preflight."))
+
+
+def test_ui_commands_do_not_reinstall_when_pyproject_is_newer(tmp_path):
+    """`make mlflow-ui` used to reinstall every package whenever pyproject.toml was newer than the venv's
+    marker; UI commands now only need the venv to exist, and `make install` still reinstalls."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        import pytest
+
+        pytest.skip("make is not installed")
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    marker = tmp_path / ".venv" / ".installed"
+    marker.parent.mkdir()
+    marker.touch()
+    os.utime(marker, (1_000_000_000, 1_000_000_000))  # installed long before pyproject.toml was edited
+
+    def planned(target: str) -> str:
+        return subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    for target in ("mlflow-ui", "ui-check", "viz", "viz-build"):
+        assert '".[dev]"' not in planned(target), target
+    assert "mlflow ui" in planned("mlflow-ui") and "tests/test_ui.py" in planned("ui-check")
+    assert '".[dev]"' in planned("install")
