@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pandas as pd
-from kedro.io import DataCatalog
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
 from kedro.io.core import Version
+from kedro.pipeline import Pipeline, node
 from kedro_datasets.pandas import CSVDataset
 
-from finetune_predictor.hooks import ReadOwnWritesHooks
+from finetune_predictor.hooks import (
+    PREFLIGHT_GATE,
+    SPLIT_SUMMARY,
+    ReadOwnWritesHooks,
+    RunSummaryHooks,
+    SettingsCheckHooks,
+)
+from finetune_predictor.settings_schema import SettingsError
 
 
 def _summary(path, save_version: str) -> CSVDataset:
@@ -49,3 +58,32 @@ def test_headline_says_the_result_first():
                                       "classical 77.0%, 13.0 min")
     qa = {"baseline": {"f1": 0.1, "primary": 0.1}, "finetuned": {"f1": 0.45, "exact_match": 0.3, "primary": 0.45}}
     assert headline(qa).startswith("f1: baseline 10.0% -> fine-tuned 45.0% (+35.0 points)")
+
+
+def _pipeline(inputs: str, output: str) -> Pipeline:
+    return Pipeline([node(lambda value: value, inputs, output, name="step")])
+
+
+def test_data_engineering_ends_with_its_counts_and_what_was_removed(capsys):
+    """Issue 18: data_engineering ended with a list of paths; now with train/test counts and what was removed."""
+    summary = {"source": "claims.jsonl", "records_available": 600, "train_size": 2, "test_size": 2,
+               "train_label_counts": {"fake": 1, "legitimate": 1}, "test_label_counts": {"fake": 1, "legitimate": 1},
+               "duplicates": {"pool": {"duplicates_removed": 596}}, "train_test_overlap_removed": 0,
+               "read": {"train_file": {"records_rejected": 2, "rejected_by_reason": {"unknown label 'x'": 2}}}}
+    catalog = DataCatalog({SPLIT_SUMMARY: MemoryDataset(summary)})
+    RunSummaryHooks().after_pipeline_run({}, {}, _pipeline("params:data", SPLIT_SUMMARY), catalog)
+    assert ("finetune-predictor: data: train 2 (fake 1, legitimate 1), test 2 (fake 1, legitimate 1) from 600 records "
+            "of claims.jsonl; removed: 596 duplicate(s), 2 quarantined") in capsys.readouterr().out
+
+
+def test_a_pipeline_without_preflight_refuses_a_wrong_setting_of_the_groups_it_reads():
+    parameters = {"data": {"train_per_class": "abc"}, "evaluation": {"engine": "foo"}}
+    catalog = DataCatalog({"parameters": MemoryDataset(parameters)})
+    with pytest.raises(SettingsError, match=r"data\.train_per_class must be an integer, got 'abc'") as info:
+        SettingsCheckHooks().before_pipeline_run(_pipeline("params:data", "out"), catalog)
+    assert "evaluation" not in str(info.value)  # a group this pipeline does not read is not its business
+    with pytest.raises(SettingsError, match=r"evaluation\.engine"):
+        SettingsCheckHooks().before_pipeline_run(_pipeline("params:evaluation.batch_size", "out"), catalog)
+    # The preflight checks every group itself, in its verdict table.
+    SettingsCheckHooks().before_pipeline_run(_pipeline("params:data", PREFLIGHT_GATE), catalog)
+    SettingsCheckHooks().before_pipeline_run(_pipeline("other", "out"), catalog)  # reads no settings

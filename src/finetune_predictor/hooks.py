@@ -94,7 +94,7 @@ class SettingsCheckHooks:
     pipeline with the preflight leaves this to the preflight (its verdict table has a ``settings`` row); the
     others (``data_engineering``, ``predictor``, ``forecast``) would otherwise run on a misspelt setting."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before the MLflow hook opens a run for a pipeline that cannot start
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
         if PREFLIGHT_GATE in pipeline.all_outputs():
             return

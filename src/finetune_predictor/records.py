@@ -244,9 +244,10 @@ def _check_columns(spec: SourceSpec, found: list[str], line: int | None) -> None
     of failing on its first record with a field that no record can have."""
     if not spec.columns and ({"messages", "conversations"} & set(found)):
         return  # ShareGPT-style rows
-    needed = {"output": spec.columns.get("output", "output")}
-    if spec.instruction is None or "instruction" in spec.columns:
-        needed["instruction"] = spec.columns.get("instruction", "instruction")
+    needed = {"instruction": spec.columns.get("instruction", "instruction")}
+    if spec.instruction is not None and "instruction" not in spec.columns:
+        del needed["instruction"]  # data.instruction stands in for the column
+    needed["output"] = spec.columns.get("output", "output")
     needed.update({name: column for name, column in spec.columns.items() if isinstance(column, str)})
     missing = {name: column for name, column in needed.items() if column not in found}
     if not missing:

@@ -271,6 +271,9 @@ class TrainingSettings(_Group):
     # answer: logits only for the trailing answer window of left-padded batches (same loss, ~2x faster on
     # CPU); full: TRL's stock collator and loss, for remote-code models whose forward lacks logits_to_keep.
     loss_window: str = field(default="answer", metadata=one_of("answer", "full"))
+    # Batches of similar length (the HF length-grouped sampler): far less of each batch is padding
+    # (benchmarks/measure_padding_waste.py); the answer-only loss of every row is unchanged.
+    group_by_length: bool = True
     # The held-out loss curve: evaluated every eval_steps optimiser steps, before the first and after the last
     # (0 = none), on at most eval_max_records records, so it costs a small share of training. It never changes
     # the trained adapter, so it is not part of a sweep's resume key.
@@ -477,10 +480,20 @@ class SensitivityParams(_Group):
     meta_features: MetaFeaturesSettings | None = None
 
 
+@dataclass(frozen=True)
+class CandidateStudyParams(_Group):
+    PREFIX: typing.ClassVar[str] = "candidate_study"
+    candidates: tuple[str, ...] = ()  # data variant names of the sweep
+    train_size: int | None = field(default=None, metadata=at_least(1))
+    test_sha256: str | None = None
+    experiment_name: str = "finetune_predictor"
+
+
 GROUPS: dict[str, type] = {"data": DataSettings, "model": ModelSettings, "training": TrainingSettings,
                            "evaluation": EvaluationSettings, "preflight": PreflightSettings,
                            "meta_features": MetaFeaturesSettings, "rank": RankSettings, "forecast": ForecastSettings,
-                           "predictor": PredictorParams, "sensitivity": SensitivityParams}
+                           "predictor": PredictorParams, "sensitivity": SensitivityParams,
+                           "candidate_study": CandidateStudyParams}
 
 
 def _registry_problems(registry: Mapping[str, Any] | None) -> list[tuple[str, str]]:

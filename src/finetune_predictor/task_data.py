@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 import pandas as pd
@@ -155,8 +155,8 @@ def test_set_and_pool(records: pd.DataFrame, data: dict[str, Any]) -> tuple[pd.D
 
 def _duplicates_cause(stats: dict[str, int], policy: str) -> str:
     removed = stats.get("duplicates_removed", 0)
-    return (f"{removed} duplicate record(s) were dropped before ({stats['exact_duplicates']} exact, "
-            f"{stats['near_duplicates']} near; data.duplicates={policy})") if removed else ""
+    return (f"{removed} duplicate record(s) were dropped first: {stats['exact_duplicates']} exact, "
+            f"{stats['near_duplicates']} near, data.duplicates={policy}") if removed else ""
 
 
 def _log_split_removals(checks: dict[str, Any], policy: str, candidates: int) -> None:
@@ -182,7 +182,11 @@ def _shortage_cause(records: pd.DataFrame, pool_size: int, test: pd.DataFrame, c
         parts.append(f"{len(test)} set aside for the test set (data.test_per_class={data.get('test_per_class')})")
     overlap = checks["train_test_overlap_removed"]
     if overlap:
-        same = " - is data.test_path the training file itself?" if overlap >= 0.9 * (overlap + pool_size) else ""
+        same = ""
+        if data.get("test_path") and Path(str(data["test_path"])).resolve() == Path(str(data["path"])).resolve():
+            same = " - data.test_path is the training file itself"
+        elif overlap >= 0.9 * (overlap + pool_size):
+            same = " - is data.test_path a copy of the training file?"
         parts.append(f"{overlap} removed because their text is in the test set (data.test_overlap=drop){same}")
     parts.append(f"{pool_size} remain as training candidates")
     return "; ".join(parts)
@@ -223,8 +227,7 @@ def split_headline(summary: dict[str, Any], training_summary: dict[str, Any] | N
     removed = {
         "duplicate(s)": sum(d.get("duplicates_removed", 0) for d in (summary.get("duplicates") or {}).values()),
         "repeating test-set text": summary.get("train_test_overlap_removed", 0),
-        "quarantined": rejected - too_long,
-        "over data.max_record_chars": too_long,
+        "quarantined" + (f" ({too_long} over data.max_record_chars)" if too_long else ""): rejected,
         "outside data.label_map": sum(sum((r.get("labels_dropped_by_label_map") or {}).values()) for r in read),
     }
     what = ", ".join(f"{n} {name}" for name, n in removed.items() if n) or "nothing"

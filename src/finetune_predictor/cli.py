@@ -1,0 +1,55 @@
+"""The project's ``kedro run``: Kedro's own command, with errors the user can fix shown as one block.
+
+Kedro picks up a project ``cli.py`` and lets its commands override the built-in ones (see
+https://docs.kedro.org/en/stable/extend/common_use_cases/), so ``kedro run`` and ``python -m
+finetune_predictor`` both come here. Every option of Kedro's ``run`` is kept; ``--verbose`` (``-v``) adds the
+traceback of an expected error, as ``FINETUNE_PREDICTOR_VERBOSE=1`` does. A bug keeps its full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.cli.utils import CONTEXT_SETTINGS, KedroCliError
+
+from finetune_predictor.errors import EXIT_CODE, VERBOSE_ENV, find_user_error, install_log_filter, verbose_requested
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, name=__file__)
+def cli() -> None:
+    """Command line tools of the finetune-predictor project."""
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        os.environ[VERBOSE_ENV] = "1"
+        KedroCliError.VERBOSE_ERROR = True  # the same switch as Kedro's own `--verbose` commands
+    return value
+
+
+def _run(verbose: bool, **options: Any) -> Any:
+    """Kedro's ``run``; an expected error prints its what / where / fix block and exits with status 1."""
+    install_log_filter()
+    try:
+        return kedro_run.callback(**options)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None or verbose or verbose_requested():
+            raise
+        click.echo(user_error.render(), err=True)
+        raise click.exceptions.Exit(EXIT_CODE) from None
+
+
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=[*kedro_run.params,
+            click.Option(["--verbose", "-v"], is_flag=True, expose_value=True, callback=_set_verbose,
+                         help=f"Show the traceback of expected errors too (or set {VERBOSE_ENV}=1).")],
+    help=kedro_run.help,
+    context_settings=CONTEXT_SETTINGS,
+)
+cli.add_command(run)
