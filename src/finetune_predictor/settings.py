@@ -17,11 +17,11 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 from kedro.config import OmegaConfigLoader
 
 from finetune_predictor import warning_filters
-from finetune_predictor.hooks import ReadOwnWritesHooks, RunSummaryHooks
+from finetune_predictor.hooks import ReadOwnWritesHooks, RunSummaryHooks, SettingsCheckHooks
 
 warning_filters.install()
 
-HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks())
+HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), SettingsCheckHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
