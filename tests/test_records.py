@@ -183,6 +183,8 @@ def test_split_headline_counts_what_was_removed():
         "5 outside data.label_map; truncated: 9 training prompt(s) cut to model.max_length")
     clean = {**summary, "duplicates": {}, "train_test_overlap_removed": 0, "read": {}}
     assert task_data.split_headline(clean).endswith("removed: nothing")
+    sweep = {**clean, "subset_sha256": {"2": "…", "4": "…"}}
+    assert task_data.split_headline(sweep).startswith("data: largest training subset 4 (fake 2, legitimate 2)")
 
 
 def test_record_errors_are_user_facing_with_a_fix(tmp_path):

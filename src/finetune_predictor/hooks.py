@@ -13,6 +13,7 @@ from kedro.io.core import Version
 
 METRICS = "evaluation.reporting.metrics"
 SPLIT_SUMMARY = "data_engineering.reporting.split_summary"
+SWEEP_SPLIT_SUMMARY = "sensitivity.reporting.split_summary"  # the sweep's: its largest subset
 TRAINING_SUMMARY = "sft_training.reporting.training_summary"
 PREFLIGHT_GATE = "preflight.int.passed"
 
@@ -49,8 +50,9 @@ class RunSummaryHooks:
                 print(f"\nfinetune-predictor: {headline(metrics, time.perf_counter() - self._started)}")
             except (KeyError, TypeError, ValueError) as error:  # a run without both sides has no headline
                 print(f"\nfinetune-predictor: no headline ({type(error).__name__}: {error})")
-        if SPLIT_SUMMARY in pipeline.all_outputs():
-            self._print_split(pipeline, catalog)
+        for split in (SPLIT_SUMMARY, SWEEP_SPLIT_SUMMARY):
+            if split in pipeline.all_outputs():
+                self._print_split(split, pipeline, catalog)
         lines = []
         for name in sorted(pipeline.all_outputs()):
             try:
@@ -73,15 +75,14 @@ class RunSummaryHooks:
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
 
-
     @staticmethod
-    def _print_split(pipeline: Any, catalog: Any) -> None:
+    def _print_split(split: str, pipeline: Any, catalog: Any) -> None:
         """The data line: train/test counts and what was removed on the way (and, when this run trained,
         how many training prompts were cut to model.max_length)."""
         from finetune_predictor.task_data import split_headline
 
         try:
-            summary = catalog.load(SPLIT_SUMMARY)
+            summary = catalog.load(split)
             training = catalog.load(TRAINING_SUMMARY) if TRAINING_SUMMARY in pipeline.all_outputs() else None
         except Exception as error:  # the line is a courtesy: a dataset that cannot be read back must not fail the run
             print(f"\nfinetune-predictor: no data summary ({type(error).__name__}: {error})")

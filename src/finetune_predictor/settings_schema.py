@@ -105,6 +105,14 @@ def _scalar(value: Any, hint: type, strict: bool) -> Any:
         raise _Invalid from None
 
 
+def _item(value: Any, hint: Any, name: str) -> Any:
+    """One element of a list or mapping setting; a wrong one is named itself (``data.label_map.x``)."""
+    try:
+        return _convert(value, hint, name)
+    except _Invalid:
+        raise SettingsError([(name, f"{name} must be {_describe(hint)}, got {value!r}")]) from None
+
+
 def _convert(value: Any, hint: Any, name: str, strict: bool = False) -> Any:
     """``value`` as ``hint`` says (tuple for a list, dataclass for a mapping), or :class:`_Invalid`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -128,12 +136,12 @@ def _convert(value: Any, hint: Any, name: str, strict: bool = False) -> Any:
     if origin in (tuple, list):
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise _Invalid
-        return tuple(_convert(item, args[0] if args else Any, f"{name}[{i}]") for i, item in enumerate(value))
+        return tuple(_item(item, args[0] if args else Any, f"{name}[{i}]") for i, item in enumerate(value))
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
             raise _Invalid
         value_hint = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, value_hint, f"{name}.{k}") for k, v in value.items()}
+        return {str(k): _item(v, value_hint, f"{name}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if value is None:
             return hint()

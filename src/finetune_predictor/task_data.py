@@ -219,7 +219,9 @@ def split_headline(summary: dict[str, Any], training_summary: dict[str, Any] | N
     def sized(side: str) -> str:
         counts = summary.get(f"{side}_label_counts")
         by_label = f" ({', '.join(f'{label} {n}' for label, n in counts.items())})" if counts else ""
-        return f"{side} {summary[f'{side}_size']}{by_label}"
+        # A sweep's summary describes its largest nested subset.
+        name = "largest training subset" if side == "train" and "subset_sha256" in summary else side
+        return f"{name} {summary[f'{side}_size']}{by_label}"
 
     read = list((summary.get("read") or {}).values())
     rejected = sum(r.get("records_rejected", 0) for r in read)
