@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor.errors import UserFacingError
+from finetune_predictor.settings_schema import SettingsError
 from finetune_predictor.tasks.qa import squad_normalise
 
 CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group", "references"]
@@ -91,13 +92,14 @@ class SourceSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
         if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+            raise SettingsError([("data.format", f"data.format must be one of {FORMATS}, got {self.format!r}")])
         if self.qa_group not in QA_GROUPS:
-            raise ValueError(f"data.qa.group_by must be one of {QA_GROUPS}, got {self.qa_group!r}")
+            raise SettingsError([("data.qa.group_by",
+                                  f"data.qa.group_by must be one of {QA_GROUPS}, got {self.qa_group!r}")])
         unknown = sorted(set(self.columns) - {"id", *TEXT_FIELDS, "group"})
         if unknown:
-            raise ValueError(f"data.columns has unknown field(s) {unknown}; "
-                             "known: id, instruction, input, output, group")
+            raise SettingsError([("data.columns", f"data.columns has unknown field(s) {unknown}; "
+                                                  "known: id, instruction, input, output, group")])
 
     @property
     def resolved_format(self) -> str:
@@ -443,7 +445,8 @@ def _canonical(item: Any, spec: SourceSpec, fail: Any) -> dict[str, Any]:
 def read_records(spec: SourceSpec, labels: Iterable[str] | None = None, on_invalid: str = "error") -> ReadResult:
     """Read, validate and normalise every record of ``spec`` into the canonical table."""
     if on_invalid not in INVALID_POLICIES:
-        raise ValueError(f"data.on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+        raise SettingsError([("data.on_invalid",
+                              f"data.on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")])
     allowed = set(labels) if labels is not None else None
     path = spec.path
     unit = _location_unit(spec)

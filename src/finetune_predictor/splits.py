@@ -7,6 +7,7 @@ import pandas as pd
 
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.records import exact_text, normalised_text
+from finetune_predictor.settings_schema import SettingsError
 
 DUPLICATE_POLICIES = ("drop", "keep", "error")
 OVERLAP_POLICIES = ("drop", "error")
@@ -42,7 +43,8 @@ def deduplicate(frame: pd.DataFrame, policy: str = "drop") -> tuple[pd.DataFrame
     punctuation and spacing. ``conflicting_labels`` counts texts seen with more than one label.
     """
     if policy not in DUPLICATE_POLICIES:
-        raise ValueError(f"data.duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}")
+        raise SettingsError([("data.duplicates",
+                              f"data.duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}")])
     exact = pd.Series(list(map(exact_text, frame["instruction"], frame["input"])), index=frame.index)
     near = pd.Series(list(map(normalised_text, frame["instruction"], frame["input"])), index=frame.index)
     exact_dup = exact.duplicated()
@@ -137,7 +139,8 @@ def remove_test_overlap(train_pool: pd.DataFrame, test: pd.DataFrame,
     removing it from the candidates.
     """
     if policy not in OVERLAP_POLICIES:
-        raise ValueError(f"data.test_overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")
+        raise SettingsError([("data.test_overlap",
+                              f"data.test_overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")])
     test_texts = set(map(normalised_text, test["instruction"], test["input"]))
     keep = [normalised_text(i, x) not in test_texts
             for i, x in zip(train_pool["instruction"], train_pool["input"], strict=True)]

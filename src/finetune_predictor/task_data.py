@@ -20,6 +20,7 @@ from finetune_predictor.records import (
     content_sha256,
     read_records,
 )
+from finetune_predictor.settings_schema import SettingsError
 from finetune_predictor.splits import (
     InsufficientDataError,
     assert_disjoint,
@@ -81,8 +82,8 @@ def bundled_records(data: dict[str, Any]) -> pd.DataFrame:
     elif name in ("binary_classification", "multiclass_classification"):
         frame = pd.DataFrame(iter_articles(count, seed, str(synthetic.get("difficulty", DEFAULT_DIFFICULTY))))
     else:
-        raise ValueError(f"data.task={name} has no bundled data: set data.path (for QA, SQuAD JSON with "
-                         "data.format=squad)")
+        raise SettingsError([("data.path", f"data.task={name} has no bundled data: set data.path (for QA, SQuAD "
+                                           "JSON with data.format=squad)")])
     frame["source"] = frame["group"] = bundled_source(data)
     frame["references"] = ""
     return canonical(frame)
