@@ -89,6 +89,7 @@ def test_a_7b_model_on_this_machine_says_why_it_will_not_run(tmp_path):
     verdict = _verdict(tmp_path, model={"name": "Qwen2.5-7B-Instruct", "max_length": 512})
     status, detail = verdict["model resolvable"]
     assert status == FAIL and "Qwen/Qwen2.5-7B-Instruct" in detail and "huggingface" in detail
+    assert verdict["tokenizer and template"][0] == SKIP  # follows from the missing model: not a second failure
     status, detail = verdict["memory"]
     if not torch.cuda.is_available():
         assert status == FAIL and "will not fit" in detail and "7.62B params" in detail

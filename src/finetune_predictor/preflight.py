@@ -402,7 +402,7 @@ def _check_settings(parameters: dict[str, Any]) -> Check:
     problems = parameter_problems(parameters, unchecked=unchecked.append)
     if problems:
         return Check("settings", FAIL, "; ".join(message for _, message in problems if message))
-    groups = ", ".join(group for group in parameters if group not in unchecked)
+    groups = ", ".join(sorted(group for group in parameters if group not in unchecked))
     if unchecked:
         return Check("settings", WARN, f"valid: {groups}; no schema checks the keys of {', '.join(unchecked)}")
     return Check("settings", PASS, f"every setting known and valid ({groups})")
@@ -449,7 +449,7 @@ def _model_data_and_memory_checks(data: dict[str, Any], model: dict[str, Any], r
                              lambda: _check_template(session, labels or _labels_in_data(data, records),
                                                      open_task=task_type(data) in OPEN_TASKS)))
     else:
-        checks.append(Check("tokenizer and template", FAIL, "skipped: the model was not found"))
+        checks.append(Check("tokenizer and template", SKIP, "skipped: the model was not found"))
     checks.append(_guard("dataset", lambda: _check_data(data, labels)))
     settings = TrainingSettings.from_params(training)
     margin = float(preflight.get("memory_margin", 1.2))
