@@ -119,6 +119,7 @@ def test_bad_record_fails_the_dataset_check(tmp_path):
     data_file.write_text('{"instruction": "Q", "output": "fake"}\n{"instruction": "Q", "output": "maybe"}\n')
     verdict = _verdict(tmp_path, data={**DATA, "path": str(data_file)})
     assert verdict["dataset"][0] == FAIL and "bad.jsonl:2: unknown label 'maybe'" in verdict["dataset"][1]
+    assert "(fix: correct the record, or set data.on_invalid=quarantine" in verdict["dataset"][1]
 
 
 @pytest.mark.parametrize(("group", "values", "named"), [

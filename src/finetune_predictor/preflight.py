@@ -155,10 +155,12 @@ def available_vram_bytes() -> int | None:
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:
+    """``check()``, or a FAIL row with the error (and its fix, for an error the user can fix)."""
     try:
         return check()
-    except (RecordError, ModelNotFoundError, ValueError, OSError) as error:
-        return Check(name, FAIL, str(error))
+    except (RecordError, ModelNotFoundError, ValueError, OSError, UserFacingError) as error:
+        fix = f" (fix: {error.fix})" if isinstance(error, UserFacingError) and error.fix else ""
+        return Check(name, FAIL, f"{error}{fix}")
 
 
 def _check_model(name: str, model: dict[str, Any], registry: dict[str, Any],
