@@ -108,6 +108,7 @@ def _finished_run(test, model, evaluation_params, status="FINISHED"):
 
 def test_a_later_run_reuses_the_baseline_and_a_changed_setting_misses(tracking, tiny_model_dir, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tracking)
+    mlflow.set_experiment(run_tracking.EXPERIMENT_NAME)  # in this test's store, whatever ran before
     model, test = {"name": str(tiny_model_dir), "max_length": 256}, _test_set()
     first_id, first, provenance = _finished_run(test, model, EVALUATION)
     assert provenance[run_tracking.BASELINE_REUSED] == "false" and provenance[run_tracking.BASELINE_SOURCE] == first_id

@@ -81,3 +81,39 @@ def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_session, tmp_
         result = train_lora(tiny_session, rows, settings, tmp_path / window)
         first_losses[window] = result.loss_history[0]["loss"]
     assert first_losses["answer"] == pytest.approx(first_losses["full"], rel=1e-3)
+
+
+def _trainer_batches(session, rows, tmp_path, grouped: bool) -> list[dict[str, torch.Tensor]]:
+    """One epoch of batches as the project's trainer builds them (its sampler and collator)."""
+    from finetune_predictor.training import _build_trainer
+
+    settings = TrainingSettings.from_params({"per_device_train_batch_size": 4, "precision": "fp32",
+                                             "num_train_epochs": 1, "group_by_length": grouped})
+    trainer = _build_trainer(session, rows, settings, tmp_path / str(grouped))
+    return list(trainer.get_train_dataloader())
+
+
+def test_length_grouped_batches_pad_less_and_keep_every_answer_only_loss_mask(tiny_session, tmp_path):
+    """Grouping by length changes which rows share a batch, never a row's tokens or its loss mask: every row
+    comes back once with labels -100 on its prompt (and padding) and its answer + end-of-turn supervised."""
+    formatter = tiny_session.formatter
+    records = list(iter_articles(64, seed=4))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    expected = sorted((tuple(row["input_ids"]), tuple(row["labels"])) for row in rows)
+    padding = {}
+    for grouped in (False, True):
+        batches = _trainer_batches(tiny_session, rows, tmp_path, grouped)
+        seen, padded, computed = [], 0, 0
+        for batch in batches:
+            mask = batch["attention_mask"]
+            padded, computed = padded + int((mask == 0).sum()), computed + mask.numel()
+            assert (batch["labels"][mask == 0] == IGNORE_INDEX).all()  # padding is never supervised
+            for ids, labels, row_mask in zip(batch["input_ids"], batch["labels"], mask, strict=True):
+                real = row_mask.bool()
+                seen.append((tuple(ids[real].tolist()), tuple(labels[real].tolist())))
+        assert sorted(seen) == expected, grouped
+        for ids, labels in seen:
+            supervised = [label for label in labels if label != IGNORE_INDEX]
+            assert list(ids[-len(supervised):]) == supervised  # the answer window, at the end of the row
+        padding[grouped] = padded / computed
+    assert padding[True] < padding[False] / 2

@@ -239,6 +239,7 @@ def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path,
         lr_scheduler_type=settings.lr_scheduler_type,
         logging_steps=settings.logging_steps,
         gradient_checkpointing=settings.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         seed=settings.seed,
         data_seed=settings.seed,
         # SFTConfig turns bf16 on by default; precision comes from the session's compute plan instead.

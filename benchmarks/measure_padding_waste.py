@@ -1,0 +1,100 @@
+"""Padding waste of training batches: the share of computed tokens that are padding, as the trainer builds them.
+
+For the bundled task and LIAR (``../shared/data/liar``, skipped when absent), the training subset that
+``mini_test100`` trains on is tokenised by the model session's formatter, the project's trainer is built
+(``training._build_trainer``: TRL's SFTTrainer, its sampler and the left-padding collator), and every batch of
+``training.num_train_epochs`` epochs of its dataloader is counted: padding share = padded positions /
+(rows x batch width). Printed with ``training.group_by_length`` off (random batches) and on (the HF
+length-grouped sampler). Counts only, nothing is timed. Usage:
+
+    .venv/bin/python benchmarks/measure_padding_waste.py [--model SmolLM2-135M-Instruct] [--train-per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from finetune_predictor import task_data
+from finetune_predictor.model_session import open_session
+from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.tasks import build_task
+from finetune_predictor.training import _build_trainer, build_training_rows
+
+LIAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "liar"
+DATASETS: dict[str, dict[str, Any]] = {
+    "bundled": {},
+    "liar": {"path": str(LIAR / "liar_train_alpaca.jsonl"), "test_path": str(LIAR / "liar_test_alpaca.jsonl"),
+             "label_positive": "fake", "label_negative": "real"},
+}
+
+
+def training_rows(session: Any, data: dict[str, Any], train_per_class: int) -> list[dict[str, list[int]]]:
+    """The tokenised rows of the training subset of ``train_per_class`` examples per class."""
+    records, _rejects, summary = task_data.load_task_records(data)
+    subsets, *_ = task_data.nested_subsets(records, summary, data, [train_per_class])
+    train = task_data.subset(subsets, train_per_class)
+    task = build_task(data, train["output"])
+    rows = train.to_dict("records")
+    return build_training_rows(session.formatter, rows, [task.target(row) for row in rows])
+
+
+def padding_share(session: Any, rows: list[dict[str, list[int]]], settings: TrainingSettings) -> tuple[float, int]:
+    """Padding share over every batch of the trainer's dataloader for the settings' epochs, and the batches."""
+    padded = computed = batches = 0
+    with tempfile.TemporaryDirectory() as workdir:
+        trainer = _build_trainer(session, rows, settings, Path(workdir))
+        for epoch in range(max(1, int(settings.num_train_epochs))):
+            loader = trainer.get_train_dataloader()
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            for batch in loader:
+                mask = batch["attention_mask"]
+                computed += mask.numel()
+                padded += int((mask == 0).sum())
+                batches += 1
+    return padded / computed, batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--train-per-class", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=3)
+    args = parser.parse_args()
+
+    base = {**task_data_defaults(), "train_per_class": args.train_per_class}
+    session = open_session({"name": args.model, "max_length": args.max_length}, None, "train", "fp32")
+    print(f"padding share of training batches (batch {args.batch_size}, {args.epochs:g} epochs, "
+          f"{args.train_per_class} per class, max_length {args.max_length})")
+    for name, overrides in DATASETS.items():
+        if name == "liar" and not LIAR.is_dir():
+            print(f"{name:>8}: skipped, {LIAR} is absent")
+            continue
+        rows = training_rows(session, {**base, **overrides}, args.train_per_class)
+        shares = {}
+        for grouped in (False, True):
+            settings = TrainingSettings.from_params({"per_device_train_batch_size": args.batch_size,
+                                                     "num_train_epochs": args.epochs, "precision": "fp32",
+                                                     "group_by_length": grouped})
+            shares[grouped], batches = padding_share(session, rows, settings)
+        lengths = sorted(len(row["input_ids"]) for row in rows)
+        print(f"{name:>8}: {len(rows)} rows, lengths {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), "
+              f"{batches} batches: random {100 * shares[False]:.1f}% padding, "
+              f"grouped by length {100 * shares[True]:.1f}%")
+
+
+def task_data_defaults() -> dict[str, Any]:
+    """``conf/base/parameters_data.yml``'s data group: the settings mini_test100 reads its task with."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_data.yml"
+    return dict(yaml.safe_load(path.read_text())["data"])
+
+
+if __name__ == "__main__":
+    main()
