@@ -20,7 +20,7 @@ from finetune_predictor.models import folder_sha256
 from finetune_predictor.records import content_sha256, reference_lists
 from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
 from finetune_predictor.tasks import Task
-from finetune_predictor.tasks.base import label_key
+from finetune_predictor.tasks.base import label_key, label_roles
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,8 @@ def metrics_of(predictions: pd.DataFrame, task: Task) -> dict[str, Any]:
         # A base model that always answers one label scores 50% on a balanced test: the shares show it.
         shares = predictions["scored_prediction"].value_counts(normalize=True)
         result.update({f"predicted_share_{label_key(label)}": float(shares.get(label, 0.0)) for label in labels})
+        roles = label_roles(labels, getattr(task, "positive_label", None))  # also by role: predicted_share_positive
+        result.update({f"predicted_share_{roles[label]}": float(shares.get(label, 0.0)) for label in labels})
     if "generated_prediction" in predictions:
         parsed = [None if (p is None or (isinstance(p, float) and np.isnan(p))) else str(p)
                   for p in predictions["generated_prediction"].tolist()]

@@ -59,10 +59,21 @@ def label_key(label: str) -> str:
     return re.sub(r"\W+", "_", label.lower()).strip("_")
 
 
+def label_roles(labels: Sequence[str], positive: str | None = None) -> dict[str, str]:
+    """Label-agnostic names for per-class metrics, so runs on datasets with other label words line up in
+    one column: ``positive`` / ``negative`` for a binary task (by ``data.label_positive``), ``class<i>`` for
+    the i-th label in sorted order otherwise (sorted, so that the order ``data.labels`` lists them in does
+    not change the names). A label literally named like another label's role loses that name to the role."""
+    if positive is not None and len(labels) == 2 and positive in labels:
+        return {label: "positive" if label == positive else "negative" for label in labels}
+    return {label: f"class{index}" for index, label in enumerate(sorted(labels))}
+
+
 def classification_metrics(labels: Sequence[str], y_true: Sequence[str],
-                           y_pred: Sequence[str | None]) -> dict[str, Any]:
+                           y_pred: Sequence[str | None], roles: dict[str, str] | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix and parse failures, for
-    any number of labels; a parse failure (None) counts as wrong."""
+    any number of labels; a parse failure (None) counts as wrong. Per-class figures are named by the label
+    (``f1_fake``) and, with ``roles`` (:func:`label_roles`), also by its role (``f1_positive``)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     if len(y_true) != len(y_pred):
@@ -88,6 +99,11 @@ def classification_metrics(labels: Sequence[str], y_true: Sequence[str],
         result[f"recall_{key}"] = float(recall[index])
         result[f"f1_{key}"] = float(f1[index])
         result[f"support_{key}"] = int(support[index])
+    for index, label in enumerate(labels):
+        if roles and label in roles:
+            result.update({f"precision_{roles[label]}": float(precision[index]),
+                           f"recall_{roles[label]}": float(recall[index]), f"f1_{roles[label]}": float(f1[index]),
+                           f"support_{roles[label]}": int(support[index])})
     return result
 
 

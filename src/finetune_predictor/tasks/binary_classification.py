@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance
+from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance, label_roles
 from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 # Words that, right before a label, reverse or deny it ("not fake", "isn't real", "never legitimate").
@@ -86,11 +86,12 @@ class BinaryClassificationTask:
                 scores: np.ndarray | None = None) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, parse failures and (with scores) AUC.
 
-        A parse failure counts as wrong for accuracy and F1; ``scores`` are P(positive).
+        A parse failure counts as wrong for accuracy and F1; ``scores`` are P(positive). Per-class figures
+        are also named by role (``f1_positive``, ``f1_negative``), whatever the label words.
         """
         from sklearn.metrics import roc_auc_score
 
-        result = classification_metrics(self.labels, y_true, y_pred)
+        result = classification_metrics(self.labels, y_true, y_pred, label_roles(self.labels, self.positive_label))
         if scores is not None:
             truth = np.array([t == self.positive_label for t in y_true], dtype=int)
             result["auc"] = float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance
+from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance, label_roles
 from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 _PREFIX = re.compile(r"^(?:answer:|label:|class:|classification:|prediction:|the answer is\b|it is\b)\s*")
@@ -65,10 +65,11 @@ class MulticlassClassificationTask:
     def metrics(self, y_true: Sequence[str], y_pred: Sequence[str | None],
                 scores: np.ndarray | None = None) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, parse failures and, with ``scores`` (one
-        probability column per label), the one-vs-rest macro AUC."""
+        probability column per label), the one-vs-rest macro AUC. Per-class figures are also named
+        ``..._class<i>`` by the label's place in sorted order (``tasks.base.label_roles``)."""
         from sklearn.metrics import roc_auc_score
 
-        result = classification_metrics(self.labels, y_true, y_pred)
+        result = classification_metrics(self.labels, y_true, y_pred, label_roles(self.labels))
         if scores is not None and np.asarray(scores).ndim == 2:
             present = set(y_true)
             result["auc"] = (float(roc_auc_score(list(y_true), np.asarray(scores), multi_class="ovr", average="macro",

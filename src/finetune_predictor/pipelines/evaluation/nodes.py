@@ -13,6 +13,7 @@ from finetune_predictor.evaluation import baseline_predictions, metrics_of, pred
 from finetune_predictor.model_session import open_session
 from finetune_predictor.pipelines.evaluation import plots
 from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks.base import label_key, label_roles
 
 
 def predict_baseline(test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any], precision: str,
@@ -55,13 +56,18 @@ def compute_metrics(baseline_predictions: pd.DataFrame, finetuned_predictions: p
 
 def comparison_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """Baseline vs fine-tuned (and the classical TF-IDF classifier where it has the metric), one row per
-    scalar metric."""
+    scalar metric, per-class rows by label name only (the role names, ``f1_positive``, are for comparing
+    runs in MLflow and would repeat each row here)."""
     baseline, finetuned, classical = metrics["baseline"], metrics["finetuned"], metrics.get("classical") or {}
+    labels = list(finetuned.get("confusion_labels") or [])
+    aliases = set(label_roles(labels).values()) | {"positive", "negative"} if labels else set()
+    aliases -= {label_key(label) for label in labels}
     rows = [
         {"metric": key, "baseline": baseline[key], "classical": classical.get(key), "finetuned": finetuned[key],
          "delta": finetuned[key] - baseline[key]}
         for key, value in finetuned.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and key in baseline
+        and key.rsplit("_", 1)[-1] not in aliases
     ]
     # People read this table: 0.8 - 0.5 shows as 0.3, not 0.30000000000000004.
     return pd.DataFrame(rows).round(4)
