@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class TrainingResult:
     num_examples: int
     num_steps: int
     supervised_tokens: int
+    eval_loss_history: list[dict[str, float]] = field(default_factory=list)
 
 
 def build_training_rows(formatter: PromptFormatter, records: Sequence[dict[str, Any]],
@@ -107,6 +109,59 @@ class StepTimer(TrainerCallback):
         self.durations.append(time.perf_counter() - self._started)
 
 
+def _without_touching_randomness(evaluate: Any) -> Any:
+    """``evaluate`` with every random generator restored afterwards. Evaluating draws from the global RNGs
+    (the held-out dataloader), and LoRA dropout masks come from them: without this, turning the held-out curve
+    on changed the losses and the adapter that training produced."""
+    import random
+
+    import numpy as np
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+            if states[3] is not None:
+                torch.cuda.set_rng_state_all(states[3])
+
+    return wrapped
+
+
+class _EvaluateAtEnd(TrainerCallback):
+    """Evaluate after the last step too, so the held-out curve ends where training ends."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == state.max_steps:
+            control.should_evaluate = True
+
+
+def shareable_base_name(session: ModelSession) -> str:
+    """The base model as another machine can name it: the registry's HF id, else the name the run was given
+    (a registry name, an HF id, or a local path the user typed), never this machine's converted or cached copy."""
+    entry = session.entry
+    return entry.hf_id if entry is not None and entry.hf_id else session.resolved.name
+
+
+def record_base_model(adapter_dir: Path, base_name: str) -> None:
+    """PEFT writes the folder the base was loaded from into ``adapter_config.json`` (and its model card): here
+    a cache path on the training machine. Replace it with ``base_name``, so a shared adapter loads elsewhere
+    onto the base it names (PEFT's ``AutoPeftModelForCausalLM`` reads this field). This project
+    loads its adapters onto the base its own session resolves, so the field is provenance here."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    local = config.get("base_model_name_or_path")
+    config["base_model_name_or_path"] = base_name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = adapter_dir / "README.md"
+    if local and local != base_name and card.is_file():
+        card.write_text(card.read_text().replace(str(local), base_name))
+
+
 class _LossLogger(TrainerCallback):
     """Progress through the logging module (the Trainer's printer writes raw dicts to stdout)."""
 
@@ -158,20 +213,26 @@ def train_lora(
     output_dir: Path,
     callbacks: Sequence[TrainerCallback] = (),
     verify: bool = True,
+    eval_rows: list[dict[str, list[int]]] | None = None,
 ) -> TrainingResult:
     """Fine-tune a LoRA adapter on pre-tokenised rows and save it to ``output_dir``.
 
     ``callbacks`` are extra Trainer callbacks (probes read loss and gradient norms through them).
-    ``verify=False`` (probes) skips saving and checking the adapter.
+    ``verify=False`` (probes) skips saving and checking the adapter. ``eval_rows`` (held-out, tokenised the
+    same way) give the held-out loss before the first step, every ``training.eval_steps`` and after the last;
+    evaluating never changes what is trained.
     """
     if not rows:
         raise ValueError("No training examples")
     seed_everything(settings.seed)
     if session.plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # the peak of this run, not of the process
-    trainer = _build_trainer(session, rows, settings, output_dir)
+    evaluate = bool(eval_rows) and settings.eval_steps > 0
+    trainer = _build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None)
     for callback in callbacks:
         trainer.add_callback(callback)
+    # Before the first step: the base model's loss on the held-out answers (LoRA B starts at zero).
+    initial = [{"step": 0.0, "loss": float(trainer.evaluate()["eval_loss"])}] if evaluate else []
     started = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - started
@@ -179,6 +240,7 @@ def train_lora(
     checksums: dict[str, str] = {}
     if verify:
         trainer.model.save_pretrained(adapter_dir)
+        record_base_model(adapter_dir, shareable_base_name(session))
         checksums = verify_adapter(trainer.model, adapter_dir)
     result = TrainingResult(
         adapter_dir=adapter_dir,
@@ -189,6 +251,7 @@ def train_lora(
         num_examples=len(rows),
         num_steps=int(trainer.state.global_step),
         supervised_tokens=sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows),
+        eval_loss_history=initial + _eval_history(trainer.state.log_history),
     )
     del trainer
     release_accelerator_memory()
@@ -196,7 +259,7 @@ def train_lora(
 
 
 def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
-                   output_dir: Path) -> Any:
+                   output_dir: Path, eval_rows: list[dict[str, list[int]]] | None = None) -> Any:
     """TRL's SFTTrainer (answer-window loss unless ``training.loss_window=full``) on the session's base model."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -213,21 +276,30 @@ def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], sett
         trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
     trainer = trainer_class(
         model=session.load_model(),
-        args=_sft_config(settings, session.plan, output_dir, len(rows)),
+        args=_sft_config(settings, session.plan, output_dir, len(rows), evaluate=bool(eval_rows)),
         train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=session.tokenizer,
         peft_config=peft_config,
         data_collator=collator,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_LossLogger())
+    if eval_rows:
+        trainer.add_callback(_EvaluateAtEnd())
+        trainer.evaluate = _without_touching_randomness(trainer.evaluate)  # the Trainer's loop calls self.evaluate
     return trainer
 
 
-def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path, num_rows: int) -> Any:
+def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path, num_rows: int,
+                evaluate: bool = False) -> Any:
     from trl import SFTConfig
 
     return SFTConfig(
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=settings.eval_steps if evaluate else None,
+        per_device_eval_batch_size=settings.per_device_train_batch_size,
+        prediction_loss_only=True,  # the loss only: no logits gathered over the held-out set
         output_dir=str(output_dir / "trainer"),
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.num_train_epochs,
@@ -255,6 +327,12 @@ def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path,
     )
 
 
+def _eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The held-out loss by step, once per step (the end-of-training evaluation may repeat the last one)."""
+    by_step = {int(entry["step"]): float(entry["eval_loss"]) for entry in log_history if "eval_loss" in entry}
+    return [{"step": float(step), "loss": loss} for step, loss in sorted(by_step.items())]
+
+
 def _loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [
         {"step": float(entry["step"]), "loss": float(entry["loss"]),
@@ -265,10 +343,14 @@ def _loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 
 def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str, Any], workdir: Path,
-              callbacks: Sequence[TrainerCallback] = ()) -> tuple[Path, dict[str, Any]]:
+              callbacks: Sequence[TrainerCallback] = (), held_out: Any = None,
+              held_out_split: str = "validation") -> tuple[Path, dict[str, Any]]:
     """The whole fine-tune of one configuration: the one path used by the sft_training pipeline, the
     sensitivity sweep and the probes. Returns the adapter folder (inside ``workdir``) and the training
-    summary (loss history, checksums, cost, and the settings the session actually ran with)."""
+    summary (loss history, checksums, cost, and the settings the session actually ran with).
+
+    ``held_out`` (records never trained on; at most ``training.eval_max_records`` of them) gives the
+    held-out loss curve, logged as ``<held_out_split>_loss``."""
     settings = TrainingSettings.from_params(training)
     records = train.to_dict("records")
     truncated_before = session.formatter.truncated_prompts
@@ -277,7 +359,11 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
     if truncated:
         logger.warning("%d of %d training records were longer than model.max_length=%d: their input was "
                        "shortened (never the answer)", truncated, len(records), session.formatter.max_length)
-    result = train_lora(session, rows, settings, workdir, callbacks=callbacks)
+    # The same slice for every seed and configuration (a test set may be ordered by label: sampled, not its head).
+    eval_records = [] if held_out is None or not len(held_out) else held_out.sample(
+        n=min(settings.eval_max_records, len(held_out)), random_state=0).to_dict("records")
+    eval_rows = build_training_rows(session.formatter, eval_records, [task.target(r) for r in eval_records])
+    result = train_lora(session, rows, settings, workdir, callbacks=callbacks, eval_rows=eval_rows)
     summary = {
         "model_name": session.resolved.name,
         **session.record(),
@@ -289,6 +375,9 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
         "supervised_tokens": result.supervised_tokens,
         "adapter_sha256": result.adapter_sha256,
         "loss_history": result.loss_history,
+        "eval_loss_history": result.eval_loss_history,
+        "eval_split": held_out_split,
+        "eval_records": len(eval_rows) if result.eval_loss_history else 0,
         "effective_batch_size": settings.effective_batch_size,
         "lora_target_modules": session.lora_target_modules(settings.lora.target_modules),
     }

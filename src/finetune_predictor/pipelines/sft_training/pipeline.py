@@ -11,8 +11,8 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
         node(
             train_adapter,
-            ["data_engineering.prm.train_set", "params:model", "params:model_registry", "params:training",
-             "params:data"],
+            ["data_engineering.prm.train_set", "data_engineering.prm.test_set", "params:model",
+             "params:model_registry", "params:training", "params:data"],
             ["sft_training.model.adapter", "sft_training.reporting.training_summary"],
             name="train_adapter", tags="gpu",
         ),
