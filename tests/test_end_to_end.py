@@ -80,11 +80,13 @@ def test_mini_test100_end_to_end(tmp_path, embedded_model):
                 "finetuned_auc", "finetuned_parse_failure_rate", "train_loss", "classical_accuracy",
                 "classical_f1_macro", "finetuned_predicted_share_fake"):
         assert key in logged, key
-    assert run.info.run_name.startswith("SmolLM2-135M-Instruct | bundled-synthetic-news | n=12 | lr=2e-03")
+    assert run.info.run_name == "n=12 lr=2e-03 r=8 a=32 ep=3 seed=42 | bundled-synthetic-news | SmolLM2-135M-Instruct"
     history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert len(history) == 3
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"adapter", "predictions", "plots"} <= artifacts
+    adapter_files = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "adapter")}
+    assert adapter_files == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
 
 
 @pytest.mark.e2e

@@ -148,6 +148,8 @@ def test_resume_key_covers_every_setting_that_can_change_a_result(tracking, tiny
     for training in ({**TRAINING, "per_device_train_batch_size": 2}, {**TRAINING, "max_steps": 3},
                      {**TRAINING, "lora": {"target_modules": ["q_proj"]}}):
         assert set(_keys(tracking, tiny_model_dir, training).values()).isdisjoint(base), training
+    # The held-out loss curve's settings change no result: finished sweeps are not re-keyed by them.
+    assert list(_keys(tracking, tiny_model_dir, {**TRAINING, "eval_steps": 5, "eval_max_records": 9}).values()) == base
 
 
 def _runs(status: str | None = None) -> list:
@@ -165,6 +167,16 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     assert first.results["validation_primary"].notna().all()
     run = _runs("FINISHED")[0]
     assert run.data.params["data_variant"] == "clean" and "train_loss" in run.data.metrics
+    # The runs table tells configurations apart by tag columns; each run holds its three data sets as inputs
+    # and its held-out loss curve on the validation set (never on the test set it reports).
+    assert {key: run.data.tags[key] for key in ("n", "lr", "r", "seed", "variant")} == {
+        "n": run.data.params["train_size"], "lr": "0.05", "r": "2", "seed": "1", "variant": "clean"}
+    contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags}
+    assert contexts == {"training", "test", "validation"}
+    client = mlflow.tracking.MlflowClient()
+    last_step = max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "validation_loss")] == [0, last_step]
+    assert "test_loss" not in run.data.metrics
     # The predictor reads the runs back with the record's own replicate key and family.
     table = runs_table()
     assert len(table) == 2 and table["replicate_key"].nunique() == 2
@@ -207,6 +219,10 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     assert len(failing.results) == 2 and len(_runs("FAILED")) == 4
     failed = [run for run in _runs("FAILED") if run.data.tags.get(CONFIG_KEY_TAG) and "run_failure" in run.data.tags]
     assert any("out of memory (simulated)" in run.data.tags["run_failure"] for run in failed)
+    # A run that dies in training keeps what it was given: settings and data were logged at its start.
+    crashed = next(run for run in failed if "out of memory" in run.data.tags["run_failure"])
+    assert crashed.data.params["learning_rate"] in ("0.05", "0.01") and crashed.data.params["train_size"]
+    assert len(crashed.inputs.dataset_inputs) == 3 and crashed.data.tags["lr"] in ("0.05", "0.01")
 
 
 def test_ray_executor_runs_locally_and_refuses_missing_gpus(tracking, tiny_model_dir):

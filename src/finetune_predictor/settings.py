@@ -21,7 +21,13 @@ from finetune_predictor.hooks import ReadOwnWritesHooks, RunSummaryHooks, Settin
 
 warning_filters.install()
 
-HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), SettingsCheckHooks())
+from finetune_predictor.run_lifecycle import RunLifecycleHook  # noqa: E402  (kedro-mlflow warns on import)
+
+# RunLifecycleHook is kedro-mlflow's MlflowHook (settings logged once at the start, interrupted runs ended
+# KILLED), so the plugin's own copy is disabled; registered after the summary hooks, it runs before them
+# (pluggy calls the last registered first), as the plugin did.
+HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(), SettingsCheckHooks())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,9 @@ SWEEP_TAG = "sweep_name"
 REPLICATE_KEY = "replicate_key"
 FEATURE_PREFIX = "mf_"
 EXPERIMENT_NAME = "finetune_predictor"
+HOST_TAG, PID_TAG = "run_host", "run_pid"
+# The MLflow UI's experiment kind: "custom_model_development" is its "Machine learning" (model training) kind.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 _MAX_PARAM_LENGTH = 6000
 # A run on unaltered data: the same configuration params a sweep's clean variant logs, so a mini_test100
 # run and a sweep run of one configuration share their replicate_key.
@@ -72,12 +75,14 @@ def dataset_label(source: str) -> str:
 
 def run_name(model_name: str, dataset: str, train_size: int, settings: TrainingSettings,
              variant: str = "clean") -> str:
-    """The one run-name format, read side by side in the MLflow UI: model | data | size | config | seed."""
+    """The one run-name format. What differs between runs comes first, so the MLflow UI's narrow name column
+    tells them apart: size, hyperparameters and seed | data [| variant] | model. Nothing finds runs by their
+    name (sweeps resume by the ``sweep_config_key`` tag), so the format is free to read well."""
     lora = settings.lora
     variant_part = "" if variant == "clean" else f" | {variant}"
-    return (f"{model_name.rstrip('/').split('/')[-1]} | {dataset_label(dataset)} | n={train_size} | "
-            f"lr={settings.learning_rate:.0e} r={lora.r} a={lora.alpha} ep={settings.num_train_epochs:g}"
-            f"{variant_part} | seed={settings.seed}")
+    return (f"n={train_size} lr={settings.learning_rate:.0e} r={lora.r} a={lora.alpha} "
+            f"ep={settings.num_train_epochs:g} seed={settings.seed} | {dataset_label(dataset)}{variant_part} | "
+            f"{model_name.rstrip('/').split('/')[-1]}")
 
 
 def _joined(modules: Any) -> str:
@@ -88,26 +93,40 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def settings_configuration(model: Mapping[str, Any], training: Mapping[str, Any],
+                           data: Mapping[str, Any], variant: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The part of a run's configuration that its settings alone fix: known when the run starts, logged then
+    under the same names and values as the run record logs them at the end (MLflow refuses a param logged
+    twice with two values)."""
+    settings = TrainingSettings.from_params(dict(training))
+    lora = settings.lora
+    return {
+        "model_name": model["name"], "task": data.get("task", "binary_classification"),
+        "learning_rate": settings.learning_rate, "lora_r": lora.r, "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout, "num_train_epochs": settings.num_train_epochs, "max_steps": settings.max_steps,
+        "effective_batch_size": settings.effective_batch_size, "max_length": model.get("max_length", 512),
+        **dict(variant or CLEAN_VARIANT),
+    }
+
+
+def split_configuration(split_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run's configuration that its data split fixes (logged once the split exists)."""
+    return {"dataset": split_summary["source"], "dataset_family": split_summary.get("family"),
+            "test_dataset": split_summary["test_source"], "test_sha256": split_summary["test_sha256"],
+            "train_size": split_summary["train_size"], "test_size": split_summary["test_size"]}
+
+
 def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping[str, Any],
                      metrics: Mapping[str, Any], model: Mapping[str, Any], training: Mapping[str, Any],
                      data: Mapping[str, Any], variant: Mapping[str, Any] | None = None) -> RunRecord:
     """The record of one fine-tune from its split, training summary and evaluation metrics."""
     settings = TrainingSettings.from_params(dict(training))
-    lora = settings.lora
     variant = dict(variant or CLEAN_VARIANT)
     configuration = {
-        "model_name": model["name"], "task": data.get("task", "binary_classification"),
-        "dataset": split_summary["source"], "dataset_family": split_summary.get("family"),
-        "test_dataset": split_summary["test_source"], "test_sha256": split_summary["test_sha256"],
-        "train_size": split_summary["train_size"], "test_size": split_summary["test_size"],
-        "learning_rate": settings.learning_rate, "lora_r": lora.r, "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
-        "lora_target_modules": _joined(training_summary.get("lora_target_modules", lora.target_modules)),
-        "num_train_epochs": settings.num_train_epochs, "max_steps": settings.max_steps,
-        "effective_batch_size": settings.effective_batch_size, "max_length": model.get("max_length", 512),
+        **settings_configuration(model, training, data, variant), **split_configuration(split_summary),
+        "lora_target_modules": _joined(training_summary.get("lora_target_modules", settings.lora.target_modules)),
         "precision": training_summary["precision"],
         "quantization_actual": training_summary.get("quantization_actual", "none"),
-        **variant,
     }
     provenance = {
         "model_source": training_summary["model_source"], "device": training_summary["device"],
@@ -125,6 +144,18 @@ def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping
                                  metrics.get("validation")))
 
 
+def run_tags(configuration: Mapping[str, Any], seed: int | None) -> dict[str, str]:
+    """The tags the MLflow runs table shows as columns (task, family, n, lr, r, variant, seed), from what of
+    the configuration is known; a tag not known yet is left out."""
+    family = configuration.get("dataset_family") or (
+        dataset_label(str(configuration["dataset"])) if configuration.get("dataset") else None)
+    values = {"task": configuration.get("task"), "family": family, "n": configuration.get("train_size"),
+              "lr": (f"{float(configuration['learning_rate']):g}" if configuration.get("learning_rate") is not None
+                     else None),
+              "r": configuration.get("lora_r"), "variant": configuration.get("data_variant"), "seed": seed}
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
 def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any], finetuned: Mapping[str, Any],
                 classical: Mapping[str, Any] | None = None,
                 validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -139,13 +170,21 @@ def run_metrics(training_summary: Mapping[str, Any], baseline: Mapping[str, Any]
         "train_runtime_s": training_summary["train_runtime_s"],
         "train_peak_memory_mb": training_summary["peak_memory_mb"],
     }
+    # The held-out loss curve: ``validation_loss`` in sweeps, ``test_loss`` (on the test answers, a curve to
+    # read, never selected on) in mini_test100.
+    eval_history = training_summary.get("eval_loss_history") or []
+    if eval_history:
+        metrics[f"{training_summary.get('eval_split', 'eval')}_loss"] = [(h["loss"], int(h["step"]))
+                                                                          for h in eval_history]
     for prefix, values in (("baseline", baseline), ("finetuned", finetuned), ("classical", classical or {}),
                            ("validation", validation or {})):
         metrics.update({f"{prefix}_{key}": float(value) for key, value in values.items() if _finite(value)})
+    # A difference of two shares carries float noise (0.8 - 0.5 = 0.30000000000000004) that the MLflow runs
+    # table shows verbatim; 12 decimals keep every digit a test-set share can have.
     if "accuracy" in finetuned and "accuracy" in baseline:
-        metrics["accuracy_gain"] = finetuned["accuracy"] - baseline["accuracy"]
+        metrics["accuracy_gain"] = round(finetuned["accuracy"] - baseline["accuracy"], 12)
     if "primary" in finetuned and "primary" in baseline:
-        metrics["primary_gain"] = finetuned["primary"] - baseline["primary"]
+        metrics["primary_gain"] = round(finetuned["primary"] - baseline["primary"], 12)
     return metrics
 
 
@@ -173,15 +212,28 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any]) -> None:
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params, each value as text. A key the run already holds with the same value is left alone; one
+    it holds with another value is refused here, naming the key, instead of MLflow's bare refusal."""
     from mlflow.entities import Param
 
-    _client().log_batch(run_id, params=[Param(key, str("" if value is None else value)[:_MAX_PARAM_LENGTH])
-                                        for key, value in params.items()])
+    text = {key: str("" if value is None else value)[:_MAX_PARAM_LENGTH] for key, value in params.items()}
+    logged = _client().get_run(run_id).data.params
+    clashes = {key: (logged[key], value) for key, value in text.items() if key in logged and logged[key] != value}
+    if clashes:
+        raise ValueError(f"Run {run_id} already holds these params with other values (logged, new): {clashes}")
+    _client().log_batch(run_id, params=[Param(key, value) for key, value in text.items() if key not in logged])
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    if tags:
+        _client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def log_record(run_id: str, record: RunRecord) -> None:
-    """Name the run and log the record's params and metrics."""
-    _client().set_tag(run_id, "mlflow.runName", record.name)
+    """Name the run, set its table tags, and log the record's params and metrics."""
+    set_tags(run_id, {"mlflow.runName": record.name, **run_tags(record.configuration, record.seed)})
     log_params(run_id, record.params)
     log_metrics(run_id, record.metrics)
 
@@ -201,16 +253,172 @@ def active_run_id() -> str | None:
 def child_run(experiment_id: str, parent_run_id: str | None, name: str,
               tags: Mapping[str, str]) -> Iterator[str]:
     """A run nested under ``parent_run_id``; MLflow ends it FINISHED, or FAILED when the body raises
-    (the error is also kept as the tag ``run_failure``)."""
+    (the error is also kept as the tag ``run_failure``). An interrupt (SIGINT/SIGTERM) ends it KILLED
+    through :func:`end_runs_killed` before it gets here; that is not overwritten."""
     import mlflow
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, parent_run_id=parent_run_id,
-                          tags=dict(tags)) as run:
+                          tags={**process_tags(), **tags}) as run:
         try:
             yield run.info.run_id
-        except BaseException as error:
-            mlflow.set_tag("run_failure", f"{type(error).__name__}: {error}"[:5000])
+        except (KeyboardInterrupt, SystemExit):
             raise
+        except BaseException as error:
+            _client().set_tag(run.info.run_id, "run_failure", f"{type(error).__name__}: {error}"[:5000])
+            raise
+
+
+# --- the lifecycle of a run: who runs it, interrupted and stale runs ----------------------------------------
+
+
+def process_tags() -> dict[str, str]:
+    """Where a run is being run (host and process id), so a later start can tell a live run from a dead one."""
+    import os
+    import socket
+
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _process_alive(pid: int, started_ms: int | None) -> bool:
+    """Whether process ``pid`` exists and is the one that started the run (not a later process given the
+    same id: it would have been created after the run started)."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+    return started_ms is None or created <= started_ms / 1000 + 1
+
+
+def mark_stale_runs_failed(experiment_id: str, current_run_id: str | None = None) -> list[str]:
+    """RUNNING runs of this experiment whose process is gone (same host, its process no longer running) were
+    killed without closing (SIGKILL, out of memory, power loss): mark them FAILED with the reason. Runs of
+    other hosts, and runs logged before runs carried their process, are left as they are (they may be alive)."""
+    import socket
+
+    client, host = _client(), socket.gethostname()
+    marked = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if run.info.run_id == current_run_id or tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if _process_alive(int(tags[PID_TAG]), run.info.start_time):
+            continue
+        client.set_tag(run.info.run_id, "run_failure",
+                       f"interrupted: process {tags[PID_TAG]} on {host} ended without closing the run "
+                       "(found RUNNING when a later run started)")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        marked.append(run.info.run_id)
+    if marked:
+        logger.warning("%d run(s) left RUNNING by a killed process were marked FAILED: %s", len(marked),
+                       ", ".join(marked))
+    return marked
+
+
+def end_runs_killed(run_ids: Sequence[str | None], reason: str) -> None:
+    """End every run this process has open (the active nested runs first, then ``run_ids``) as KILLED, each
+    with the tag ``run_failure``: an interrupted run is then not left RUNNING."""
+    import mlflow
+
+    client = _client()
+    while (run := mlflow.active_run()) is not None:
+        client.set_tag(run.info.run_id, "run_failure", reason)
+        mlflow.end_run("KILLED")
+    for run_id in filter(None, run_ids):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "run_failure", reason)
+            client.set_terminated(run_id, status="KILLED")
+
+
+def mark_model_training_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model training (MLflow's ``mlflow.experimentKind``), so the UI opens it on runs,
+    params and metrics rather than its GenAI views (traces, judges, prompts)."""
+    client = _client()
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1", port: int | str = 5000) -> str:
+    """A link into ``mlflow ui`` that opens the model-training view. MLflow 3.17's UI takes the view from its
+    ``workflowType`` (a browser setting, "genai" until changed), not from the experiment's tag, unless the
+    link names it."""
+    path = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "/runs")
+    return f"http://{host}:{port}/#/{path}?workflowType=machine_learning"
+
+
+# --- what a run is given: its settings and data sets ----------------------------------------------------------
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        elif isinstance(value, list | tuple) and all(not isinstance(item, Mapping | list) for item in value):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat
+
+
+# Settings the run record logs under its own name and value: at the start of a run they are logged under
+# that name, never a second time under their setting's path.
+_RECORD_SETTINGS = ("model.name", "model.max_length", "data.task", "training.learning_rate", "training.lora.r",
+                    "training.lora.alpha", "training.lora.dropout", "training.num_train_epochs",
+                    "training.max_steps", "training.seed")
+
+
+def _models_used(parameters: Mapping[str, Any]) -> list[str]:
+    names = [(parameters.get("model") or {}).get("name")]
+    names += list((parameters.get("sensitivity") or {}).get("models") or [])
+    return sorted({str(name) for name in names if name})
+
+
+def settings_params(parameters: Mapping[str, Any], with_record: bool) -> dict[str, Any]:
+    """Each setting a run reads, once, as MLflow params: groups flattened (``training.warmup_ratio``); of the
+    model registry only the resolved entry of the model(s) used (``model.registry.params_b``; with several
+    models ``model.registry.<name>.params_b``). With a run record (``with_record``), the settings it logs
+    take its names (``learning_rate``, ``lora_r``, ``model_name``, ``seed``, the clean variant) with the same
+    values; requested values that the run resolves later keep their setting's path (``training.precision``
+    = auto beside the record's ``precision`` = fp32)."""
+    from dataclasses import asdict
+
+    from finetune_predictor.models import ModelEntry
+
+    values = {key: value for key, value in parameters.items() if key != "model_registry"}
+    flat = _flatten(values)
+    if "model_registry" in parameters:
+        models = _models_used(parameters)
+        for name in models:
+            entry = asdict(ModelEntry.from_registry(name, parameters["model_registry"]))
+            prefix = "model.registry." if len(models) == 1 else f"model.registry.{name}."
+            flat.update(_flatten({key: value for key, value in entry.items() if key != "name"}, prefix))
+    if with_record:
+        training = parameters["training"]
+        record = settings_configuration(parameters["model"], training, parameters["data"])
+        flat = {key: value for key, value in flat.items() if key not in _RECORD_SETTINGS}
+        flat.update({**record, "seed": TrainingSettings.from_params(dict(training)).seed})
+    return flat
+
+
+def log_dataset(run_id: str, frame: pd.DataFrame, name: str, context: str, digest: str, source: str) -> None:
+    """The run's input data set as MLflow shows it (the runs table's Dataset column, the run's inputs): its
+    schema and row count, ``context`` (training, validation, test), and as digest the first 16 hex digits of
+    the content hash the run record logs (``train_sha256``, ``test_sha256``)."""
+    import warnings
+
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a plain name is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(frame, source=source, targets="output" if "output" in frame else None,
+                                          name=name, digest=digest[:16])
+    _client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                        tags=[InputTag("mlflow.data.context", context)])])
 
 
 # --- finding runs again ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from finetune_predictor.training import fine_tune
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
+UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records")
 # A classification task's generation budget is derived from its labels' token counts (evaluation.max_new_tokens).
 DERIVED_BUDGET = "longest_label+end_of_turn"
 
@@ -149,7 +150,9 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
     own = TASK_TYPES[name].max_new_tokens
     resolved = {**evaluation, "max_new_tokens": int(budget) if budget is not None
                 else own if own is not None else DERIVED_BUDGET}
-    return {"model": model_settings, "training": dict(training), "evaluation": resolved,
+    # The held-out loss curve's settings never change the trained adapter or its results.
+    training_settings = {key: value for key, value in training.items() if key not in UNKEYED_TRAINING_SETTINGS}
+    return {"model": model_settings, "training": training_settings, "evaluation": resolved,
             "task": {key: data.get(key) for key in task_keys if key in data}}
 
 
@@ -230,7 +233,30 @@ def run_configuration(config: SweepConfig, key: str, train: pd.DataFrame, test: 
     keep_base_models()  # once per process: a Ray worker keeps its base model for its next configuration
     tags = {tracking.CONFIG_KEY_TAG: key, tracking.SWEEP_TAG: context.sweep_name}
     with tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id:
+        log_run_start(run_id, config, key, train, test, validation, context)
         return train_and_evaluate(config, key, train, test, validation, baseline, context, run_id)
+
+
+def log_run_start(run_id: str, config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
+                  validation: pd.DataFrame, context: SweepContext) -> None:
+    """What a configuration's run is given, logged before it trains (an interrupted run keeps it): the
+    configuration its settings and data fix, with the names and values its run record logs at the end; the
+    table tags; the training, test and validation sets as MLflow dataset inputs."""
+    model, training = context.model_params(config), config.training_params(context.training)
+    split = {**context.split_summary, "train_size": len(train), "train_sha256": content_sha256(train)}
+    configuration = {**tracking.settings_configuration(model, training, context.data, config.variant.as_params()),
+                     **tracking.split_configuration(split)}
+    tracking.log_params(run_id, {**configuration, "seed": config.seed, "train_sha256": split["train_sha256"],
+                                 "sweep_name": context.sweep_name, tracking.CONFIG_KEY_TAG: key,
+                                 "train_per_class": config.train_per_class})
+    tracking.set_tags(run_id, tracking.run_tags(configuration, config.seed))
+    label = tracking.dataset_label(split["source"])
+    for frame, suffix, digest in ((train, "train", split["train_sha256"]), (test, "test", split["test_sha256"]),
+                                  (validation, "validation", split.get("validation_sha256"))):
+        if len(frame):
+            context_name = "training" if suffix == "train" else suffix
+            tracking.log_dataset(run_id, frame, f"{label}_{suffix}", context_name, digest or content_sha256(frame),
+                                 split["source"])
 
 
 def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
@@ -246,7 +272,11 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     session = open_session(model, context.model_registry, "train", str(training.get("precision", "auto")))
-    adapter_dir, training_summary = fine_tune(train, session, task, training, run_dir)
+    # The held-out loss curve on the validation set (what configurations are selected on); without one, on
+    # the test answers as test_loss, which nothing selects on.
+    held_out, split_name = (validation, "validation") if len(validation) else (test, "test")
+    adapter_dir, training_summary = fine_tune(train, session, task, training, run_dir, held_out=held_out,
+                                              held_out_split=split_name)
     started = time.perf_counter()
     predictions = predict(test, task, session.with_purpose("evaluate"), context.evaluation, str(adapter_dir))
     inference_s = time.perf_counter() - started
@@ -448,6 +478,7 @@ def sweep_context(sensitivity: Mapping[str, Any], sweep_data: SweepData, data: d
         experiment_id, parent_run_id = active.info.experiment_id, active.info.run_id
     else:
         experiment_id, parent_run_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id, None
+        tracking.mark_model_training_experiment(experiment_id)
     batch_size = int(sensitivity.get("evaluation_batch_size") or evaluation.get("batch_size", 16))
     return SweepContext(
         sweep_name=sweep_name, experiment_id=experiment_id, parent_run_id=parent_run_id,
