@@ -10,15 +10,59 @@ measured in one run on this machine (the first steps are discarded as warm-up). 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from transformers import TrainerCallback
+
+from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import cpu_has_native_bf16
-from finetune_predictor.model_session import open_session
+from finetune_predictor.model_session import ModelSession, open_session
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.training import StepTimer, build_training_rows, train_lora
+
+
+class StepEnds(TrainerCallback):
+    """Wall-clock time at the start of training and at the end of every optimiser step: the intervals
+    include everything a step costs (data loading, collation, callbacks), not only forward/backward."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.times = [time.perf_counter()]
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    @property
+    def intervals(self) -> list[float]:
+        return [later - earlier for earlier, later in itertools.pairwise(self.times)]
+
+
+def equal_length_rows(formatter: PromptFormatter, count: int, seed: int = 3) -> list[dict[str, list[int]]]:
+    """``count`` training rows of one token length (the most common one among generated articles, repeated
+    where needed), so every batch of two training paths has the same shape whatever their sampler."""
+    records = list(iter_articles(max(4 * count, 64), seed=seed))
+    rows = build_training_rows(formatter, records, [r["output"] for r in records])
+    length, _ = Counter(len(row["input_ids"]) for row in rows).most_common(1)[0]
+    same = [row for row in rows if len(row["input_ids"]) == length]
+    return [same[index % len(same)] for index in range(count)]
+
+
+def project_step_intervals(session: ModelSession, rows: list[dict[str, list[int]]],
+                           settings: TrainingSettings) -> list[float]:
+    """Seconds per optimiser step of the project's training path (``training.train_lora``)."""
+    ends = StepEnds()
+    with tempfile.TemporaryDirectory() as workdir:
+        train_lora(session, rows, settings, Path(workdir), callbacks=[ends])
+    return ends.intervals
 
 
 def main() -> None:
@@ -27,9 +71,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="a registry name, HF id or local folder")
     args = parser.parse_args()
 
-    model = {"name": "SmolLM2-135M-Instruct", "max_length": 512}
+    model = {"name": args.model, "max_length": 512}
     formatter = open_session(model, None, "train").formatter
     records = list(iter_articles(args.batch_size * args.steps, seed=3))
     rows = build_training_rows(formatter, records, [r["output"] for r in records])
