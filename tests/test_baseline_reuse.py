@@ -194,3 +194,29 @@ def test_a_sweep_reuses_an_earlier_baseline_and_loads_the_base_model_once(tracki
     assert {p[run_tracking.BASELINE_SOURCE] for p in params} <= set(runs)
     assert other.results["baseline_primary"].tolist() == pytest.approx(first.results["baseline_primary"].tolist())
     assert not model_session._KEPT_BASE_MODELS  # released when the sweep ends
+
+
+def test_a_kept_base_model_is_copied_so_no_load_sees_another_loads_changes(tiny_model_dir, monkeypatch):
+    """Training adds LoRA layers to its model and evaluation merges an adapter into it: each load of a kept
+    base model is a fresh copy, read from disk once."""
+    import torch
+
+    loads = []
+    monkeypatch.setattr(model_session, "load_causal_lm",
+                        lambda *args, **kwargs: loads.append(args[0]) or load_causal_lm(*args, **kwargs))
+    session = _session(tiny_model_dir)
+    fresh = load_causal_lm(str(tiny_model_dir), session.plan)
+    model_session.keep_base_models()
+    try:
+        first = session.load_model()
+        with torch.no_grad():
+            next(first.parameters()).add_(1.0)  # what a merged adapter does to the base weights
+        second = session.with_purpose("train").load_model()
+        assert second is not first and len(loads) == 1
+        for kept, disk in zip(second.parameters(), fresh.parameters(), strict=True):
+            assert torch.equal(kept, disk)
+    finally:
+        model_session.keep_base_models(False)
+    assert not model_session._KEPT_BASE_MODELS
+    session.load_model()
+    assert len(loads) == 2  # without keeping, every load reads the files again
