@@ -344,3 +344,23 @@ def test_log_dataset_records_schema_rows_context_and_digest(store):
     assert (logged.dataset.name, logged.dataset.digest) == ("d_train", "f" * 16)
     assert [t.value for t in logged.tags] == ["training"]
     assert json.loads(logged.dataset.profile)["num_rows"] == 2
+
+
+def test_split_names_the_run_and_logs_its_data_whichever_is_saved_first(store):
+    """A run interrupted after its data split already carries its record's name, split params and inputs."""
+    hook = RunLifecycleHook()
+    hook._record_settings = {"model": {"name": "m"}, "training": {"learning_rate": 1e-3, "seed": 3}, "data": {}}
+    frame = pd.DataFrame({"id": ["a"], "instruction": ["q"], "input": ["x"], "output": ["fake"]})
+    summary = {"source": "data/news.jsonl", "family": "news", "test_source": "held-out split of the training source",
+               "train_size": 1, "test_size": 1, "train_sha256": "a" * 64, "test_sha256": "b" * 64}
+    with mlflow.start_run(experiment_id=store) as run:
+        hook.run_id = run.info.run_id
+        hook.after_dataset_saved("data_engineering.prm.train_set", frame)  # before its summary: kept until then
+        hook.after_dataset_saved("data_engineering.reporting.split_summary", summary)
+        hook.after_dataset_saved("data_engineering.prm.test_set", frame)  # after it: logged at once
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.info.run_name == "n=1 lr=1e-03 r=8 a=32 ep=3 seed=3 | news | m"
+    assert (logged.data.tags["n"], logged.data.tags["family"], logged.data.params["dataset"]) == (
+        "1", "news", "data/news.jsonl")
+    digests = {d.dataset.name: d.dataset.digest for d in logged.inputs.dataset_inputs}
+    assert digests == {"news_train": "a" * 16, "news_test": "b" * 16}

@@ -31,6 +31,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from finetune_predictor import tracking
+from finetune_predictor.settings_schema import TrainingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,12 @@ class RunLifecycleHook(MlflowHook):
         self._previous_handlers: dict[int, Any] = {}
         self._summaries: dict[str, Any] = {}
         self._pending: dict[str, Any] = {}
+        self._record_settings: dict[str, Any] | None = None  # the settings of a run that will log a record
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         self.run_id = None
-        self._summaries, self._pending = {}, {}
+        self._summaries, self._pending, self._record_settings = {}, {}, None
         super().before_pipeline_run(readable_run_params(run_params), pipeline, catalog)
         if not self._is_mlflow_enabled or self.run_id is None:
             return
@@ -110,6 +112,7 @@ class RunLifecycleHook(MlflowHook):
         tracking.log_params(self.run_id, params)
         if with_record:
             tracking.set_tags(self.run_id, tracking.run_tags(params, int(params["seed"])))
+            self._record_settings = settings
 
     @hook_impl
     def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
@@ -140,11 +143,22 @@ class RunLifecycleHook(MlflowHook):
         elif dataset_name in SPLIT_SUMMARIES:
             self._summaries[dataset_name] = data
             if dataset_name == SPLIT_SUMMARIES[0]:
-                split = tracking.split_configuration(data)
-                tracking.log_params(self.run_id, {**split, "train_sha256": data["train_sha256"]})
-                tracking.set_tags(self.run_id, tracking.run_tags(split, None))
+                self._log_split(data)
             for name in [name for name in self._pending if DATA_INPUTS[name][0] == dataset_name]:
                 self._log_data(name, self._pending.pop(name), data)
+
+    def _log_split(self, summary: dict[str, Any]) -> None:
+        """The split's params and tags; with a run record to come, the run's name in the record's format
+        already (an interrupted run is then not just "mini_test100" in the runs table)."""
+        split = tracking.split_configuration(summary)
+        tracking.log_params(self.run_id, {**split, "train_sha256": summary["train_sha256"]})
+        tags = tracking.run_tags(split, None)
+        if self._record_settings is not None:
+            settings = self._record_settings
+            tags["mlflow.runName"] = tracking.run_name(
+                str(settings["model"]["name"]), str(summary["source"]), int(summary["train_size"]),
+                TrainingSettings.from_params(dict(settings["training"])))
+        tracking.set_tags(self.run_id, tags)
 
     def _log_data(self, name: str, frame: Any, summary: dict[str, Any]) -> None:
         from finetune_predictor.records import content_sha256
