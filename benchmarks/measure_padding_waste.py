@@ -5,7 +5,8 @@ For the bundled task and LIAR (``../shared/data/liar``, skipped when absent), th
 (``training._build_trainer``: TRL's SFTTrainer, its sampler and the left-padding collator), and every batch of
 ``training.num_train_epochs`` epochs of its dataloader is counted: padding share = padded positions /
 (rows x batch width). Printed with ``training.group_by_length`` off (random batches) and on (the HF
-length-grouped sampler). Counts only, nothing is timed. Usage:
+length-grouped sampler). The test set's prompt batches of label scoring and generation are counted the same
+way, in input order and grouped by length. Counts only, nothing is timed. Usage:
 
     .venv/bin/python benchmarks/measure_padding_waste.py [--model SmolLM2-135M-Instruct] [--train-per-class 100]
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_predictor import task_data
+from finetune_predictor.batching import length_grouped_batches, padding_share
 from finetune_predictor.model_session import open_session
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import build_task
@@ -31,17 +33,29 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-def training_rows(session: Any, data: dict[str, Any], train_per_class: int) -> list[dict[str, list[int]]]:
-    """The tokenised rows of the training subset of ``train_per_class`` examples per class."""
+def tokenised(session: Any, data: dict[str, Any], train_per_class: int) -> tuple[list[dict[str, list[int]]],
+                                                                                list[list[int]]]:
+    """The training rows of the subset of ``train_per_class`` examples per class, and the test set's prompts."""
     records, _rejects, summary = task_data.load_task_records(data)
-    subsets, *_ = task_data.nested_subsets(records, summary, data, [train_per_class])
+    subsets, test, *_ = task_data.nested_subsets(records, summary, data, [train_per_class])
     train = task_data.subset(subsets, train_per_class)
     task = build_task(data, train["output"])
     rows = train.to_dict("records")
-    return build_training_rows(session.formatter, rows, [task.target(row) for row in rows])
+    prompts = [session.formatter.prompt_ids(str(r["instruction"]), str(r.get("input") or ""))
+               for r in test.to_dict("records")]
+    return build_training_rows(session.formatter, rows, [task.target(row) for row in rows]), prompts
 
 
-def padding_share(session: Any, rows: list[dict[str, list[int]]], settings: TrainingSettings) -> tuple[float, int]:
+def evaluation_padding(prompts: list[list[int]], batch_size: int, grouped: bool) -> float:
+    """Padding share of the label-scoring / generation prompt batches (``batching.length_grouped_batches``)."""
+    batches = [[prompts[i] for i in rows] for rows in length_grouped_batches([len(p) for p in prompts], batch_size,
+                                                                             grouped)]
+    computed = sum(len(batch) * max(len(p) for p in batch) for batch in batches)
+    return sum(padding_share(batch) * len(batch) * max(len(p) for p in batch) for batch in batches) / computed
+
+
+def trainer_padding_share(session: Any, rows: list[dict[str, list[int]]],
+                          settings: TrainingSettings) -> tuple[float, int]:
     """Padding share over every batch of the trainer's dataloader for the settings' epochs, and the batches."""
     padded = computed = batches = 0
     with tempfile.TemporaryDirectory() as workdir:
@@ -65,6 +79,7 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--eval-batch-size", type=int, default=16)
     args = parser.parse_args()
 
     base = {**task_data_defaults(), "train_per_class": args.train_per_class}
@@ -75,17 +90,20 @@ def main() -> None:
         if name == "liar" and not LIAR.is_dir():
             print(f"{name:>8}: skipped, {LIAR} is absent")
             continue
-        rows = training_rows(session, {**base, **overrides}, args.train_per_class)
+        rows, prompts = tokenised(session, {**base, **overrides}, args.train_per_class)
         shares = {}
         for grouped in (False, True):
             settings = TrainingSettings.from_params({"per_device_train_batch_size": args.batch_size,
                                                      "num_train_epochs": args.epochs, "precision": "fp32",
                                                      "group_by_length": grouped})
-            shares[grouped], batches = padding_share(session, rows, settings)
+            shares[grouped], batches = trainer_padding_share(session, rows, settings)
         lengths = sorted(len(row["input_ids"]) for row in rows)
         print(f"{name:>8}: {len(rows)} rows, lengths {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), "
               f"{batches} batches: random {100 * shares[False]:.1f}% padding, "
               f"grouped by length {100 * shares[True]:.1f}%")
+        print(f"{'':>8}  evaluation prompts ({len(prompts)}, batch {args.eval_batch_size}): input order "
+              f"{100 * evaluation_padding(prompts, args.eval_batch_size, False):.1f}% padding, grouped by length "
+              f"{100 * evaluation_padding(prompts, args.eval_batch_size, True):.1f}%")
 
 
 def task_data_defaults() -> dict[str, Any]:

@@ -117,3 +117,10 @@ def test_length_grouped_batches_pad_less_and_keep_every_answer_only_loss_mask(ti
             assert list(ids[-len(supervised):]) == supervised  # the answer window, at the end of the row
         padding[grouped] = padded / computed
     assert padding[True] < padding[False] / 2
+
+
+def test_padding_share_counts_the_padded_positions_of_a_left_padded_batch():
+    from finetune_predictor.batching import padding_share
+
+    assert padding_share([[1, 2, 3], [4]]) == pytest.approx(2 / 6)
+    assert padding_share([[1, 2], [3, 4]]) == 0.0 and padding_share([]) == 0.0
