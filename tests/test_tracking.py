@@ -139,7 +139,7 @@ def test_training_and_held_out_loss_are_step_histories(mini_run):
     train = client.get_metric_history(run.info.run_id, "train_loss")
     held_out = client.get_metric_history(run.info.run_id, "test_loss")
     assert [m.step for m in train] == [1, 2]
-    assert [m.step for m in held_out] == [0, 1, 2]  # before the first step, every eval_steps=1, after the last
+    assert [m.step for m in held_out] == [1, 2]  # every eval_steps=1 step
     assert "validation_loss" not in run.data.metrics  # mini_test100 has no validation set
 
 
@@ -241,7 +241,7 @@ def test_held_out_loss_curve_does_not_change_what_is_trained(tiny_session, tmp_p
     plain = train_lora(tiny_session, rows, TrainingSettings.from_params(values), tmp_path / "plain")
     curve = train_lora(tiny_session, rows, TrainingSettings.from_params(values), tmp_path / "curve",
                        eval_rows=held_out)
-    assert [h["step"] for h in curve.eval_loss_history] == [0.0, 2.0, 3.0]
+    assert [h["step"] for h in curve.eval_loss_history] == [2.0, 3.0]  # every eval_steps=2 and after the last
     assert plain.eval_loss_history == []
     assert [h["loss"] for h in curve.loss_history] == [h["loss"] for h in plain.loss_history]
     assert curve.adapter_sha256["adapter_model.safetensors"] == plain.adapter_sha256["adapter_model.safetensors"]

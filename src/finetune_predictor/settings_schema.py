@@ -282,11 +282,11 @@ class TrainingSettings(_Group):
     # Batches of similar length (the HF length-grouped sampler): far less of each batch is padding
     # (benchmarks/measure_padding_waste.py); the answer-only loss of every row is unchanged.
     group_by_length: bool = True
-    # The held-out loss curve: evaluated every eval_steps optimiser steps, before the first and after the last
-    # (0 = none), on at most eval_max_records records, so it costs a small share of training. It never changes
-    # the trained adapter, so it is not part of a sweep's resume key.
+    # The held-out loss curve: evaluated every eval_steps optimiser steps and after the last (0 = none), on at
+    # most eval_max_records records, so it costs a small share of training. It never changes the trained
+    # adapter, so it is not part of a sweep's resume key.
     eval_steps: int = field(default=25, metadata=at_least(0))
-    eval_max_records: int = field(default=64, metadata=at_least(1))
+    eval_max_records: int = field(default=32, metadata=at_least(1))
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:

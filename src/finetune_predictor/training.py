@@ -219,8 +219,9 @@ def train_lora(
 
     ``callbacks`` are extra Trainer callbacks (probes read loss and gradient norms through them).
     ``verify=False`` (probes) skips saving and checking the adapter. ``eval_rows`` (held-out, tokenised the
-    same way) give the held-out loss before the first step, every ``training.eval_steps`` and after the last;
-    evaluating never changes what is trained.
+    same way) give the held-out loss every ``training.eval_steps`` and after the last step; evaluating never
+    changes what is trained. (No evaluation before the first step: with LoRA B at zero that is the base
+    model's loss, the same for every configuration of a sweep.)
     """
     if not rows:
         raise ValueError("No training examples")
@@ -231,8 +232,6 @@ def train_lora(
     trainer = _build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None)
     for callback in callbacks:
         trainer.add_callback(callback)
-    # Before the first step: the base model's loss on the held-out answers (LoRA B starts at zero).
-    initial = [{"step": 0.0, "loss": float(trainer.evaluate()["eval_loss"])}] if evaluate else []
     started = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - started
@@ -251,7 +250,7 @@ def train_lora(
         num_examples=len(rows),
         num_steps=int(trainer.state.global_step),
         supervised_tokens=sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows),
-        eval_loss_history=initial + _eval_history(trainer.state.log_history),
+        eval_loss_history=_eval_history(trainer.state.log_history),
     )
     del trainer
     release_accelerator_memory()
@@ -349,8 +348,9 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
     sensitivity sweep and the probes. Returns the adapter folder (inside ``workdir``) and the training
     summary (loss history, checksums, cost, and the settings the session actually ran with).
 
-    ``held_out`` (records never trained on; at most ``training.eval_max_records`` of them) gives the
-    held-out loss curve, logged as ``<held_out_split>_loss``."""
+    ``held_out`` (records never trained on; at most ``training.eval_max_records`` of them, and never more
+    than the training records, so a small configuration's curve stays cheap) gives the held-out loss curve,
+    logged as ``<held_out_split>_loss``."""
     settings = TrainingSettings.from_params(training)
     records = train.to_dict("records")
     truncated_before = session.formatter.truncated_prompts
@@ -361,7 +361,7 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
                        "shortened (never the answer)", truncated, len(records), session.formatter.max_length)
     # The same slice for every seed and configuration (a test set may be ordered by label: sampled, not its head).
     eval_records = [] if held_out is None or not len(held_out) else held_out.sample(
-        n=min(settings.eval_max_records, len(held_out)), random_state=0).to_dict("records")
+        n=min(settings.eval_max_records, len(held_out), len(records)), random_state=0).to_dict("records")
     eval_rows = build_training_rows(session.formatter, eval_records, [task.target(r) for r in eval_records])
     result = train_lora(session, rows, settings, workdir, callbacks=callbacks, eval_rows=eval_rows)
     summary = {
