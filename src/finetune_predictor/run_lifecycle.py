@@ -201,8 +201,11 @@ class RunLifecycleHook(MlflowHook):
         ``KeyboardInterrupt``, SIGTERM exits with status 128 + 15 (both run ``finally`` blocks on the way)."""
         name = signal.Signals(signum).name
         logger.warning("%s received: the MLflow run %s is ended KILLED", name, self.run_id)
-        tracking.end_runs_killed([self.run_id], f"interrupted by {name}")
-        self._restore_signal_handlers()
+        self._restore_signal_handlers()  # a second Ctrl-C stops at once
+        try:
+            tracking.end_runs_killed([self.run_id], f"interrupted by {name}")
+        except Exception as error:  # the store unreachable mid-write: stop anyway; the next start marks it
+            logger.error("The MLflow run %s could not be ended KILLED (%s)", self.run_id, error)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
