@@ -63,7 +63,7 @@ def mini_run(tiny_model_dir, tmp_path_factory):
                      "eval_steps": 1, "precision": "fp32"},
         "evaluation": {"batch_size": 8, "max_new_tokens": 3, "engine": "hf"},
     }
-    cwd = Path.cwd()
+    cwd, environ = Path.cwd(), dict(os.environ)
     os.chdir(project)  # the catalog's paths are relative to the working directory, as under `kedro run`
     try:
         bootstrap_project(project)
@@ -77,7 +77,10 @@ def mini_run(tiny_model_dir, tmp_path_factory):
         yield run, client, project
     finally:
         os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
         mlflow.set_tracking_uri("")
+        mlflow.tracking.fluent._active_experiment_id = None  # kedro-mlflow set this store's experiment
 
 
 def test_runs_are_told_apart_by_name_and_tag_columns(mini_run):
