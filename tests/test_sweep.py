@@ -380,6 +380,9 @@ def test_new_task_settings_do_not_rekey_classification_sweeps():
     fixed = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
                                         {"task": "binary_classification", "label_positive": "fake"})
     assert fixed != before
+    reuse_off = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None, "reuse_baseline": False},
+                                            {"task": "binary_classification", "label_positive": "fake"})
+    assert reuse_off == before  # where the baseline comes from is not a setting of the result
     qa = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
                                      {"task": "qa", "qa": {"no_answer": "x"}})
     assert qa["evaluation"]["max_new_tokens"] == 32 and qa["task"]["qa"] == {"no_answer": "x"}

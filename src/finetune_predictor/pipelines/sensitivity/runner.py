@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
 UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records")
+# Whether a stored baseline may be reused changes where the base model's predictions come from, not what
+# they are (the baseline key holds everything that changes them): it must not re-key finished sweeps.
+UNKEYED_EVALUATION_SETTINGS = ("reuse_baseline",)
 # A classification task's generation budget is derived from its labels' token counts (evaluation.max_new_tokens).
 DERIVED_BUDGET = "longest_label+end_of_turn"
 
@@ -148,8 +151,8 @@ def settings_fingerprint(model: Mapping[str, Any], training: Mapping[str, Any], 
     # budget keys the same.
     budget = evaluation.get("max_new_tokens")
     own = TASK_TYPES[name].max_new_tokens
-    resolved = {**evaluation, "max_new_tokens": int(budget) if budget is not None
-                else own if own is not None else DERIVED_BUDGET}
+    resolved = {**{key: value for key, value in evaluation.items() if key not in UNKEYED_EVALUATION_SETTINGS},
+                "max_new_tokens": int(budget) if budget is not None else own if own is not None else DERIVED_BUDGET}
     # The held-out loss curve's settings never change the trained adapter or its results.
     training_settings = {key: value for key, value in training.items() if key not in UNKEYED_TRAINING_SETTINGS}
     return {"model": model_settings, "training": training_settings, "evaluation": resolved,
