@@ -83,8 +83,8 @@ def test_model_files_are_hashed_once_until_they_change(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     (folder / ".conversion-complete").write_text("/a/path/on/this/machine")
     reads = []
-    original = models._sha256_of_file
-    monkeypatch.setattr(models, "_sha256_of_file", lambda path: reads.append(path.name) or original(path))
+    original = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda path: reads.append(path.name) or original(path))
     first = models.folder_sha256(folder, tmp_path / "cache")
     assert sorted(reads) == ["config.json", "model.safetensors"]  # the machine-specific marker is left out
     assert models.folder_sha256(folder, tmp_path / "cache") == first and len(reads) == 2

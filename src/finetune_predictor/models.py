@@ -193,7 +193,7 @@ def folder_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
         stat = real.stat()
         entry = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
         if entry not in known:
-            known[entry], changed = _sha256_of_file(real), True
+            known[entry], changed = sha256_file(real), True
         digest.update(f"{file.relative_to(folder).as_posix()}:{known[entry]}\n".encode())
     if changed:
         store.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,8 @@ def folder_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (model weights do not fit a single read)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, answer_wi
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import ComputePlan, release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
+from finetune_predictor.models import sha256_file
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import Task
 
@@ -55,14 +55,6 @@ def build_training_rows(formatter: PromptFormatter, records: Sequence[dict[str, 
         formatter.training_example(str(record["instruction"]), str(record.get("input") or ""), target)
         for record, target in zip(records, targets, strict=True)
     ]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def seed_everything(seed: int) -> None:
