@@ -87,3 +87,22 @@ def test_a_pipeline_without_preflight_refuses_a_wrong_setting_of_the_groups_it_r
     # The preflight checks every group itself, in its verdict table.
     SettingsCheckHooks().before_pipeline_run(_pipeline("params:data", PREFLIGHT_GATE), catalog)
     SettingsCheckHooks().before_pipeline_run(_pipeline("other", "out"), catalog)  # reads no settings
+
+
+def test_sweep_and_predictor_end_with_their_headline():
+    import pandas as pd
+
+    from finetune_predictor.hooks import predictor_headline, sweep_headline
+
+    analysis = {"metric": "accuracy", "selected_on": "validation",
+                "best": {"data_variant": "clean", "train_size": 128, "learning_rate": 1e-3, "lora_r": 8,
+                         "mean_primary": 0.8125},
+                "curves": [{"data_variant": "clean", "knee_size": 64}, {"data_variant": "noisy", "knee_size": 32}]}
+    assert sweep_headline(analysis) == ("sweep best: clean n=128 lr=0.001 r=8 -> test accuracy 81.2% "
+                                        "(selected on validation), knee at 64 examples")
+    assert sweep_headline({"best": None}) == "sweep: no finished run yet"
+    evaluation = pd.DataFrame({"model": ["selected", "baseline_mean", "selected", "baseline_mean", "ridge"],
+                               "split": ["random", "random", "grouped_task", "grouped_task", "random"],
+                               "rmse": [2.0, 5.0, 9.5, 8.25, 3.0]})
+    assert predictor_headline(evaluation, {"model": "ridge_cv"}) == (
+        "predictor shipped: ridge_cv (grouped_task RMSE 9.5 vs mean 8.2; random RMSE 2.0 vs mean 5.0; points)")

@@ -16,6 +16,45 @@ SPLIT_SUMMARY = "data_engineering.reporting.split_summary"
 SWEEP_SPLIT_SUMMARY = "sensitivity.reporting.split_summary"  # the sweep's: its largest subset
 TRAINING_SUMMARY = "sft_training.reporting.training_summary"
 PREFLIGHT_GATE = "preflight.int.passed"
+SWEEP_ANALYSIS = "sensitivity.reporting.analysis"
+PREDICTOR_EVALUATION = "predictor.reporting.evaluation"
+PREDICTOR_CARD = "predictor.model.card"
+
+
+def sweep_headline(analysis: dict[str, Any]) -> str:
+    """The sweep's result in one line: the best configuration (and what it was selected on) and the knee."""
+    best = analysis.get("best")
+    if not best:
+        return "sweep: no finished run yet"
+    line = (f"sweep best: {best.get('data_variant', 'clean')} n={best['train_size']} lr={best['learning_rate']:g} "
+            f"r={best['lora_r']} -> test {analysis.get('metric', 'primary')} {100 * best['mean_primary']:.1f}% "
+            f"(selected on {analysis.get('selected_on', 'test')})")
+    knees = [c["knee_size"] for c in analysis.get("curves", []) if c.get("data_variant", "clean") == "clean"
+             and c.get("knee_size") is not None]
+    return line + (f", knee at {int(knees[0])} examples" if knees else ", no knee over these sizes")
+
+
+def predictor_headline(evaluation: Any, card: dict[str, Any]) -> str:
+    """The shipped predictor and its error beside the mean baseline on every split, in points."""
+    rmse = evaluation.pivot_table(index="split", columns="model", values="rmse", aggfunc="first")
+    parts = [f"{split} RMSE {row['selected']:.1f} vs mean {row['baseline_mean']:.1f}"
+             for split, row in rmse.iterrows() if {"selected", "baseline_mean"} <= set(row.dropna().index)]
+    return f"predictor shipped: {card.get('model')} ({'; '.join(parts) or 'no split scored'}; points)"
+
+
+def mlflow_run_line() -> str | None:
+    """The run this pipeline logged to, by name, with a link that opens the UI's model-training view."""
+    try:
+        import mlflow
+
+        from finetune_predictor.tracking import ui_url
+
+        run = mlflow.last_active_run()
+    except Exception:  # a courtesy line: no store, no line
+        return None
+    if run is None:
+        return None
+    return f"MLflow run {run.info.run_name!r}: {ui_url(run.info.experiment_id, run.info.run_id)}"
 
 
 def _saved_path(dataset: Any) -> Path | None:
@@ -50,9 +89,13 @@ class RunSummaryHooks:
                 print(f"\nfinetune-predictor: {headline(metrics, time.perf_counter() - self._started)}")
             except (KeyError, TypeError, ValueError) as error:  # a run without both sides has no headline
                 print(f"\nfinetune-predictor: no headline ({type(error).__name__}: {error})")
+        self._print_results(pipeline, catalog)
         for split in (SPLIT_SUMMARY, SWEEP_SPLIT_SUMMARY):
             if split in pipeline.all_outputs():
                 self._print_split(split, pipeline, catalog)
+        run_line = mlflow_run_line()
+        if run_line:
+            print(f"finetune-predictor: {run_line}")
         lines = []
         for name in sorted(pipeline.all_outputs()):
             try:
@@ -74,6 +117,19 @@ class RunSummaryHooks:
         print('  run on your own data:           kedro run --pipeline=mini_test100 --params '
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
+
+    @staticmethod
+    def _print_results(pipeline: Any, catalog: Any) -> None:
+        """The sweep's and the predictor's headline, when this pipeline produced them."""
+        outputs = pipeline.all_outputs()
+        try:
+            if SWEEP_ANALYSIS in outputs:
+                print(f"\nfinetune-predictor: {sweep_headline(catalog.load(SWEEP_ANALYSIS))}")
+            if PREDICTOR_EVALUATION in outputs and PREDICTOR_CARD in outputs:
+                print(f"\nfinetune-predictor: "
+                      f"{predictor_headline(catalog.load(PREDICTOR_EVALUATION), catalog.load(PREDICTOR_CARD))}")
+        except Exception as error:  # a courtesy line must not fail a finished run
+            print(f"\nfinetune-predictor: no headline ({type(error).__name__}: {error})")
 
     @staticmethod
     def _print_split(split: str, pipeline: Any, catalog: Any) -> None:
