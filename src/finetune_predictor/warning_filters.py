@@ -16,7 +16,8 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # `--pipeline` is the spelling the project's users know; kedro >= 1.4 prefers `--pipelines` and
     # both run the same code.
     (r"Option '--pipeline' is deprecated", Warning),
-    # Dataset names follow {pipeline}.{layer}.{name} deliberately; none of the pipelines is namespaced.
+    # Dataset names follow {pipeline}.{layer}.{name} deliberately; pipelines are namespaced for kedro-viz with
+    # prefix_datasets_with_namespace=False, so the dots are the convention, not a namespace.
     (r"One or more dataset names contain '\.' characters", UserWarning),
     # Raised by kedro and kedro-mlflow's own resolver registration, not by this project.
     (r"register_new_resolver\(\) is deprecated", UserWarning),
