@@ -250,9 +250,15 @@ VISIBLE_NAMES = RUN_LINKS + """.map(a => { const cell = a.closest('[role="gridce
 
 
 def test_runs_table_tells_the_two_runs_apart(browser, mlflow_url, store):
-    browser.open(f"{mlflow_url}/#/experiments/{store['experiment_id']}/runs", f"{RUN_LINKS}.length >= 2")
+    from finetune_predictor.tracking import ui_url
+
+    # The link every run prints: it must land in the model-training view, not MLflow 3.17's GenAI default.
+    port = mlflow_url.rsplit(":", 1)[1]
+    browser.open(ui_url(store["experiment_id"], port=port), f"{RUN_LINKS}.length >= 2")
     rows = browser.evaluate(VISIBLE_NAMES)
     shot = browser.screenshot("mlflow_runs_table")
+    genai_only = [item for item in ("Judges", "Prompts", "Playground") if item in browser.text().splitlines()]
+    assert not genai_only, f"the printed link opened the GenAI view ({genai_only} in the sidebar; {shot})"
     ids = {run.info.run_id for run in store["runs"]}
     assert {row["href"].rsplit("/", 1)[1] for row in rows} == ids, rows
     assert {row["name"] for row in rows} == {run.info.run_name for run in store["runs"]}
