@@ -50,3 +50,16 @@ def test_close_curves_both_run():
     assert curves_to_stop(rows, configs, 128, "qa") == {}
     # Seeds and sizes of one configuration are one curve.
     assert len({curve_of(c) for c in configs}) == 2
+
+
+def test_curves_stop_on_validation_never_on_the_test_set_they_report():
+    """The test metric says lr 1e-4 is hopeless, the validation metric says both curves are close: with a
+    validation split, the stop follows validation (stopping is a selection); without one, the test metric."""
+    configs = expand_grid(SWEEP, "m")
+    rows = pd.DataFrame([{"config": c, "train_size": c.train_per_class, "finetuned_primary": _value(c),
+                          "validation_primary": 0.9 - 0.8 * c.train_per_class ** -0.5 + 0.001 * c.seed}
+                         for c in configs if c.train_per_class <= 32])
+    assert curves_to_stop(rows, configs, 128, "qa") == {}
+    stopped = curves_to_stop(rows.drop(columns="validation_primary"), configs, 128, "qa")
+    assert stopped and all(curve.learning_rate == 1e-4 for curve in stopped)
+    assert all("finetuned_primary" in entry["reason"] for entry in stopped.values())

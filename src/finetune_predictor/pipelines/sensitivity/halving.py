@@ -23,15 +23,26 @@ def curve_of(config: SweepConfig) -> SweepConfig:
     return replace(config, train_per_class=0, seed=0)
 
 
+def stopping_target(results: pd.DataFrame) -> str:
+    """What the forecast stops curves on: the validation set's primary metric when every finished run has one,
+    never the test set the report quotes (stopping is a selection); the test metric only for a sweep without a
+    validation split, which the report then calls selected on test."""
+    if "validation_primary" in results and len(results) and results["validation_primary"].notna().all():
+        return "validation_primary"
+    return "finetuned_primary"
+
+
 def curves_to_stop(results: pd.DataFrame, configs: list[SweepConfig], largest_size: float, task: str | None,
-                   level: float = 0.9, target: str = "finetuned_primary") -> dict[SweepConfig, dict[str, Any]]:
+                   level: float = 0.9) -> dict[SweepConfig, dict[str, Any]]:
     """The curves to stop, each with its forecast at ``largest_size`` (training examples) and the reason.
 
     ``results`` are the finished rows so far (``config`` column: the SweepConfig). A curve is stopped when
-    its interval's upper bound at the largest size is below the best curve's lower bound there."""
+    its interval's upper bound at the largest size is below the best curve's lower bound there, both forecast
+    from :func:`stopping_target`."""
     bands: dict[SweepConfig, dict[str, float]] = {}
     if results.empty:
         return {}
+    target = stopping_target(results)
     for curve, rows in results.groupby(results["config"].map(curve_of), sort=False):
         if rows["train_size"].nunique() < 2:
             continue
@@ -45,8 +56,8 @@ def curves_to_stop(results: pd.DataFrame, configs: list[SweepConfig], largest_si
     best_lower = bands[best_curve]["lower"]
     alive = {curve_of(c) for c in configs}
     return {curve: {**band, "best_lower": best_lower,
-                    "reason": f"forecast upper bound {band['upper']:.3f} at n={largest_size:g} is below the best "
-                              f"curve's lower bound {best_lower:.3f}"}
+                    "reason": f"forecast {target} upper bound {band['upper']:.3f} at n={largest_size:g} is below the "
+                              f"best curve's lower bound {best_lower:.3f}"}
             for curve, band in bands.items() if curve in alive and band["upper"] < best_lower}
 
 
