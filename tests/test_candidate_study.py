@@ -21,6 +21,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.pipelines.test_predictor_pipeline import KeptDataset
 
 TEST_SHA = "t" * 16
+LEGACY_KEY = "a8bb5e9f36ff5370"  # SweepConfig("m", 16, 1e-3, 8, 32, 0.1, 3, 42).key("fp", {}) at commit d2be8e7
 CANDIDATES = {"clean": 0.80, "noisy10": 0.74, "noisy30": 0.62, "dup50": 0.70, "imbalanced80": 0.66,
               "easy_source": 0.58, "hard_source": 0.77}
 
@@ -37,8 +38,12 @@ def study_table(seed: int = 0, other_runs: int = 24) -> pd.DataFrame:
     for k in range(other_runs):
         rows.append({"param_data_variant": f"other{k % 6}", "param_test_sha256": "o" * 16,
                      "param_train_size": "64", "param_seed": str(42 + k % 2), "param_test_size": "200",
-                     "truth": float(rng.uniform(0.55, 0.85))})
+                     "truth": float(rng.uniform(0.55, 0.85)), "dataset": "other-data"})
+    # The same candidate at a smaller size (another sweep's nested subset): not the study's, yet it knows the answer.
+    rows.append({"param_data_variant": "clean", "param_test_sha256": TEST_SHA, "param_train_size": "32",
+                 "param_seed": "42", "param_test_size": "200", "truth": 0.78})
     table = pd.DataFrame(rows)
+    table["dataset"] = table["dataset"].fillna("bundled-synthetic-news") if "dataset" in table else "bundled"
     # The features a candidate shows before training: its score plus measurement noise.
     table["mf_conflicting_label_rate"] = (0.85 - table["truth"]) + rng.normal(0, 0.005, len(table))
     table["mf_noise_feature"] = rng.normal(size=len(table))
@@ -96,9 +101,17 @@ def test_a_candidate_is_never_predicted_from_its_own_runs(monkeypatch):
     study.predictions_by_protocol(table, in_study, PredictorSettings.from_params(PREDICTOR))
     assert len(calls) == 2 * 7 + 1  # leave-one-candidate-out (predictor, best single feature) + cold start
     for trained, predicted in calls[:-1]:
-        assert len(predicted) == 1 and not trained & predicted
+        assert len(predicted) == 1 and not trained & predicted  # the clean run at n=32 included
     trained, predicted = calls[-1]
-    assert predicted == set(CANDIDATES) and not trained & set(CANDIDATES)
+    assert predicted == set(CANDIDATES) and not trained & set(CANDIDATES)  # nothing on the study's data
+
+
+def test_the_study_is_its_own_configuration():
+    """Another sweep's runs of a candidate (same size and test set, another learning rate) are not its truth."""
+    table = study_table()
+    table["param_learning_rate"] = "0.001"
+    table.loc[0, "param_learning_rate"] = "0.0003"
+    assert study_runs(table, {**STUDY, "configuration": {"learning_rate": 1.0e-3}}, TEST_SHA).sum() == 13
 
 
 def test_study_runs_filter_on_test_set_size_and_candidates():
@@ -138,15 +151,8 @@ def test_a_variant_without_source_keeps_its_resume_key_and_params():
     """Adding the source field must not re-key a finished sweep or change its runs' replicate keys."""
     clean = SweepConfig("m", 16, 1e-3, 8, 32, 0.1, 3, 42)
     assert "data_source" not in clean.variant.as_params()
-    assert "source" not in str(clean.key("fp", {}))  # a hash; computed without the field:
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    legacy = asdict(clean)
-    legacy["variant"].pop("source")
-    payload = json.dumps({"config": legacy, "data": "fp", "settings": {}}, sort_keys=True, default=str)
-    assert clean.key("fp", {}) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    # The digest this configuration had at d2be8e7, before variants had a source.
+    assert clean.key("fp", {}) == LEGACY_KEY
 
 
 def test_source_variant_settings_are_checked():
@@ -154,4 +160,17 @@ def test_source_variant_settings_are_checked():
         DataVariant("x", positive_share=0.8, source={"path": "a.jsonl"})
     grid = expand_grid({"train_per_class": [8], "learning_rates": [1e-3],
                         "data_variants": [{"name": "s", "source": {"synthetic": {"difficulty": "hard"}}}]}, "m")
-    assert grid[0].variant.source_settings() == {"synthetic": {"difficulty": "hard"}}
+    assert grid[0].variant.source == '{"synthetic": {"difficulty": "hard"}}'
+
+
+def test_a_misspelt_source_is_refused_naming_the_variant():
+    """synthetic.dificulty would otherwise be ignored and the 'other source' be the sweep's own data again."""
+    import yaml
+
+    from finetune_predictor.settings_schema import SettingsError
+
+    data = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_data.yml").read_text())["data"]
+    with pytest.raises(SettingsError, match=r"sensitivity\.data_variants\.easy\.source") as caught:
+        task_data.source_subsets(data, {"synthetic": {"dificulty": "easy"}}, [], ["fake", "legitimate"], [8],
+                                 "sensitivity.data_variants.easy.source")
+    assert "difficulty" in str(caught.value)  # the closest known key

@@ -494,6 +494,7 @@ class CandidateStudyParams(_Group):
     candidates: tuple[str, ...] = ()  # data variant names of the sweep
     train_size: int | None = field(default=None, metadata=at_least(1))
     test_sha256: str | None = None
+    configuration: dict[str, Any] = field(default_factory=dict)  # run params the study's runs share
     experiment_name: str = "finetune_predictor"
 
 

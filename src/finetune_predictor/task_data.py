@@ -327,12 +327,19 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def source_subsets(data: dict[str, Any], overrides: dict[str, Any], held_out: list[pd.DataFrame],
-                   labels: list[str] | None, sizes: list[int]) -> pd.DataFrame:
+                   labels: list[str] | None, sizes: list[int], setting: str = "source") -> pd.DataFrame:
     """Nested balanced training subsets (column ``train_per_class``) drawn from another source of the same
     task: ``data`` with ``overrides`` merged in (``{"synthetic": {"difficulty": "easy"}}``, ``{"path": ...}``),
     deduplicated, and with every held-out set's text (the sweep's test and validation sets) removed, so that
     a candidate training set from elsewhere is scored on the same test set without leaking into it."""
+    from finetune_predictor.settings_schema import SettingsError, parameter_problems
+
     params = _merged(data, overrides)
+    # A misspelt override (synthetic.dificulty) would silently draw the sweep's own source again.
+    problems = parameter_problems({"data": params}, ["data"])
+    if problems:
+        raise SettingsError([(f"{setting}.{name.removeprefix('data.')}", f"{setting}: {message}")
+                             for name, message in problems])
     params.pop("test_path", None)  # the sweep's test set stays the one fixed test set
     records, _, _ = load_task_records(params)
     pool, _ = deduplicate(records[records[ORIGIN] == "pool"], str(params.get("duplicates", "drop")))
@@ -340,8 +347,8 @@ def source_subsets(data: dict[str, Any], overrides: dict[str, Any], held_out: li
         pool, _ = remove_test_overlap(pool, frame)
     unknown = sorted(set(pool["output"].astype(str)) - set(labels)) if labels else []
     if unknown:
-        raise ValueError(f"the source {overrides} has labels {unknown} that the sweep's task does not know "
-                         f"({labels}): map them with data.label_map in the variant's source")
+        raise SettingsError([(setting, f"{setting}: the source {overrides} has labels {unknown} that the sweep's "
+                                       f"task does not know ({labels}); map them with label_map in the source")])
     seed = int(params.get("seed", 42))
     parts = []
     for size in sorted(sizes):

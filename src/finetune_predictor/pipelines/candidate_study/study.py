@@ -26,41 +26,71 @@ from finetune_predictor.predictor import POINTS, PredictorSettings, feature_colu
 CANDIDATE = "param_data_variant"
 
 
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return table[name] if name in table else pd.Series(None, index=table.index, dtype=object)
+
+
+def _equals(values: pd.Series, wanted: Any) -> pd.Series:
+    """Params come back as text: compare numbers as numbers (``1e-3`` is ``0.001``)."""
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        return pd.to_numeric(values, errors="coerce") == float(wanted)
+    return values.astype(str) == str(wanted)
+
+
 def study_runs(table: pd.DataFrame, study: dict[str, Any], test_sha256: str) -> pd.Series:
-    """Which rows of the runs table are the study's: its candidates, at its training size, on its test set."""
-    candidates = [str(c) for c in study["candidates"]]
-    mask = (table.get(CANDIDATE, pd.Series("", index=table.index)).isin(candidates)
-            & (table.get("param_test_sha256", pd.Series("", index=table.index)) == test_sha256))
+    """Which rows of the runs table are the study's: its candidates, at its training size, on its test set, with
+    its configuration (``candidate_study.configuration``: run params such as ``learning_rate``)."""
+    mask = (_column(table, CANDIDATE).isin([str(c) for c in study["candidates"]])
+            & (_column(table, "param_test_sha256") == test_sha256))
     if study.get("train_size") is not None:
-        mask &= pd.to_numeric(table.get("param_train_size"), errors="coerce") == float(study["train_size"])
+        mask &= _equals(_column(table, "param_train_size"), float(study["train_size"]))
+    for key, value in (study.get("configuration") or {}).items():
+        mask &= _equals(_column(table, f"param_{key}"), value)
     return mask
 
 
+def same_candidate(table: pd.DataFrame, in_study: pd.Series, candidate: str) -> pd.Series:
+    """Every run of ``candidate`` on the study's data, at any size, on any test set, with any configuration: a
+    smaller nested subset of the same candidate, or another sweep's run of it, would tell the predictor the
+    answer."""
+    datasets = set(_column(table, "dataset")[in_study].astype(str))
+    return (_column(table, CANDIDATE) == candidate) & _column(table, "dataset").astype(str).isin(datasets)
+
+
+def same_data(table: pd.DataFrame, in_study: pd.Series) -> pd.Series:
+    """Every run on the study's data (any variant, size, test set): what a team that has trained nothing on it
+    yet does not have."""
+    datasets = set(_column(table, "dataset")[in_study].astype(str))
+    return in_study | _column(table, "dataset").astype(str).isin(datasets)
+
+
 def _predict_held_out(table: pd.DataFrame, features: list[str], target: str, held_out: pd.Series,
-                      fit: Callable[..., Any]) -> np.ndarray:
+                      in_study: pd.Series, fit: Callable[..., Any]) -> np.ndarray:
+    """Fit on every run outside ``held_out``; predict the study's runs among the held-out ones."""
     train = table[~held_out]
     model = fit(train[features].astype(float), train[target].to_numpy(dtype=float))
-    return np.asarray(model(table.loc[held_out, features].astype(float)), dtype=float)
+    return np.asarray(model(table.loc[held_out & in_study, features].astype(float)), dtype=float)
 
 
 def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: PredictorSettings
                             ) -> dict[str, np.ndarray]:
     """Per study run, its prediction under each protocol: ``loco`` (the predictor chosen without any run of
-    that candidate), ``cold_start`` (without any run of the study) and ``best_single_feature`` (the baseline,
-    leave-one-candidate-out like ``loco``)."""
+    that candidate on this data: :func:`same_candidate`), ``cold_start`` (without any run on this data:
+    :func:`same_data`) and ``best_single_feature`` (the baseline, held out like ``loco``)."""
     features, target = feature_columns(table, settings), settings.target_column
     selected = selected_model(settings, groups_of_table(table))
     study = table[in_study]
     out = {name: np.full(len(study), np.nan) for name in ("loco", "best_single_feature", "cold_start")}
     positions = {index: k for k, index in enumerate(study.index)}
     for candidate in study[CANDIDATE].unique():
-        held_out = in_study & (table[CANDIDATE] == candidate)
-        rows = [positions[i] for i in table.index[held_out]]
-        out["loco"][rows] = _predict_held_out(table, features, target, held_out, selected)
-        out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out,
+        held_out = same_candidate(table, in_study, candidate)
+        rows = [positions[i] for i in table.index[held_out & in_study]]
+        out["loco"][rows] = _predict_held_out(table, features, target, held_out, in_study, selected)
+        out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out, in_study,
                                                              best_single_feature_model)
-    if (~in_study).sum() >= 2:
-        out["cold_start"][:] = _predict_held_out(table, features, target, in_study, selected)
+    unseen = same_data(table, in_study)
+    if (~unseen).sum() >= 2:
+        out["cold_start"][:] = _predict_held_out(table, features, target, unseen, in_study, selected)
     return out
 
 

@@ -56,10 +56,6 @@ class DataVariant:
                   "positive_share": self.positive_share}
         return params if self.source is None else {**params, "data_source": self.source}
 
-    def source_settings(self) -> dict[str, Any]:
-        """The source's ``data.*`` overrides (empty for the sweep's own source)."""
-        return json.loads(self.source) if self.source else {}
-
 
 @dataclass(frozen=True)
 class SweepConfig:

@@ -80,15 +80,17 @@ class SweepData:
         """Draw the training subsets of every source variant once (all its sizes), before planning: the
         resume key hashes what each configuration will train on."""
         sizes: dict[str, set[int]] = {}
+        names: dict[str, str] = {}
         for config in configs:
             if config.variant.source is not None:
                 sizes.setdefault(config.variant.source, set()).add(config.train_per_class)
+                names[config.variant.source] = config.variant.name
         held_out = [frame for frame in (self.test, self.validation) if len(frame)]
         for source, wanted in sizes.items():
             if source not in self.sources:
-                overrides = json.loads(source)
-                self.sources[source] = task_data.source_subsets(data, overrides, held_out, task.candidates(),
-                                                                sorted(wanted))
+                self.sources[source] = task_data.source_subsets(
+                    data, json.loads(source), held_out, task.candidates(), sorted(wanted),
+                    f"sensitivity.data_variants.{names[source]}.source")
 
     def source_subset(self, config: SweepConfig) -> pd.DataFrame:
         if config.variant.source not in self.sources:
