@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from finetune_predictor import tracking
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines.candidate_study import study
 from finetune_predictor.predictor import POINTS, PredictorSettings, runs_with_features
 
@@ -21,8 +22,8 @@ def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any])
     settings = PredictorSettings.from_params(predictor)
     table = tracking.runs_table(str(candidate_study.get("experiment_name") or tracking.EXPERIMENT_NAME))
     if table.empty:
-        raise ValueError("No finished runs in the MLflow experiment: train the candidates first "
-                         "(kedro run --pipeline=sensitivity --env=candidate_study)")
+        raise UserFacingError("No finished runs in the MLflow experiment", "candidate_study.experiment_name",
+                              "train the candidates first: kedro run --pipeline=sensitivity --env=candidate_study")
     return runs_with_features(table, settings)
 
 
@@ -37,9 +38,11 @@ def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_st
     found = sorted(table.loc[in_study, study.CANDIDATE].unique())
     missing = sorted(set(map(str, candidate_study["candidates"])) - set(found))
     if len(found) < 3:
-        raise ValueError(f"candidate_study: {len(found)} of the candidates have finished runs with features on "
-                         f"test set {test_sha256} (missing: {missing}); run "
-                         "`kedro run --pipeline=sensitivity --env=candidate_study` first")
+        raise UserFacingError(f"only {len(found)} of the study's candidates have finished runs with features on test "
+                              f"set {test_sha256} (missing: {missing})",
+                              "candidate_study.candidates, candidate_study.configuration, candidate_study.test_sha256",
+                              "run `kedro run --pipeline=sensitivity --env=candidate_study` first, or set the "
+                              "study's candidates, configuration and test set to those of a sweep that ran")
     predictions = study.predictions_by_protocol(table, in_study, settings)
     runs = table[in_study]
     ranking = study.candidate_table(runs, predictions, settings.target_column)
