@@ -172,6 +172,16 @@ def test_settings_params_take_the_record_names_and_the_used_registry_entry():
     assert sweep["sensitivity.models"] == "a,b"
 
 
+def test_a_users_own_keys_become_valid_param_names(store):
+    """data.label_map keys are raw labels ("pants on fire!"): logged as they were, MLflow refused the run's start."""
+    settings = {"data": {"label_map": {"pants on fire!": "fake", "half-true": "real"}, "schema": {"date/time": "string"}}}
+    params = tracking.settings_params(settings, with_record=False)
+    assert params["data.label_map.pants on fire_"] == "fake" and params["data.label_map.half-true"] == "real"
+    with mlflow.start_run(experiment_id=store) as run:
+        tracking.log_params(run.info.run_id, params)
+    assert mlflow.get_run(run.info.run_id).data.params["data.schema.date/time"] == "string"
+
+
 def test_start_params_agree_with_the_record_logged_at_the_end(store):
     """MLflow refuses a param logged twice with two values: what the start logs must be what the record logs."""
     training = {"learning_rate": 2e-3, "num_train_epochs": 2, "seed": 7, "precision": "auto"}

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -350,10 +351,15 @@ def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1
 # --- what a run is given: its settings and data sets ----------------------------------------------------------
 
 
+# MLflow's rule for param names (mlflow.utils.validation): a user's own keys, such as the raw labels of
+# data.label_map ("pants on fire!"), would otherwise stop the run at its start.
+_INVALID_PARAM_CHARACTERS = re.compile(r"[^/\w.\- :]")
+
+
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_INVALID_PARAM_CHARACTERS.sub('_', str(key))}"
         if isinstance(value, Mapping) and value:
             flat.update(_flatten(value, name + "."))
         elif isinstance(value, list | tuple) and all(not isinstance(item, Mapping | list) for item in value):
