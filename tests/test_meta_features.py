@@ -112,3 +112,13 @@ def test_task_features_give_every_task_the_same_columns():
     assert qa["mf_task_qa"] == 1.0 and math.isnan(qa["mf_label_balance"]) and qa["mf_qa_answer_in_context_rate"] == 1
     assert "mf_label_balance" in _not_applicable(QATask()) and "mf_label_balance" not in _not_applicable(
         build_task(DATA))
+
+
+def test_the_cache_key_ignores_the_held_out_curve_settings_but_not_the_batches(tiny_session):
+    """eval_steps / eval_max_records never change a probe: changing them must not recompute every feature;
+    group_by_length changes the probe's batches, so it does re-key."""
+    session, probe = tiny_session.with_purpose("probe"), ProbeSettings(sample_size=12, probe_steps=4)
+    training = {"learning_rate": 1e-2, "precision": "fp32"}
+    key = cache_key(_train(), session, training, probe)
+    assert cache_key(_train(), session, {**training, "eval_steps": 5, "eval_max_records": 8}, probe) == key
+    assert cache_key(_train(), session, {**training, "group_by_length": False}, probe) != key

@@ -40,7 +40,7 @@ from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, attention
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
 from finetune_predictor.records import content_sha256
-from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
 from finetune_predictor.splits import deduplicate
 from finetune_predictor.tasks import TASK_TYPES, Task
 from finetune_predictor.training import build_training_rows, train_lora
@@ -230,9 +230,10 @@ class GradientProbe(TrainerCallback):
 
 def cache_key(train: pd.DataFrame, session: ModelSession, training: Mapping[str, Any], probe: ProbeSettings) -> str:
     record = session.record()
+    keyed = {key: value for key, value in training.items() if key not in UNKEYED_TRAINING_SETTINGS}
     payload = json.dumps({"data": content_sha256(train), "model": session.resolved.name,
                           "max_length": session.formatter.max_length, "precision": record["precision"],
-                          "quantization": record["quantization_actual"], "training": training,
+                          "quantization": record["quantization_actual"], "training": keyed,
                           "probe": asdict(probe)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 

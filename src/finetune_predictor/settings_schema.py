@@ -241,6 +241,11 @@ class _Group:
 # --- training -------------------------------------------------------------------------------------------
 
 
+# Training settings of the held-out loss curve: they never change the trained adapter or its results (the
+# curve restores the random state), so they key neither a sweep's resume nor the meta-feature cache.
+UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records")
+
+
 @dataclass(frozen=True)
 class LoraSettings(_Group):
     PREFIX: typing.ClassVar[str] = "training.lora"

@@ -36,14 +36,13 @@ from finetune_predictor.model_session import keep_base_models, open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast
 from finetune_predictor.records import content_sha256
-from finetune_predictor.settings_schema import TrainingSettings
+from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
 from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
 from finetune_predictor.training import fine_tune
 
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("sequential", "ray")
-UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records")
 # Whether a stored baseline may be reused changes where the base model's predictions come from, not what
 # they are (the baseline key holds everything that changes them): it must not re-key finished sweeps.
 UNKEYED_EVALUATION_SETTINGS = ("reuse_baseline",)
