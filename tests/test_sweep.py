@@ -409,3 +409,17 @@ def test_every_shipped_sweep_definition_is_accepted():
     for path in sorted(PROJECT_ROOT.glob("conf/*/parameters_sensitivity.yml")):
         sensitivity = {**base, **yaml.safe_load(path.read_text())["sensitivity"]}
         assert expand_grid(sensitivity, "m"), path
+
+
+def test_length_grouped_runs_are_not_seed_twins_of_random_order_runs():
+    """Length-grouped batches train differently: their runs must not pool with runs without them as seed
+    replicates, while runs from before the setting keep their replicate key."""
+    split = {"source": "s", "test_source": "t", "test_sha256": "x", "train_size": 4, "test_size": 2,
+             "train_sha256": "y", "family": "f"}
+    summary = {"precision": "fp32", "model_source": "local", "device": "cpu", "loss_history": [],
+               "train_runtime_s": 1.0, "peak_memory_mb": 1.0, "adapter_sha256": {"adapter_model.safetensors": "z"}}
+    metrics = {"baseline": {"accuracy": 0.5}, "finetuned": {"accuracy": 0.7}}
+    grouped = build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 1, "group_by_length": True}, {})
+    plain = build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 1, "group_by_length": False}, {})
+    assert grouped.replicate_key != plain.replicate_key
+    assert "group_by_length" not in plain.configuration and grouped.configuration["group_by_length"] is True

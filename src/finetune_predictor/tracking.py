@@ -107,6 +107,9 @@ def settings_configuration(model: Mapping[str, Any], training: Mapping[str, Any]
         "lora_dropout": lora.dropout, "num_train_epochs": settings.num_train_epochs, "max_steps": settings.max_steps,
         "effective_batch_size": settings.effective_batch_size, "max_length": model.get("max_length", 512),
         **dict(variant or CLEAN_VARIANT),
+        # Length-grouped batches train differently: such runs are not seed twins of runs without them. Only
+        # logged when on, so runs from before the setting (batches in random order) keep their replicate keys.
+        **({"group_by_length": True} if settings.group_by_length else {}),
     }
 
 
