@@ -159,3 +159,30 @@ def test_a_missing_model_is_a_user_error(monkeypatch):
     assert result.exit_code == 1 and not isinstance(result.exception, ModelNotFoundError)
     assert "finetune-predictor: model.name='org/nowhere' was not found on this machine" in result.output
     assert "where: model.name" in result.output and "fix:" in result.output
+
+
+def test_user_errors_survive_a_worker_process_boundary():
+    """ParallelRunner and Ray pickle a worker's exception: a RecordError or SettingsError that cannot be
+    unpickled turned an expected error into a crash of the worker pool."""
+    import pickle
+
+    for error in (RecordError("data.jsonl", 3, "missing field 'output'"),
+                  SettingsError([("data.train_per_class", "data.train_per_class must be an integer, got 'abc'")]),
+                  UserFacingError("what", "where", "fix")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.what, copy.where, copy.fix) == (error.what, error.where, error.fix)
+
+
+def test_a_run_whose_process_cannot_be_inspected_is_alive(monkeypatch):
+    """psutil.AccessDenied means the process exists (another user's, another PID namespace's): its run must
+    not be marked FAILED as stale."""
+    import psutil
+
+    from finetune_predictor import tracking
+
+    def denied(pid):
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(psutil, "Process", denied)
+    assert tracking._process_alive(12345, None) is True

@@ -260,3 +260,22 @@ def test_open_task_preflight(tmp_path, squad_file):
     structured = _verdict(tmp_path, data={"task": "structured", "path": None, "train_per_class": 100,
                                           "test_per_class": 100})
     assert structured["dataset"][0] == PASS and '"figure"' in structured["tokenizer and template"][1]
+
+
+def test_an_unexpected_error_in_a_check_says_so_and_keeps_its_traceback(monkeypatch, caplog):
+    """A bare ValueError may be our bug: the FAIL row says it was unexpected, and --verbose logs the traceback
+    instead of losing it behind the verdict."""
+    import logging
+
+    from finetune_predictor import preflight
+    from finetune_predictor.errors import VERBOSE_ENV
+
+    def broken():
+        raise ValueError("max() arg is an empty sequence")
+
+    row = preflight._guard("memory", broken)
+    assert row.status == preflight.FAIL and "unexpected ValueError" in row.detail
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    with caplog.at_level(logging.ERROR, logger="finetune_predictor.preflight"):
+        preflight._guard("memory", broken)
+    assert any(record.exc_info for record in caplog.records)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 VERBOSE_ENV = "FINETUNE_PREDICTOR_VERBOSE"
 EXIT_CODE = 1
@@ -33,6 +34,11 @@ class UserFacingError(Exception):
                  message: str | None = None) -> None:
         super().__init__(message or what)
         self.what, self.where, self.fix = what, where, fix
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments (RecordError, SettingsError): rebuild from the state, so that
+        # an error raised in a worker process (ParallelRunner, Ray) reaches the parent as itself.
+        return _rebuild, (type(self), self.args, self.__dict__)
 
     def render(self) -> str:
         """The block printed instead of a traceback."""
@@ -83,3 +89,10 @@ def install_log_filter() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, HideUserErrorEchoes) for f in handler.filters):
             handler.addFilter(HideUserErrorEchoes())
+
+
+def _rebuild(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> UserFacingError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

@@ -8,6 +8,7 @@ safety margin, so that a run that cannot fit is refused up front instead of dyin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.errors import UserFacingError
+from finetune_predictor.errors import UserFacingError, verbose_requested
 from finetune_predictor.hardware import ComputePlan
 from finetune_predictor.model_session import ModelSession, compute_plan, open_session
 from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel
@@ -36,6 +37,8 @@ GIB = 2**30
 _BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit-nf4": 0.56}
 # Shape of a typical 7B decoder, used when a model's config.json is not on this machine.
 _DEFAULT_SHAPE = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000}
+
+logger = logging.getLogger(__name__)
 
 
 class PreflightError(UserFacingError, RuntimeError):
@@ -160,6 +163,12 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
         return check()
     except (RecordError, ModelNotFoundError, ValueError, OSError, UserFacingError) as error:
         fix = f" (fix: {error.fix})" if isinstance(error, UserFacingError) and error.fix else ""
+        if not isinstance(error, UserFacingError | OSError):
+            # A bare ValueError may be a bad input or a bug of ours: the row says so, --verbose keeps the traceback.
+            logger.debug("preflight check %s raised", name, exc_info=error)
+            if verbose_requested():
+                logger.error("preflight check %s raised", name, exc_info=error)
+            fix = f"{fix} (an unexpected {type(error).__name__}: run with --verbose for its traceback)"
         return Check(name, FAIL, f"{error}{fix}")
 
 

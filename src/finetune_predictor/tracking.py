@@ -290,7 +290,9 @@ def _process_alive(pid: int, started_ms: int | None) -> bool:
 
     try:
         created = psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except psutil.AccessDenied:  # it exists (another user's, or another PID namespace's): never mark it dead
+        return True
+    except (psutil.NoSuchProcess, ValueError):
         return False
     return started_ms is None or created <= started_ms / 1000 + 1
 
