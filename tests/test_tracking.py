@@ -174,7 +174,8 @@ def test_settings_params_take_the_record_names_and_the_used_registry_entry():
 
 def test_a_users_own_keys_become_valid_param_names(store):
     """data.label_map keys are raw labels ("pants on fire!"): logged as they were, MLflow refused the run's start."""
-    settings = {"data": {"label_map": {"pants on fire!": "fake", "half-true": "real"}, "schema": {"date/time": "string"}}}
+    settings = {"data": {"label_map": {"pants on fire!": "fake", "half-true": "real"},
+                         "schema": {"date/time": "string"}}}
     params = tracking.settings_params(settings, with_record=False)
     assert params["data.label_map.pants on fire_"] == "fake" and params["data.label_map.half-true"] == "real"
     with mlflow.start_run(experiment_id=store) as run:
