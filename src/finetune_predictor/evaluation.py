@@ -114,6 +114,18 @@ def evaluated_set_sha256(test: pd.DataFrame) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+def _installed_versions(*packages: str) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def baseline_key(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any]) -> str:
     """Everything that changes the base model's predictions: the model's content (weights, config,
     tokenizer), the test set, the task (labels, schema, ...), how prompts are built (template, system
@@ -128,6 +140,8 @@ def baseline_key(test: pd.DataFrame, task: Task, session: ModelSession, evaluati
     formatter = session.formatter
     payload = {
         "version": PREDICTIONS_VERSION, "torch": torch.__version__, "transformers": transformers.__version__,
+        # 4-bit weights and vLLM's kernels give other predictions from one release to the next.
+        "gpu_libraries": _installed_versions("bitsandbytes", "vllm"),
         "model": folder_sha256(session.resolved.path), "test": evaluated_set_sha256(test),
         "task": {"type": type(task).__name__, **asdict(task)},
         "prompt": {"max_length": formatter.max_length, "system_prompt": formatter.system_prompt,

@@ -108,8 +108,9 @@ def _regret(actual: pd.Series, predicted: pd.Series) -> float:
 
 
 def seed_ceiling(study: pd.DataFrame, target: str) -> float:
-    """Mean Spearman between the candidates' scores under two different seeds: how well the truth ranks
-    itself, the best any predictor can reach (NaN with a single seed)."""
+    """Mean Spearman between the candidates' scores under two different seeds: how well one seed's truth ranks
+    the candidates as another seed's does, the noise floor of the ranking itself (NaN with a single seed; the
+    truth the predictor is scored on averages the seeds, so it is somewhat less noisy than this)."""
     wide = study.pivot_table(index=CANDIDATE, columns="param_seed", values=target, aggfunc="mean")
     columns = [c for c in wide.columns if wide[c].notna().all()]
     pairs = [_spearman(wide[a], wide[b]) for i, a in enumerate(columns) for b in columns[i + 1:]]
