@@ -54,6 +54,18 @@ def test_batched_cached_scores_equal_the_naive_definition(tiny):
     np.testing.assert_allclose(batched, _naive_scores(model, formatter, records), atol=1e-4)
 
 
+def test_label_scoring_passes_the_cache_by_the_name_this_transformers_takes(tiny):
+    """transformers 5.2x renamed past_key_values to cache and warns on every call with the old name: the
+    warnings made the end-to-end run's output alarming (its no-warning check failed)."""
+    import warnings
+
+    model, formatter = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score_candidates(model, formatter, list(iter_articles(3, seed=11)), CANDIDATES, batch_size=3)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
 def test_generation_is_greedy_and_batch_independent(tiny):
     model, formatter = tiny
     records = list(iter_articles(5, seed=11))

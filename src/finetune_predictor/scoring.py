@@ -54,7 +54,7 @@ def score_candidates(
         prompt_out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=True, logits_to_keep=1)
         first_log_probs = torch.log_softmax(prompt_out.logits[:, -1, :].float(), dim=-1)
-        cache = prompt_out.past_key_values
+        cache, cache_name = _cache_of(prompt_out), _cache_argument(model)
         next_position = position_ids[:, -1:] + 1
         for cand_index, ids in enumerate(answer_ids):
             total = first_log_probs[:, ids[0]].clone()
@@ -63,13 +63,27 @@ def score_candidates(
                 mask = torch.cat([attention_mask, torch.ones_like(continuation)], dim=1)
                 positions = next_position + torch.arange(len(ids) - 1, device=device)[None, :]
                 out = model(input_ids=continuation, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
+                            use_cache=True, **{cache_name: cache})
                 log_probs = torch.log_softmax(out.logits.float(), dim=-1)
                 targets = torch.tensor(ids[1:], device=device)[None, :, None].expand(len(rows), -1, 1)
                 total += log_probs.gather(-1, targets).squeeze(-1).sum(-1)
                 cache.crop(-(len(ids) - 1))  # drop this candidate's keys before scoring the next one
             scores[rows, cand_index] = total.cpu().numpy()
     return scores
+
+
+def _cache_argument(model: Any) -> str:
+    """The name this transformers release takes the key/value cache by: ``cache`` from 5.2x on (where
+    ``past_key_values`` still works but warns on every call), ``past_key_values`` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    cache = getattr(output, "cache", None)  # read lazily: the old name warns on releases that renamed it
+    return cache if cache is not None else output.past_key_values
 
 
 def stop_token_ids(formatter: PromptFormatter) -> list[int]:
