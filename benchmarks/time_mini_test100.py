@@ -1,0 +1,73 @@
+"""Wall time of `kedro run --pipeline=mini_test100`, first run and second run (the base model's predictions
+reused), in one process tree, on a fresh copy of the project with its own MLflow store.
+
+    .venv/bin/python benchmarks/time_mini_test100.py                    # fp32, as on CPUs without bf16
+    .venv/bin/python benchmarks/time_mini_test100.py --precision auto   # what this CPU would choose
+
+The second run must report every metric the first does (nothing dropped to save time) and must log
+``baseline_reused=true`` with the first run as its source. Do not run anything else on the machine meanwhile:
+on 2 cores a second torch process slows both several-fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_copy(target: Path) -> Path:
+    """conf/ (without conf/local), src/, pyproject.toml and .telemetry: a clean project with an empty store."""
+    shutil.copytree(ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
+    (target / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, target / name)
+    shutil.copytree(ROOT / "src", target / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def timed_run(project: Path, params: str) -> float:
+    kedro = Path(sys.executable).with_name("kedro")
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    started = time.perf_counter()
+    result = subprocess.run([str(kedro), "run", "--pipeline=mini_test100", "--params", params], cwd=project,
+                            env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"mini_test100 failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", default="fp32", help="training.precision for both runs (default fp32)")
+    parser.add_argument("--params", default="", help="more --params for both runs, comma-separated")
+    args = parser.parse_args()
+    params = ",".join(p for p in (f"training.precision={args.precision}", args.params) if p)
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="time-mini-test100-") as folder:
+        project = project_copy(Path(folder) / "project")
+        first, second = timed_run(project, params), timed_run(project, params)
+        mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+        runs = sorted(mlflow.search_runs(experiment_names=["finetune_predictor"], output_format="list"),
+                      key=lambda run: run.info.start_time)
+    before, after = runs[-2], runs[-1]
+    dropped = sorted(set(before.data.metrics) - set(after.data.metrics))
+    print(f"mini_test100, training.precision={args.precision}, {os.cpu_count()} CPUs")
+    print(f"  first run:  {first:7.1f} s   (baseline_reused={before.data.params.get('baseline_reused')})")
+    print(f"  second run: {second:7.1f} s   (baseline_reused={after.data.params.get('baseline_reused')}, source "
+          f"{after.data.params.get('baseline_source_run_id', '')[:8]} = first run {before.info.run_id[:8]})")
+    print(f"  saved: {first - second:.1f} s ({100 * (1 - second / first):.0f} %); metrics first/second: "
+          f"{len(before.data.metrics)}/{len(after.data.metrics)}, dropped: {dropped or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
