@@ -174,3 +174,18 @@ def test_a_misspelt_source_is_refused_naming_the_variant():
         task_data.source_subsets(data, {"synthetic": {"dificulty": "easy"}}, [], ["fake", "legitimate"], [8],
                                  "sensitivity.data_variants.easy.source")
     assert "difficulty" in str(caught.value)  # the closest known key
+
+
+def test_too_few_runs_to_learn_from_are_not_scored_rather_than_crash():
+    """The cold start learns from other data only: with a handful of runs the nested choice cannot form its
+    inner folds (LightGBM was handed an empty fold); such a protocol is reported as not scored."""
+    from finetune_predictor.pipelines.candidate_study import study
+    from finetune_predictor.predictor import PredictorSettings
+
+    table = study_table(other_runs=3)
+    in_study = study_runs(table, STUDY, TEST_SHA)
+    predictions = study.predictions_by_protocol(table, in_study, PredictorSettings.from_params(PREDICTOR))
+    assert np.isnan(predictions["cold_start"]).all() and np.isfinite(predictions["loco"]).all()
+    ranking = study.candidate_table(table[in_study], predictions, "finetuned_primary")
+    metrics = study.study_metrics(ranking, table[in_study], "finetuned_primary")
+    assert metrics["rank_n_scored_cold_start"] == 0 and "rank_spearman_cold_start" not in metrics

@@ -65,11 +65,16 @@ def same_data(table: pd.DataFrame, in_study: pd.Series) -> pd.Series:
 
 
 def _predict_held_out(table: pd.DataFrame, features: list[str], target: str, held_out: pd.Series,
-                      in_study: pd.Series, fit: Callable[..., Any]) -> np.ndarray:
-    """Fit on every run outside ``held_out``; predict the study's runs among the held-out ones."""
+                      in_study: pd.Series, fit: Callable[..., Any], min_runs: int) -> np.ndarray:
+    """Fit on every run outside ``held_out``; predict the study's runs among the held-out ones. With fewer
+    than ``min_runs`` runs to learn from there is no honest prediction (and the nested choice cannot even
+    form its inner folds): NaN, reported as not scored."""
     train = table[~held_out]
+    rows = held_out & in_study
+    if len(train) < min_runs:
+        return np.full(int(rows.sum()), np.nan)
     model = fit(train[features].astype(float), train[target].to_numpy(dtype=float))
-    return np.asarray(model(table.loc[held_out & in_study, features].astype(float)), dtype=float)
+    return np.asarray(model(table.loc[rows, features].astype(float)), dtype=float)
 
 
 def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: PredictorSettings
@@ -82,15 +87,15 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
     study = table[in_study]
     out = {name: np.full(len(study), np.nan) for name in ("loco", "best_single_feature", "cold_start")}
     positions = {index: k for k, index in enumerate(study.index)}
+    least = 2 * settings.n_folds
     for candidate in study[CANDIDATE].unique():
         held_out = same_candidate(table, in_study, candidate)
         rows = [positions[i] for i in table.index[held_out & in_study]]
-        out["loco"][rows] = _predict_held_out(table, features, target, held_out, in_study, selected)
+        out["loco"][rows] = _predict_held_out(table, features, target, held_out, in_study, selected, least)
         out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out, in_study,
-                                                             best_single_feature_model)
-    unseen = same_data(table, in_study)
-    if (~unseen).sum() >= 2:
-        out["cold_start"][:] = _predict_held_out(table, features, target, unseen, in_study, selected)
+                                                             best_single_feature_model, least)
+    out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
+                                             selected, least)
     return out
 
 
@@ -141,6 +146,8 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
     noise floor: the seed-to-seed Spearman of the truth and the binomial standard error of one test score."""
     actual = table["actual"]
     metrics = {"rank_n_candidates": float(len(table)), "rank_n_runs": float(len(study)),
+               "rank_n_scored_loco": float(table["predicted_loco"].notna().sum()),
+               "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
                "rank_spearman": _spearman(table["predicted_loco"], actual),
                "rank_top1_regret": _regret(actual, table["predicted_loco"])}
     for name in ("cold_start", "best_single_feature"):
