@@ -259,3 +259,20 @@ def test_one_standard_error_rule_prefers_the_simpler_model_within_noise():
     assert one_standard_error_choice(folds)[0] == "baseline_best_single_feature"
     folds["baseline_best_single_feature"] = folds["baseline_best_single_feature"] + 0.05
     assert one_standard_error_choice(folds)[0] == "lightgbm_linear_tree"
+
+
+def test_ridge_cv_chooses_its_penalty_by_squared_error_on_one_run_folds():
+    """With five folds over a few configurations, folds hold one run: RidgeCV's default R^2 is undefined there
+    (a warning per fold, thousands per predictor run, and the penalty chosen among NaN scores)."""
+    import warnings
+
+    from finetune_predictor.model_selection import ridge_cv_model
+    from finetune_predictor.predictor import groups_of_table
+
+    table = synthetic_runs(6)
+    x, y = table[["mf_log_size", "mf_initial_loss"]], table["finetuned_primary"].to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = ridge_cv_model(groups_of_table(table), 0)(x, y)
+    assert np.isfinite(fitted(x)).all()
+    assert np.isfinite(fitted.linear[-1].best_score_)

@@ -156,7 +156,10 @@ def ridge_cv_model(groups_of: GroupsOf, seed: int) -> Model:
         from sklearn.linear_model import RidgeCV
 
         folds = inner_folds(x, groups_of, 5, seed) or None
-        return linear_model(list(x.columns), lambda: RidgeCV(alphas=np.logspace(-3, 3, 13), cv=folds))(x, y)
+        # Scored by squared error: RidgeCV's default R^2 is undefined on a one-run fold (a warning per fold
+        # and a NaN score, so the penalty was chosen among NaNs on small runs tables).
+        return linear_model(list(x.columns), lambda: RidgeCV(alphas=np.logspace(-3, 3, 13), cv=folds,
+                                                             scoring="neg_mean_squared_error"))(x, y)
     return fit
 
 
