@@ -62,11 +62,11 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         "# Candidate study: ranking training sets before training them", "",
         f"{len(ranking)} candidates, {metrics['rank_n_runs']:.0f} fully trained runs (the truth); "
         f"{other_runs} other runs in the store. Each candidate is ranked from its meta-features by the predictor "
-        "chosen without any run of it (leave-one-candidate-out, seeds together).", "",
+        "chosen without any run of it on this data (at any size, seeds together: leave-one-candidate-out).", "",
         "| ranking | Spearman | top-1 regret (points) |", "| --- | --- | --- |",
         f"| predictor, leave-one-candidate-out | {_figure(metrics, 'rank_spearman')} | "
         f"{_figure(metrics, 'rank_top1_regret', 1)} |",
-        f"| predictor, cold start (no run of the study known) | {_figure(metrics, 'rank_spearman_cold_start')} | "
+        f"| predictor, cold start (no run on this data known) | {_figure(metrics, 'rank_spearman_cold_start')} | "
         f"{_figure(metrics, 'rank_top1_regret_cold_start', 1)} |",
         f"| baseline: best single feature | {_figure(metrics, 'rank_spearman_best_single_feature')} | "
         f"{_figure(metrics, 'rank_top1_regret_best_single_feature', 1)} |",
