@@ -15,6 +15,24 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
+def copy_project(project: Path, with_source: bool = True) -> Path:
+    """The project's conf (without conf/local), pyproject.toml, .telemetry and src in a fresh folder, so the runs
+    a test makes write their data/, build/ and mlflow.db nowhere near the checkout. Kedro requires the source
+    folder inside the project root, so it is copied rather than linked; ``with_source=False`` leaves it empty
+    (the installed package is used)."""
+    import shutil
+
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, project / name)
+    if with_source:
+        shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        (project / "src").mkdir()
+    return project
+
+
 @pytest.fixture(scope="session")
 def embedded_model():
     """The embedded SmolLM2-135M-Instruct, converted to an HF folder once (cached between runs)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from finetune_predictor import cli
 from finetune_predictor.errors import VERBOSE_ENV, HideUserErrorEchoes, UserFacingError, find_user_error
 from finetune_predictor.records import RecordError
 from finetune_predictor.settings_schema import SettingsError
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import copy_project
 
 QUIET = {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
 
@@ -27,13 +26,7 @@ QUIET = {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREAD
 def project(tmp_path_factory) -> Path:
     """The project's conf (without conf/local), src and pyproject.toml in a fresh folder, so the runs write
     their data/ and mlflow.db nowhere near the checkout."""
-    project = tmp_path_factory.mktemp("cli") / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, project / name)
-    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    return project
+    return copy_project(tmp_path_factory.mktemp("cli") / "project")
 
 
 def _kedro_run(project: Path, *args: str, **env: str) -> tuple[int, str]:

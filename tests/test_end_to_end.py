@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import copy_project
 
 SMALL = ("data.train_per_class=6,data.test_per_class=6,data.synthetic.num_records=200,"
          "training.max_steps=3,training.learning_rate=0.002,training.per_device_train_batch_size=4")
@@ -19,14 +18,8 @@ LOCAL_OVERRIDE = "evaluation:\n  max_new_tokens: 4\n"
 
 
 def _project_copy(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
+    project = copy_project(tmp_path / "project")
     (project / "conf" / "local" / "parameters_evaluation.yml").write_text(LOCAL_OVERRIDE)
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, project / name)
-    # Kedro requires the source folder inside the project root, so it is copied rather than linked.
-    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     return project
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import BinaryClassificationTask
 from finetune_predictor.tasks.multiclass_classification import MulticlassClassificationTask
 from finetune_predictor.training import build_training_rows, train_lora
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import copy_project
 
 TAG_COLUMNS = {"task", "family", "n", "lr", "r", "variant", "seed"}
 
@@ -49,12 +48,7 @@ def mini_run(tiny_model_dir, tmp_path_factory):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    project = tmp_path_factory.mktemp("tracked") / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, project / name)
-    (project / "src").mkdir()  # the package is the installed one
+    project = copy_project(tmp_path_factory.mktemp("tracked") / "project", with_source=False)
     params = {
         "model": {"name": "tiny-llama", "max_length": 256},
         "model_registry": {"tiny-llama": {"path": str(tiny_model_dir), "hf_id": "org/tiny-llama", "params_b": 0.001}},

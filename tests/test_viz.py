@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from finetune_predictor.pipeline_registry import register_pipelines
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import copy_project
 from tests.test_conventions import DRAWN_IN
 
 pytest.importorskip("kedro_viz", reason="kedro-viz is not installed (pip install -c constraints.txt -e '.[viz]')")
@@ -24,13 +23,7 @@ QUIET = {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE
 def project_copy(tmp_path: Path) -> Path:
     """The project's conf (without conf/local), src and pyproject.toml in a fresh folder, so a command there
     writes its build/, data/ and mlflow.db nowhere near the checkout."""
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
-    # Kedro requires the source folder inside the project root, so it is copied rather than linked.
-    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    return project
+    return copy_project(tmp_path / "project")
 
 
 def kedro_command(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
