@@ -347,7 +347,7 @@ def test_stale_running_runs_are_marked_failed_at_start(store):
 def test_log_dataset_records_schema_rows_context_and_digest(store):
     frame = pd.DataFrame({"id": ["a", "b"], "instruction": ["q", "q"], "input": ["x", "y"], "output": ["fake", "real"]})
     with mlflow.start_run(experiment_id=store) as run:
-        tracking.log_dataset(run.info.run_id, frame, "d_train", "training", "f" * 64, "data/d.jsonl")
+        tracking.log_dataset(run.info.run_id, frame, "data/d.jsonl", "train", "training", "f" * 64)
     (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert (logged.dataset.name, logged.dataset.digest) == ("d_train", "f" * 16)
     assert [t.value for t in logged.tags] == ["training"]

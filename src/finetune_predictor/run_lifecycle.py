@@ -161,15 +161,11 @@ class RunLifecycleHook(MlflowHook):
         tracking.set_tags(self.run_id, tags)
 
     def _log_data(self, name: str, frame: Any, summary: dict[str, Any]) -> None:
-        from finetune_predictor.records import content_sha256
-
         _summary, suffix, context, hash_key = DATA_INPUTS[name]
-        digest = summary.get(hash_key) if hash_key else None
         source = str(summary.get("source") or name)
         if suffix == "test" and not str(summary.get("test_source", "")).startswith("held-out split"):
             source = str(summary.get("test_source") or source)
-        tracking.log_dataset(self.run_id, frame, f"{tracking.dataset_label(source)}_{suffix}", context,
-                             digest or content_sha256(frame), source)
+        tracking.log_dataset(self.run_id, frame, source, suffix, context, summary.get(hash_key) if hash_key else None)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:

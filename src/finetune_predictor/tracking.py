@@ -414,14 +414,20 @@ def settings_params(parameters: Mapping[str, Any], with_record: bool) -> dict[st
     return flat
 
 
-def log_dataset(run_id: str, frame: pd.DataFrame, name: str, context: str, digest: str, source: str) -> None:
-    """The run's input data set as MLflow shows it (the runs table's Dataset column, the run's inputs): its
-    schema and row count, ``context`` (training, validation, test), and as digest the first 16 hex digits of
-    the content hash the run record logs (``train_sha256``, ``test_sha256``)."""
+def log_dataset(run_id: str, frame: pd.DataFrame, source: str, suffix: str, context: str,
+                digest: str | None = None) -> None:
+    """The run's input data set as MLflow shows it (the runs table's Dataset column, the run's inputs): named
+    ``<source label>_<suffix>``, its schema and row count, ``context`` (training, validation, test), and as
+    digest the first 16 hex digits of the content hash the run record logs (``train_sha256``,
+    ``test_sha256``), or of the frame's own content hash where the record logs none."""
     import warnings
 
     import mlflow
     from mlflow.entities import DatasetInput, InputTag
+
+    from finetune_predictor.records import content_sha256
+
+    name, digest = f"{dataset_label(source)}_{suffix}", digest or content_sha256(frame)
 
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and warns that a plain name is ambiguous.

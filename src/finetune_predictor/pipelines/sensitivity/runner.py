@@ -254,13 +254,11 @@ def log_run_start(run_id: str, config: SweepConfig, key: str, train: pd.DataFram
                                  "sweep_name": context.sweep_name, tracking.CONFIG_KEY_TAG: key,
                                  "train_per_class": config.train_per_class})
     tracking.set_tags(run_id, tracking.run_tags(configuration, config.seed))
-    label = tracking.dataset_label(split["source"])
     for frame, suffix, digest in ((train, "train", split["train_sha256"]), (test, "test", split["test_sha256"]),
                                   (validation, "validation", split.get("validation_sha256"))):
         if len(frame):
             context_name = "training" if suffix == "train" else suffix
-            tracking.log_dataset(run_id, frame, f"{label}_{suffix}", context_name, digest or content_sha256(frame),
-                                 split["source"])
+            tracking.log_dataset(run_id, frame, split["source"], suffix, context_name, digest)
 
 
 def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test: pd.DataFrame,
