@@ -7,7 +7,13 @@ import numpy as np
 import pandas as pd
 
 from finetune_predictor.pipelines.sensitivity.grid import expand_grid
-from finetune_predictor.pipelines.sensitivity.halving import curve_of, curves_to_stop, planned_steps, run_by_forecast
+from finetune_predictor.pipelines.sensitivity.halving import (
+    curve_of,
+    curves_to_stop,
+    planned_steps,
+    run_by_forecast,
+    stopping_regret,
+)
 
 SWEEP = {"train_per_class": [16, 32, 64, 128], "learning_rates": [1e-4, 1e-3], "seeds": [1, 2]}
 # lr 1e-3 saturates near 0.9, lr 1e-4 near 0.6: the second is hopeless at the largest size.
@@ -63,3 +69,37 @@ def test_curves_stop_on_validation_never_on_the_test_set_they_report():
     stopped = curves_to_stop(rows.drop(columns="validation_primary"), configs, 128, "qa")
     assert stopped and all(curve.learning_rate == 1e-4 for curve in stopped)
     assert all("finetuned_primary" in entry["reason"] for entry in stopped.values())
+
+
+def _grid_rows(configs, validation=None) -> pd.DataFrame:
+    return pd.DataFrame([{"config_key": f"k{i}", "train_size": c.train_per_class, "finetuned_primary": _value(c),
+                          "validation_primary": (validation or _value)(c)} for i, c in enumerate(configs)])
+
+
+def test_stopping_regret_is_zero_when_the_skipped_curve_would_have_lost():
+    configs = expand_grid(SWEEP, "m")
+    keys = {f"k{i}": c for i, c in enumerate(configs)}
+    rows = _grid_rows(configs)
+    skipped = {key: {"predicted": 0.55, "lower": 0.5, "upper": 0.6} for key, c in keys.items()
+               if c.learning_rate == 1e-4 and c.train_per_class >= 64}
+    regret = stopping_regret(rows, skipped, keys, strata=1, effective_batch=8)
+    assert regret["same_choice"] and regret["regret_points"] == 0.0 and regret["oracle_regret_points"] == 0.0
+    assert regret["trained_steps"] == regret["planned_steps"] - sum(planned_steps(keys[k], 1, 8) for k in skipped)
+    actual = rows.set_index("config_key").loc[list(skipped), "validation_primary"]
+    assert np.isclose(regret["skipped_forecast_mae_points"], 100 * np.mean(np.abs(0.55 - actual)))
+    assert regret["skipped_forecast_coverage"] == np.mean((actual >= 0.5) & (actual <= 0.6))
+
+
+def test_stopping_regret_counts_the_points_lost_when_the_winner_was_stopped():
+    """The forecast stopped lr 1e-3 at the largest size, which then won on validation and on test by 30 points."""
+    configs = expand_grid(SWEEP, "m")
+    keys = {f"k{i}": c for i, c in enumerate(configs)}
+    skipped = {key: {"predicted": 0.5, "lower": 0.4, "upper": 0.6} for key, c in keys.items()
+               if c.learning_rate == 1e-3 and c.train_per_class == 128}
+    regret = stopping_regret(_grid_rows(configs), skipped, keys, strata=1, effective_batch=8)
+    assert not regret["same_choice"]
+    assert 29 < regret["regret_points"] < 31 and 29 < regret["oracle_regret_points"] < 31
+    # Nothing of the skipped set has run yet (a forecast-driven run itself): no regret to state.
+    unfinished = _grid_rows([c for c in configs if not (c.learning_rate == 1e-3 and c.train_per_class == 128)])
+    assert stopping_regret(unfinished.assign(config_key=[k for k, c in keys.items() if not (
+        c.learning_rate == 1e-3 and c.train_per_class == 128)]), skipped, keys, 1, 8) is None

@@ -423,3 +423,36 @@ def test_length_grouped_runs_are_not_seed_twins_of_random_order_runs():
     plain = build_run_record(split, summary, metrics, {"name": "m"}, {"seed": 1, "group_by_length": False}, {})
     assert grouped.replicate_key != plain.replicate_key
     assert "group_by_length" not in plain.configuration and grouped.configuration["group_by_length"] is True
+
+
+def test_a_grid_run_after_a_forecast_driven_run_states_the_regret_of_stopping(tracking, tiny_model_dir, monkeypatch):
+    """The forecast-driven run skips the lr 1e-5 curve at the largest size (the stop is forced: a random model's
+    curves are too noisy to stop by themselves); its skipped runs carry their config key. The grid run then trains
+    only what was skipped, and states the regret of stopping and the compute saved."""
+    from finetune_predictor.pipelines.sensitivity import halving
+
+    def stop_the_small_learning_rate(results, configs, largest_size, task, level=0.9):
+        return {halving.curve_of(c): {"predicted": 0.5, "lower": 0.4, "upper": 0.6, "best_lower": 0.7,
+                                      "reason": "forced by the test"} for c in configs if c.learning_rate == 1e-5}
+
+    monkeypatch.setattr(halving, "curves_to_stop", stop_the_small_learning_rate)
+    settings = {"learning_rates": [5e-2, 1e-5], "train_per_class": [2, 4]}
+    forecast_run = _sweep(tracking, tiny_model_dir, strategy="forecast", **settings)
+    assert forecast_run.status["ran"] == 3 and len(forecast_run.status["forecast"]["skipped"]) == 1
+    assert "stopping_regret" not in forecast_run.status  # what it skipped has not run
+    skipped_key = next(key for config, key in _keys(tracking, tiny_model_dir, **settings).items()
+                       if config.learning_rate == 1e-5 and config.train_per_class == 4)
+    experiment = mlflow.get_experiment_by_name("finetune_predictor")
+    forecasts = runner.tracking.forecast_skipped_runs(experiment.experiment_id, "test")
+    assert [run.data.tags[runner.tracking.SKIPPED_CONFIG_KEY_TAG] for run in forecasts] == [skipped_key]
+    assert CONFIG_KEY_TAG not in forecasts[0].data.tags  # never resumed from
+
+    grid_run = _sweep(tracking, tiny_model_dir, strategy="grid", **settings)
+    assert grid_run.status["ran"] == 1 and grid_run.status["reused"] == 3
+    regret = grid_run.status["stopping_regret"]
+    assert regret["skipped_runs"] == 1 and regret["skipped_trained_since"] == 1
+    assert regret["planned_steps"] == forecast_run.status["forecast"]["planned_steps"]
+    assert regret["trained_steps"] == forecast_run.status["forecast"]["trained_steps"] < regret["planned_steps"]
+    assert regret["regret_points"] == 0.0 if regret["same_choice"] else regret["regret_points"] != 0.0
+    text = markdown_report(grid_run.results, analyse(grid_run.results), grid_run.status)
+    assert "## Regret of stopping by forecast" in text and f"{regret['regret_points']:+.1f}" in text

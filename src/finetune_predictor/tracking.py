@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG_KEY_TAG = "sweep_config_key"
 SWEEP_TAG = "sweep_name"
+# A configuration a forecast-driven sweep skipped: a child run with its forecast, never a result. Its key is under
+# its own tag (never CONFIG_KEY_TAG), so resuming never mistakes the forecast for a finished run.
+SKIPPED_BY_FORECAST_TAG = "skipped_by_forecast"
+SKIPPED_CONFIG_KEY_TAG = "skipped_config_key"
 REPLICATE_KEY = "replicate_key"
 FEATURE_PREFIX = "mf_"
 EXPERIMENT_NAME = "finetune_predictor"
@@ -462,6 +466,12 @@ def mark_interrupted_runs_failed(experiment_id: str, key: str, current_parent_ru
                            f"interrupted: its child run {run.info.run_id} was found RUNNING at restart")
             client.set_terminated(parent_id, status="FAILED")
     return len(crashed)
+
+
+def forecast_skipped_runs(experiment_id: str, sweep_name: str) -> list[Any]:
+    """The child runs in which forecast-driven runs of the sweep ``sweep_name`` recorded what they skipped."""
+    return _client().search_runs([experiment_id], filter_string=f"tags.{SKIPPED_BY_FORECAST_TAG} = 'true' and "
+                                                                f"tags.{SWEEP_TAG} = '{sweep_name}'")
 
 
 def finished_run(experiment_id: str, key: str) -> Any | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from finetune_predictor.learning_curve import chance_floor, forecast
@@ -88,3 +89,48 @@ def run_by_forecast(jobs: list[tuple[Any, ...]], run_level: Callable[[list[tuple
     planned = sum(planned_steps(job[0], strata, effective_batch) for job in jobs)
     trained = planned - sum(planned_steps(entry["config"], strata, effective_batch) for entry in skipped)
     return outcomes, {"strategy": "forecast", "skipped": skipped, "planned_steps": planned, "trained_steps": trained}
+
+
+def stopping_regret(results: pd.DataFrame, skipped: Mapping[str, Mapping[str, float]],
+                    configs: Mapping[str, SweepConfig], strata: int, effective_batch: int) -> dict[str, Any] | None:
+    """What stopping by forecast cost, once the full grid has run (a grid run of the same sweep trained what a
+    forecast-driven run skipped). ``results``: the grid's finished rows (``config_key``); ``skipped``: the
+    forecast of each configuration the forecast-driven run skipped, by config key; ``configs``: every
+    configuration of the grid, by key.
+
+    At the largest size, the curve each would have chosen is picked the way the report picks (on
+    :func:`stopping_target`, mean over seeds), and the regret is the test primary of the grid's choice minus that
+    of the forecast-driven run's choice, in points (0: stopping lost nothing; the oracle regret picks on test
+    instead). Also: the compute saved (planned vs trained steps) and how the skipped forecasts compare with what
+    those configurations then scored."""
+    done = results[results["config_key"].isin(skipped)] if len(results) else results
+    if not skipped or done.empty:
+        return None
+    target = stopping_target(results)
+    largest = results[results["train_size"] == results["train_size"].max()].copy()
+    largest["curve"] = largest["config_key"].map(lambda key: repr(curve_of(configs[key])))  # a plain label
+    kept = largest[~largest["config_key"].isin(skipped)]
+
+    def choice(rows: pd.DataFrame, on: str) -> tuple[Any, float]:
+        means = rows.groupby("curve")[list(dict.fromkeys([on, "finetuned_primary"]))].mean()
+        best = means[on].idxmax()
+        return best, float(means.loc[best, "finetuned_primary"])
+
+    grid_curve, grid_test = choice(largest, target)
+    forecast_curve, forecast_test = choice(kept, target) if len(kept) else (None, float("nan"))
+    oracle_gap = choice(largest, "finetuned_primary")[1] - (choice(kept, "finetuned_primary")[1] if len(kept)
+                                                            else float("nan"))
+    actual = done.set_index("config_key")[target]
+    inside = [skipped[key]["lower"] <= actual[key] <= skipped[key]["upper"] for key in actual.index]
+    planned = sum(planned_steps(config, strata, effective_batch) for config in configs.values())
+    saved = sum(planned_steps(configs[key], strata, effective_batch) for key in skipped if key in configs)
+    return {"target": target, "largest_size": float(largest["train_size"].iloc[0]),
+            "same_choice": bool(grid_curve == forecast_curve),
+            "regret_points": 100 * (grid_test - forecast_test), "oracle_regret_points": 100 * oracle_gap,
+            "grid_choice_test": grid_test, "forecast_choice_test": forecast_test,
+            "planned_steps": planned, "trained_steps": planned - saved,
+            "skipped_runs": len(skipped), "skipped_trained_since": len(done),
+            "skipped_forecast_mae_points": float(100 * np.mean([abs(skipped[k]["predicted"] - actual[k])
+                                                                 for k in actual.index])),
+            "skipped_forecast_coverage": float(np.mean(inside)),
+            "skipped_best_actual": float(actual.max())}

@@ -46,6 +46,10 @@ def run_sensitivity_sweep(train_subsets: pd.DataFrame, test_set: pd.DataFrame, v
     print(f"\nSweep: {outcome.status['total']} configurations: {outcome.status['ran']} ran, "
           f"{outcome.status['reused']} reused, {outcome.status['failed']} failed "
           f"({outcome.status['interrupted_marked_failed']} interrupted runs marked FAILED)")
+    if "stopping_regret" in outcome.status:
+        regret = outcome.status["stopping_regret"]
+        print(f"Stopping by forecast (now that the full grid has run): regret {regret['regret_points']:+.1f} test "
+              f"points, {1 - regret['trained_steps'] / regret['planned_steps']:.0%} of the steps saved")
     return outcome.results, outcome.results, outcome.status
 
 

@@ -317,6 +317,7 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
               "![accuracy vs learning rate](accuracy_vs_learning_rate.png)",
               "![accuracy vs rank](accuracy_vs_lora_r.png)", "![model x size](model_size_heatmap.png)", ""]
     lines += _forecast_lines(status.get("forecast"))
+    lines += _regret_lines(status.get("stopping_regret"), analysis.get("metric", "accuracy"))
     if status.get("failures"):
         lines += ["## Failed configurations (excluded)", ""]
         lines += [f"- {failure['config']}: {failure['error']}" for failure in status["failures"]]
@@ -336,6 +337,24 @@ def _forecast_lines(forecast: dict[str, Any] | None) -> list[str]:
     lines += [f"- {entry['config']}: forecast {_pct(entry['predicted'])} [{_pct(entry['lower'])}, "
               f"{_pct(entry['upper'])}]; {entry['reason']}." for entry in forecast["skipped"]]
     return [*lines, ""]
+
+
+def _regret_lines(regret: dict[str, Any] | None, metric: str) -> list[str]:
+    """The regret of stopping by forecast, once the full grid has run too."""
+    if not regret:
+        return []
+    planned, trained = regret["planned_steps"], regret["trained_steps"]
+    choice = ("the same configuration as the full grid" if regret["same_choice"] else
+              f"another configuration than the full grid: regret {regret['regret_points']:+.1f} test {metric} points")
+    return ["## Regret of stopping by forecast (the full grid has run too)", "",
+            f"A forecast-driven run of this sweep trained {trained} of {planned} optimizer steps "
+            f"({1 - trained / planned:.0%} saved) and skipped {regret['skipped_runs']} runs. Now that they have run, "
+            f"picking on {regret['target']} at n={regret['largest_size']:g} it would have chosen {choice} "
+            f"({_pct(regret['forecast_choice_test'])} vs {_pct(regret['grid_choice_test'])} on test; picking on "
+            f"test instead, the regret is {regret['oracle_regret_points']:+.1f} points).",
+            f"The skipped runs' forecasts were off by {regret['skipped_forecast_mae_points']:.1f} points on average, "
+            f"{regret['skipped_forecast_coverage']:.0%} inside their interval; the best of them scored "
+            f"{_pct(regret['skipped_best_actual'])} on {regret['target']}.", ""]
 
 
 def _all_sizes(analysis: dict[str, Any]) -> list[float]:

@@ -34,7 +34,7 @@ from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.model_session import keep_base_models, open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
-from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast
+from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast, stopping_regret
 from finetune_predictor.records import content_sha256
 from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
 from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
@@ -396,14 +396,14 @@ def _run_by_forecast(jobs: list[tuple[Any, ...]], keys: dict[SweepConfig, str], 
         rows = collect(keys, context.experiment_id)
         return rows.assign(config=rows["config_key"].map(by_key)) if not rows.empty else rows
 
-    strata = len(context.task.candidates() or [None])
-    effective = TrainingSettings.from_params(context.training).effective_batch_size
+    strata, effective = _step_units(context)
     outcomes, forecast_status = run_by_forecast(jobs, lambda level: execute(level, sensitivity, context),
                                                 results_so_far, sensitivity, context.task.name, strata, effective)
     skipped = []
     for entry in forecast_status["skipped"]:
         config, name = entry["config"], context.run_name(entry["config"])
-        tags = {"skipped_by_forecast": "true", tracking.SWEEP_TAG: context.sweep_name}
+        tags = {tracking.SKIPPED_BY_FORECAST_TAG: "true", tracking.SWEEP_TAG: context.sweep_name,
+                tracking.SKIPPED_CONFIG_KEY_TAG: keys[config]}
         with tracking.child_run(context.experiment_id, context.parent_run_id, f"skipped: {name}", tags) as run_id:
             tracking.log_params(run_id, {"skipped_reason": entry["reason"], **config.variant.as_params(),
                                          "train_per_class": config.train_per_class,
@@ -412,6 +412,27 @@ def _run_by_forecast(jobs: list[tuple[Any, ...]], keys: dict[SweepConfig, str], 
         skipped.append({"config": name, **{k: entry[k] for k in ("predicted", "lower", "upper", "reason")}})
     status["forecast"] = {**forecast_status, "skipped": skipped}
     return outcomes
+
+
+def _step_units(context: SweepContext) -> tuple[int, int]:
+    """Training examples per unit of ``train_per_class`` (the labels, 1 for open tasks) and the effective batch:
+    what turns a configuration into optimizer steps."""
+    return len(context.task.candidates() or [None]), TrainingSettings.from_params(context.training).effective_batch_size
+
+
+def _stopping_regret(keys: dict[SweepConfig, str], results: pd.DataFrame, context: SweepContext) -> dict | None:
+    """Where a forecast-driven run of this sweep skipped configurations that have all run since (a grid run):
+    the regret of stopping and the compute it saved (:func:`halving.stopping_regret`). Skipped runs are
+    matched by their config key tag, or by run name for runs recorded before the tag existed."""
+    by_name = {f"skipped: {context.run_name(config)}": key for config, key in keys.items()}
+    skipped = {}
+    for run in tracking.forecast_skipped_runs(context.experiment_id, context.sweep_name):
+        key = run.data.tags.get(tracking.SKIPPED_CONFIG_KEY_TAG) or by_name.get(run.info.run_name)
+        if key in by_name.values():
+            skipped[key] = {name.removeprefix("forecast_"): value for name, value in run.data.metrics.items()}
+    if results.empty or not skipped:
+        return None
+    return stopping_regret(results, skipped, {key: config for config, key in keys.items()}, *_step_units(context))
 
 
 # --- collect ---------------------------------------------------------------------------------------------------
@@ -526,4 +547,8 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
         status["ran" if error is None else "failed"] += 1
         if error is not None:
             status["failures"].append({"config": context.run_name(config), "error": error})
-    return SweepOutcome(collect(keys, context.experiment_id), status)
+    results = collect(keys, context.experiment_id)
+    regret = _stopping_regret(keys, results, context)
+    if regret is not None:
+        status["stopping_regret"] = regret
+    return SweepOutcome(results, status)
