@@ -67,6 +67,20 @@ def test_forward_in_size_beats_carry_forward_on_a_rising_curve():
     assert forward_metrics(forward_in_size(table, min_sizes=6)) == {"forward_n_held_out": 0.0}
 
 
+def test_rolling_origin_holds_out_each_size_from_the_third_and_fits_only_below_it():
+    rng = np.random.default_rng(1)
+    table = pd.concat([_runs(config, 0.005, rng) for config in range(3)], ignore_index=True)
+    sizes = sorted(float(n) for n in SIZES)
+    rolling = forward_in_size(table, "pow2", min_sizes=3, rolling=True)
+    assert set(rolling["held_out_size"]) == set(sizes[2:])
+    for row in rolling.itertuples():
+        assert max(int(s) for s in row.fitted_sizes.split(",")) < row.held_out_size  # never a size at or above it
+    largest = rolling[rolling["held_out_size"] == sizes[-1]].drop(columns="fitted_sizes").reset_index(drop=True)
+    assert largest.equals(forward_in_size(table, "pow2", min_sizes=3).drop(columns="fitted_sizes"))
+    metrics = forward_metrics(rolling, prefix="rolling_")
+    assert metrics["rolling_forward_n_held_out"] == 3 * (len(sizes) - 2) and "forward_mae" not in metrics
+
+
 def test_forecast_pipeline_runs(capsys):
     rng = np.random.default_rng(2)
     table = pd.concat([_runs(config, 0.01, rng, sizes=[16, 32, 64]) for config in range(2)], ignore_index=True)
@@ -83,7 +97,8 @@ def test_forecast_pipeline_runs(capsys):
     SequentialRunner().run(pipeline, catalog)
     metrics = catalog.load("forecast.tracking.metrics")
     assert {"forward_mae", "forward_coverage", "baseline_carry_forward_mae", "baseline_loglinear_mae",
-            "forward_n_held_out"} <= set(metrics)
+            "forward_n_held_out", "rolling_forward_mae", "rolling_forward_coverage",
+            "rolling_baseline_carry_forward_mae", "rolling_forward_mae_pow2", "rolling_forward_mae_pow3"} <= set(metrics)
     forecasts = catalog.load("forecast.reporting.forecasts")
     assert set(forecasts.loc[forecasts["status"] == "forecast", "size"]) == {128.0, 256.0}
     assert (forecasts["lower"].dropna() <= forecasts["value"][forecasts["lower"].notna()]).all()

@@ -131,39 +131,49 @@ def curves_of(table: pd.DataFrame, target: str = "finetuned_primary") -> list[tu
 
 
 def forward_in_size(table: pd.DataFrame, family: str = "pow2", target: str = "finetuned_primary",
-                    level: float = 0.9, min_sizes: int = 3) -> pd.DataFrame:
+                    level: float = 0.9, min_sizes: int = 3, rolling: bool = False) -> pd.DataFrame:
     """For every curve with ``min_sizes`` sizes or more: hold out the largest size, forecast it from the
-    others, and compare with its runs. One row per held-out run, with the curve's and the baselines'
-    predictions."""
+    others, and compare with its runs. ``rolling``: every size from the ``min_sizes``-th on is held out in turn
+    and forecast from the sizes below it only (rolling origin: more held-out points from the same curves, each
+    forecast as a sweep would have made it then). One row per held-out run, with the curve's and the
+    baselines' predictions."""
     rows = []
     for config, runs in curves_of(table, target):
         sizes = sorted(runs["train_size"].unique())
         if len(sizes) < min_sizes:
             continue
-        held = runs["train_size"] == sizes[-1]
-        fitted = runs[~held]
-        floor = chance_floor(config.get("task"))
-        point = forecast(fitted["train_size"], fitted["value"], [sizes[-1]], family, floor, level).iloc[0]
-        baselines = {name: float(fit_curve(fitted["train_size"], fitted["value"], name).predict([sizes[-1]])[0])
-                     for name in BASELINES}
-        for run in runs[held].itertuples(index=False):
-            rows.append({**{k: v for k, v in config.items()}, "run_id": run.run_id, "held_out_size": sizes[-1],
-                         "fitted_sizes": ",".join(str(int(s)) for s in sizes[:-1]), "actual": run.value,
-                         "predicted": point["predicted"], "lower": point["lower"], "upper": point["upper"],
-                         **{f"baseline_{name}": value for name, value in baselines.items()}})
+        for held_size in sizes[min_sizes - 1:] if rolling else sizes[-1:]:
+            fitted = runs[runs["train_size"] < held_size]
+            held = runs[runs["train_size"] == held_size]
+            rows += _held_out_rows(config, fitted, held, held_size, family, level)
     return pd.DataFrame(rows)
 
 
-def forward_metrics(results: pd.DataFrame) -> dict[str, float]:
-    """MAE in points of the forecast and of each baseline, interval coverage, and how many curves and runs
-    were held out."""
+def _held_out_rows(config: dict[str, Any], fitted: pd.DataFrame, held: pd.DataFrame, held_size: float,
+                   family: str, level: float) -> list[dict[str, Any]]:
+    """The forecast of ``held_size`` from the ``fitted`` runs beside each baseline, one row per held-out run."""
+    floor = chance_floor(config.get("task"))
+    point = forecast(fitted["train_size"], fitted["value"], [held_size], family, floor, level).iloc[0]
+    baselines = {name: float(fit_curve(fitted["train_size"], fitted["value"], name).predict([held_size])[0])
+                 for name in BASELINES}
+    fitted_sizes = ",".join(str(int(s)) for s in sorted(fitted["train_size"].unique()))
+    return [{**config, "run_id": run.run_id, "held_out_size": held_size, "fitted_sizes": fitted_sizes,
+             "actual": run.value, "predicted": point["predicted"], "lower": point["lower"], "upper": point["upper"],
+             **{f"baseline_{name}": value for name, value in baselines.items()}}
+            for run in held.itertuples(index=False)]
+
+
+def forward_metrics(results: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """MAE in points of the forecast and of each baseline, interval coverage, and how many curves (held-out
+    sizes) and runs were held out; every name starts with ``prefix`` (``rolling_`` for the rolling origin)."""
     if results.empty:
-        return {"forward_n_held_out": 0.0}
+        return {f"{prefix}forward_n_held_out": 0.0}
     error = lambda column: float(100 * np.mean(np.abs(results[column] - results["actual"])))  # noqa: E731
     inside = (results["actual"] >= results["lower"]) & (results["actual"] <= results["upper"])
     curves = results.groupby(["held_out_size", "fitted_sizes", *[k for k in CURVE_KEYS if k in results]],
                              dropna=False).ngroups
-    return {"forward_mae": error("predicted"), "forward_coverage": float(inside.mean()),
-            "baseline_carry_forward_mae": error("baseline_carry_forward"),
-            "baseline_loglinear_mae": error("baseline_loglinear"),
-            "forward_n_held_out": float(curves), "forward_n_runs": float(len(results))}
+    metrics = {"forward_mae": error("predicted"), "forward_coverage": float(inside.mean()),
+               "baseline_carry_forward_mae": error("baseline_carry_forward"),
+               "baseline_loglinear_mae": error("baseline_loglinear"),
+               "forward_n_held_out": float(curves), "forward_n_runs": float(len(results))}
+    return {prefix + name: value for name, value in metrics.items()}

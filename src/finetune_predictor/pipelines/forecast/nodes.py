@@ -23,21 +23,38 @@ def load_runs(forecast: dict[str, Any]) -> pd.DataFrame:
 
 def evaluate_forward_in_size(runs: pd.DataFrame, forecast: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Hold out the largest size of every curve with ``forecast.min_sizes`` sizes and forecast it from the
-    smaller ones, beside carry-forward and log-linear extrapolation; printed, and logged as metrics."""
-    results = learning_curve.forward_in_size(runs, str(forecast.get("curve_family", "pow2")),
-                                             str(forecast.get("target_column", "finetuned_primary")),
-                                             float(forecast.get("interval_level", 0.9)),
-                                             int(forecast.get("min_sizes", 3)))
+    smaller ones, beside carry-forward and log-linear extrapolation (``forward_*``), and the same with every
+    size from the third on held out in turn (rolling origin, ``forward_rolling_*``: more points from the same
+    curves); each curve family's rolling MAE too, so the family is chosen by measurement. Printed, and logged."""
+    family, level = str(forecast.get("curve_family", "pow2")), float(forecast.get("interval_level", 0.9))
+    target, min_sizes = str(forecast.get("target_column", "finetuned_primary")), int(forecast.get("min_sizes", 3))
+    results = learning_curve.forward_in_size(runs, family, target, level, min_sizes)
+    rolling = learning_curve.forward_in_size(runs, family, target, level, min_sizes, rolling=True)
     metrics = learning_curve.forward_metrics(results)
-    if results.empty:
-        print(f"\nForward in size: no curve with {forecast.get('min_sizes', 3)} sizes or more in the store.")
-    else:
-        print(f"\nForward in size ({metrics['forward_n_held_out']:.0f} curves, {metrics['forward_n_runs']:.0f} "
-              f"held-out runs): MAE {metrics['forward_mae']:.1f} points (carry-forward "
-              f"{metrics['baseline_carry_forward_mae']:.1f}, log-linear {metrics['baseline_loglinear_mae']:.1f}); "
-              f"{100 * metrics['forward_coverage']:.0f}% of runs inside the "
-              f"{100 * float(forecast.get('interval_level', 0.9)):.0f}% interval.")
-    return results.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
+    metrics.update(learning_curve.forward_metrics(rolling, prefix="rolling_"))
+    for other in learning_curve.FAMILIES:
+        scored = rolling if other == family else learning_curve.forward_in_size(runs, other, target, level, min_sizes,
+                                                                               rolling=True)
+        if not scored.empty:
+            metrics[f"rolling_forward_mae_{other}"] = learning_curve.forward_metrics(scored)["forward_mae"]
+    _print_forward(metrics, min_sizes, level)
+    table = pd.concat([results.assign(check="largest"), rolling.assign(check="rolling")], ignore_index=True)
+    return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
+
+
+def _print_forward(metrics: dict[str, float], min_sizes: int, level: float) -> None:
+    if not metrics.get("forward_n_held_out"):
+        print(f"\nForward in size: no curve with {min_sizes} sizes or more in the store.")
+        return
+    for name, prefix, what in (("largest size held out", "", "curves"), ("rolling origin", "rolling_", "sizes")):
+        print(f"\nForward in size, {name} ({metrics[prefix + 'forward_n_held_out']:.0f} held-out {what}, "
+              f"{metrics[prefix + 'forward_n_runs']:.0f} runs): MAE {metrics[prefix + 'forward_mae']:.1f} points "
+              f"(carry-forward {metrics[prefix + 'baseline_carry_forward_mae']:.1f}, log-linear "
+              f"{metrics[prefix + 'baseline_loglinear_mae']:.1f}); {100 * metrics[prefix + 'forward_coverage']:.0f}% "
+              f"of runs inside the {100 * level:.0f}% interval.")
+    families = {name.removeprefix("rolling_forward_mae_"): value for name, value in metrics.items()
+                if name.startswith("rolling_forward_mae_")}
+    print("Rolling-origin MAE by curve family: " + ", ".join(f"{k} {v:.1f}" for k, v in families.items()))
 
 
 def _strata(task: str, data: dict[str, Any], runs: pd.DataFrame) -> float:
