@@ -122,3 +122,37 @@ def test_the_cache_key_ignores_the_held_out_curve_settings_but_not_the_batches(t
     key = cache_key(_train(), session, training, probe)
     assert cache_key(_train(), session, {**training, "eval_steps": 5, "eval_max_records": 8}, probe) == key
     assert cache_key(_train(), session, {**training, "group_by_length": False}, probe) != key
+
+
+def _news(n_per_class: int, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """Records whose label is readable from their words (one topic word per class), shuffled."""
+    rng = np.random.default_rng(seed)
+    words = ["market", "river", "council", "stadium", "harvest", "museum", "engine", "forest"]
+    records, labels = [], []
+    for label, cue in (("fake", "shocking"), ("legitimate", "reported")):
+        for i in range(n_per_class):
+            text = " ".join(rng.choice(words, 6)) + f" {cue} item{i}"
+            records.append({"instruction": "Is this news fake or legitimate?", "input": text})
+            labels.append(label)
+    return records, labels
+
+
+def test_label_learnability_falls_with_label_noise_and_duplicates_do_not_inflate_it():
+    from finetune_predictor.classical import label_learnability
+
+    records, labels = _news(40)
+    clean = label_learnability(records, labels)
+    rng = np.random.default_rng(1)
+    flipped = rng.choice(len(labels), size=len(labels) * 3 // 10, replace=False)
+    noisy_labels = [("legitimate" if label == "fake" else "fake") if i in flipped else label
+                    for i, label in enumerate(labels)]
+    assert clean > 0.9 and label_learnability(records, noisy_labels) < clean - 0.15
+    # Every record twice: grouped folds keep twins together, so a copy never answers for its original (which
+    # would make even noisy labels look learnable).
+    noisy = label_learnability(records, noisy_labels)
+    assert label_learnability(records + records, noisy_labels + noisy_labels) == pytest.approx(noisy, abs=0.08)
+    assert math.isnan(label_learnability(records[:3], ["fake", "legitimate", "legitimate"]))
+    # The binary task reports it among its own features.
+    task = build_task({"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"})
+    rows = [{**record, "output": label} for record, label in zip(records, labels, strict=True)]
+    assert task.features(rows)["mf_label_cv_balanced_accuracy"] == pytest.approx(clean)

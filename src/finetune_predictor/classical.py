@@ -51,18 +51,13 @@ def classical_metrics(train: pd.DataFrame, test: pd.DataFrame, task: Task, seed:
 
 
 def _logistic_regression(train: pd.DataFrame, test: pd.DataFrame, task: Task, seed: int) -> dict[str, Any]:
-    """TF-IDF (word 1-2 grams, sublinear tf) + logistic regression; AUC from the predicted probability of the
-    task's positive label."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+    """The classical classifier on the training subset, scored on the test set; AUC from the predicted
+    probability of the task's positive label."""
     labels = task.candidates()
     targets = [task.target(record) for record in train.to_dict("records")]
     if not labels or len(set(targets)) < 2:
         return {}
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                          LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
+    model = text_classifier(seed)
     model.fit(_text(train), targets)
     probabilities = model.predict_proba(_text(test))
     classes = list(model.classes_)
@@ -71,6 +66,40 @@ def _logistic_regression(train: pd.DataFrame, test: pd.DataFrame, task: Task, se
     predictions = [classes[i] for i in probabilities.argmax(axis=1)]
     references = [task.target(record) for record in test.to_dict("records")]
     return task.metrics(references, predictions, scores)
+
+
+def text_classifier(seed: int) -> Any:
+    """The classical classifier: TF-IDF (word 1-2 grams, sublinear tf) + logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                         LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
+
+
+def label_learnability(records: list[dict[str, Any]], targets: list[str], seed: int = 0, folds: int = 5,
+                       max_records: int = 2000) -> float:
+    """How well a training set's labels can be learnt from its own inputs: the cross-validated balanced accuracy
+    of :func:`text_classifier` on the training records (at most ``max_records``, drawn with ``seed``). Folds are
+    grouped by input text, so a duplicate is never scored by a model that saw its twin, and stratified by label.
+    Label noise and a less separable source lower it; a label-scarce class lowers its balanced accuracy.
+    NaN when a class has fewer than two distinct inputs (nothing to cross-validate)."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+
+    frame = pd.DataFrame(records).assign(target=targets)
+    if len(frame) > max_records:
+        frame = frame.sample(n=max_records, random_state=seed)
+    texts = pd.Series(_text(frame), index=frame.index)
+    groups = texts.str.lower().str.split().str.join(" ")
+    distinct = frame.assign(group=groups).drop_duplicates("group")["target"].value_counts()
+    if len(distinct) < 2 or distinct.min() < 2:
+        return float("nan")
+    splitter = StratifiedGroupKFold(n_splits=int(min(folds, distinct.min())), shuffle=True, random_state=seed)
+    predicted = cross_val_predict(text_classifier(seed), texts.tolist(), frame["target"].tolist(),
+                                  groups=groups.tolist(), cv=splitter)
+    return float(balanced_accuracy_score(frame["target"], predicted))
 
 
 def window_answer(record: dict[str, Any], width: int = 3) -> str:

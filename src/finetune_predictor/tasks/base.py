@@ -115,6 +115,19 @@ def corrupt_labels(labels: Sequence[str], targets: Sequence[str], rate: float, r
     return out
 
 
+CLASSIFICATION_FEATURES = ("mf_label_balance", "mf_label_cv_balanced_accuracy")
+
+
+def classification_features(targets: Sequence[str], records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """A classification training set's own meta-features: label balance (normalised entropy of its labels) and
+    label learnability (the classical classifier's cross-validated balanced accuracy on it, which falls with
+    label noise and with a harder source: :func:`finetune_predictor.classical.label_learnability`)."""
+    from finetune_predictor.classical import label_learnability  # classical.py imports the tasks package
+
+    return {"mf_label_balance": label_balance(targets),
+            "mf_label_cv_balanced_accuracy": label_learnability(list(records), list(targets))}
+
+
 def label_balance(labels: Sequence[str]) -> float:
     """Normalised entropy of the label distribution: 1 = balanced, 0 = one class."""
     counts = np.array(list(Counter(labels).values()), dtype=float)

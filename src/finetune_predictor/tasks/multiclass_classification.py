@@ -10,7 +10,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.tasks.base import classification_metrics, corrupt_labels, label_balance, label_roles
+from finetune_predictor.tasks.base import (
+    CLASSIFICATION_FEATURES,
+    classification_features,
+    classification_metrics,
+    corrupt_labels,
+    label_roles,
+)
 from finetune_predictor.tasks.base import normalise_answer as _normalise
 
 _PREFIX = re.compile(r"^(?:answer:|label:|class:|classification:|prediction:|the answer is\b|it is\b)\s*")
@@ -27,7 +33,7 @@ class MulticlassClassificationTask:
     # None: the budget is derived from the labels (the longest label's tokens + end-of-turn, see
     # evaluation.max_new_tokens), so generation never runs past the longest answer it could give.
     max_new_tokens: ClassVar[int | None] = None
-    feature_names: ClassVar[tuple[str, ...]] = ("mf_label_balance",)  # what features() returns
+    feature_names: ClassVar[tuple[str, ...]] = CLASSIFICATION_FEATURES  # what features() returns
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -82,5 +88,5 @@ class MulticlassClassificationTask:
         return corrupt_labels(self.candidates(), targets, rate, rng)
 
     def features(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        """Label balance (normalised entropy of the training labels)."""
-        return {"mf_label_balance": label_balance([self.target(record) for record in records])}
+        """Label balance and label learnability (:func:`classification_features`)."""
+        return classification_features([self.target(record) for record in records], records)
