@@ -1,0 +1,391 @@
+"""A shared MLflow tracking server: sweeps, Ray workers, the predictor and ``kedro run`` over HTTP, and a server
+that goes away mid-sweep.
+
+Each test starts ``mlflow server`` on 127.0.0.1 (a free port, a temporary SQLite backend, proxied artifacts under
+``--serve-artifacts``), points the project at it, and reads back through the server's REST API what reached it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from finetune_predictor import tracking
+from finetune_predictor.pipelines.sensitivity import runner
+from tests.conftest import copy_project
+from tests.test_sweep import DATA, _settings, _sweep_data
+
+MLFLOW = Path(sys.executable).with_name("mlflow")
+
+
+class TrackingServer:
+    """``mlflow server`` in its own process group, on one backend and artifact folder; stop and start again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.backend, self.artifacts = root / "server.db", root / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180) -> None:
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+        command = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.backend}", "--serve-artifacts",
+                   "--artifacts-destination", str(self.artifacts)]
+        log = (self.root / "server.log").open("ab")
+        # Its own session: the server forks uvicorn workers, and stop() kills the whole group.
+        self.process = subprocess.Popen(command, cwd=self.root, env=environment, stdout=log, stderr=log,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server at {self.url} did not answer /health in {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Kill the server and its workers at once (SIGKILL: a crash, not a shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def rest(self, endpoint: str, **params) -> dict:
+        """One GET of the server's REST API (``runs/search`` is a POST)."""
+        if endpoint == "runs/search":
+            response = requests.post(f"{self.url}/api/2.0/mlflow/runs/search", json=params, timeout=30)
+        else:
+            response = requests.get(f"{self.url}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture()
+def server(tmp_path, monkeypatch):
+    """A running tracking server; the project's client pointed at it; the server killed whatever happens."""
+    server = TrackingServer(tmp_path / "server")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a client that fell back to a local store would write mlruns/ or mlflow.db here
+    monkeypatch.setenv("FINETUNE_PREDICTOR_CACHE", str(tmp_path / "cache"))
+    try:
+        server.start()
+        mlflow.set_tracking_uri(server.url)
+        yield server
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri("")
+        mlflow.tracking.fluent._active_experiment_id = None
+        server.stop()
+
+
+def _sweep(tmp_path, model_dir, **overrides) -> runner.SweepOutcome:
+    sensitivity, model, training, evaluation = _settings(tmp_path, model_dir, **overrides)
+    sweep_data = _sweep_data(sensitivity["train_per_class"])
+    return runner.run_sweep(sensitivity, sweep_data, DATA, model, {}, training, evaluation, sweep_name="test")
+
+
+def _children(client: MlflowClient, parent_run_id: str) -> list:
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    return client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def _kedro_run(project: Path, *args: str, **env: str) -> tuple[int, str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    result = subprocess.run([str(Path(sys.executable).with_name("kedro")), "run", *args], cwd=project,
+                            capture_output=True, text=True, timeout=600,
+                            env={**environment, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "true", **env})
+    return result.returncode, result.stdout + result.stderr
+
+
+def _no_local_store(*folders: Path) -> None:
+    for folder in folders:
+        assert not (folder / "mlruns").exists() and not (folder / "mlflow.db").exists(), folder
+
+
+PROBE = {"sample_size": 4, "probe_steps": 2, "knn": 2}
+
+
+def test_a_ray_sweep_and_the_predictor_run_against_the_tracking_server(server, tiny_model_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    mlflow.set_experiment(tracking.EXPERIMENT_NAME)
+    try:
+        with mlflow.start_run(run_name="sweep on the server") as parent:
+            outcome = _sweep(tmp_path, tiny_model_dir, executor="ray",
+                             meta_features={**PROBE, "cache_dir": str(tmp_path / "mf-cache")})
+    finally:
+        ray.shutdown()
+    assert outcome.status["ran"] == 2 and outcome.status["failed"] == 0, outcome.status
+    client = MlflowClient(server.url)
+    children = _children(client, parent.info.run_id)
+    assert sorted(run.info.status for run in children) == ["FINISHED", "FINISHED"]
+    for run in children:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "adapter")} >= {
+            "adapter/adapter_model.safetensors", "adapter/adapter_config.json"}
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "predictions")} == {
+            "predictions/baseline_predictions.jsonl", "predictions/finetuned_predictions.jsonl"}
+        # Proxied: the files sit in the server's artifact folder, under the run's id.
+        assert list(server.artifacts.rglob(f"{run.info.run_id}/artifacts/adapter/adapter_model.safetensors"))
+    _no_local_store(Path.cwd(), tmp_path)
+
+    # Resumed over HTTP: a second seed of both configurations reuses the two finished runs, and its baseline
+    # predictions are downloaded from the server's artifacts instead of being computed again.
+    with mlflow.start_run(run_name="second seed"):
+        seeds = _sweep(tmp_path, tiny_model_dir, seeds=[1, 2],
+                       meta_features={**PROBE, "cache_dir": str(tmp_path / "mf-cache")})
+    assert seeds.status["reused"] == 2 and seeds.status["ran"] == 2, seeds.status
+    first_ids = {run.info.run_id for run in children}
+    for run in client.search_runs([parent.info.experiment_id], "params.seed = '2'"):
+        assert run.data.params[tracking.BASELINE_REUSED] == "true"
+        assert run.data.params[tracking.BASELINE_SOURCE] in first_ids
+
+    # The predictor, as `kedro run` runs it in a fresh project copy, finds the server by MLFLOW_TRACKING_URI alone.
+    project = copy_project(tmp_path / "project", with_source=False)
+    (project / "conf" / "local" / "parameters_predictor.yml").write_text(
+        "predictor:\n  n_folds: 2\n  min_runs: 4\n  candidates: [ridge_cv]\n")
+    code, output = _kedro_run(project, "--pipeline=predictor", MLFLOW_TRACKING_URI=server.url)
+    assert code == 0, output[-4000:]
+    assert "Runs: 4." in output
+    predictor_runs = client.search_runs([parent.info.experiment_id], "attributes.run_name != ''",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+    artifacts = {f.path for f in client.list_artifacts(predictor_runs[0].info.run_id)}
+    assert "runs_table.csv" in artifacts and "predictor" in artifacts, artifacts
+    assert "card.json" in {Path(f.path).name for f in client.list_artifacts(predictor_runs[0].info.run_id,
+                                                                             "predictor")}
+    _no_local_store(project)
+    # Through the REST API itself: the experiment holds the two sweep parents, four configurations, the predictor.
+    found = server.rest("runs/search", experiment_ids=[parent.info.experiment_id], max_results=100)["runs"]
+    assert len(found) == 2 + 4 + 1
+    nested = [run for run in found if any(tag["key"] == "mlflow.parentRunId" for tag in run["data"].get("tags", []))]
+    assert len(nested) == 4
+
+
+# --- the server goes away mid-sweep -----------------------------------------------------------------------------
+
+
+def _fine_tune_then(action, on_call: int, before: bool, monkeypatch) -> dict:
+    """Wrap the runner's fine-tune: ``action()`` runs before (or after) its ``on_call``-th call, i.e. while that
+    configuration is in flight: its run exists on the server, its record is not logged yet."""
+    original, calls = runner.fine_tune, {"n": 0, "at": None}
+
+    def fine_tune(*args, **kwargs):
+        calls["n"] += 1
+        if before and calls["n"] == on_call:
+            calls["at"] = time.monotonic()
+            action()
+        result = original(*args, **kwargs)
+        if not before and calls["n"] == on_call:
+            calls["at"] = time.monotonic()
+            action()
+        return result
+
+    monkeypatch.setattr(runner, "fine_tune", fine_tune)
+    return calls
+
+
+def _runs_by_key(client: MlflowClient, experiment_id: str) -> dict[str, list]:
+    by_key: dict[str, list] = {}
+    for run in client.search_runs([experiment_id], max_results=200):
+        if tracking.CONFIG_KEY_TAG in run.data.tags:
+            by_key.setdefault(run.data.tags[tracking.CONFIG_KEY_TAG], []).append(run)
+    return by_key
+
+
+def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_model_dir, tmp_path, monkeypatch,
+                                                                     caplog, request):
+    from tests.reliability import record_fault
+
+    # Few, fast retries: the test is about what happens once MLflow gives up (the project's defaults wait longer).
+    for name, value in (("MAX_RETRIES", "1"), ("BACKOFF_FACTOR", "0"), ("TIMEOUT", "10")):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", value)
+    experiment_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
+    calls = _fine_tune_then(server.stop, on_call=2, before=True, monkeypatch=monkeypatch)
+    lost_parent = mlflow.start_run(run_name="sweep that loses its server")
+    with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
+        _sweep(tmp_path, tiny_model_dir)
+    waited = time.monotonic() - calls["at"]
+    with pytest.raises(Exception):  # noqa: B017 (the parent cannot be ended either; MLflow still pops it)
+        mlflow.end_run("FAILED")
+    assert mlflow.active_run() is None
+    # One message, naming the server, the configuration in flight and how to resume; no per-run error logged.
+    message = failure.value.render()
+    assert server.url in message and "n=8 lr=5e-02" in message and "re-run the same command" in message
+    assert "Connection refused" in message
+    assert not [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("finetune_predictor")]
+    assert waited < 120, waited  # bounded: training the tiny configuration and two failed requests, not minutes
+
+    # The server back on the same backend and artifacts: the re-run reuses the first, retries the second.
+    server.start()
+    monkeypatch.undo()
+    mlflow.set_tracking_uri(server.url)
+    with mlflow.start_run(run_name="the same sweep, resumed"):
+        again = _sweep(tmp_path, tiny_model_dir)
+    assert again.status["reused"] == 1 and again.status["ran"] == 1 and again.status["failed"] == 0, again.status
+    assert again.status["interrupted_marked_failed"] == 1
+    client = MlflowClient(server.url)
+    by_key = _runs_by_key(client, experiment_id)
+    assert len(by_key) == 2
+    finished = {key: [run for run in runs if run.info.status == "FINISHED"] for key, runs in by_key.items()}
+    assert all(len(runs) == 1 for runs in finished.values()), finished
+    (first,) = next(runs for runs in finished.values() if runs[0].data.params["train_per_class"] == "2")
+    (second,) = next(runs for runs in finished.values() if runs[0].data.params["train_per_class"] == "4")
+    assert first.data.tags["mlflow.parentRunId"] == lost_parent.info.run_id  # the finished one was kept
+    interrupted = [run for runs in by_key.values() for run in runs if run.info.status == "FAILED"]
+    assert len(interrupted) == 1 and interrupted[0].data.tags["run_failure"].startswith("interrupted")
+    # Its baseline came back from the server's artifacts, computed by the run that finished before the loss.
+    assert second.data.params[tracking.BASELINE_REUSED] == "true"
+    assert second.data.params[tracking.BASELINE_SOURCE] == first.info.run_id
+    assert client.get_run(lost_parent.info.run_id).info.status == "FAILED"
+    assert not client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+    record_fault(request.node.name, fault="tracking server killed mid-sweep",
+                 injected="SIGKILL to `mlflow server` while the second of two configurations trains; restarted on "
+                          "the same SQLite backend and artifact folder, same command again",
+                 outcome="failed clearly (one TrackingServerUnavailableError naming the server, the configuration "
+                         "and how to resume); resumed: finished configuration reused, the one in flight retried",
+                 lost="nothing finished; the run in flight is marked FAILED at the re-run, one FINISHED run per "
+                      "configuration",
+                 time_lost="1 of 2 configurations trained again (the one in flight); its baseline reused from the "
+                           "server")
+
+
+def test_server_restarted_within_the_retry_window_loses_nothing(server, tiny_model_dir, tmp_path, monkeypatch,
+                                                                 caplog, request):
+    """The server is killed as a configuration finishes training and is back a few seconds later: MLflow's
+    back-off carries the run's record over the gap, and the sweep goes on as if nothing happened."""
+    import threading
+
+    from tests.reliability import record_fault
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")  # 0 + 4 + 8 + ... + 64 s: a restart fits
+    experiment_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
+    restarted = threading.Event()
+
+    def restart_soon() -> None:
+        server.stop()
+
+        def start() -> None:
+            time.sleep(3)
+            server.start()
+            restarted.set()
+
+        threading.Thread(target=start, daemon=True).start()
+
+    _fine_tune_then(restart_soon, on_call=1, before=False, monkeypatch=monkeypatch)
+    with caplog.at_level("WARNING", logger="urllib3"), mlflow.start_run(run_name="sweep across a restart"):
+        outcome = _sweep(tmp_path, tiny_model_dir)
+    assert restarted.is_set()
+    assert outcome.status["ran"] == 2 and outcome.status["failed"] == 0, outcome.status
+    assert any("Retrying" in record.getMessage() for record in caplog.records)  # the record waited for the server
+    by_key = _runs_by_key(MlflowClient(server.url), experiment_id)
+    assert sorted(run.info.status for runs in by_key.values() for run in runs) == ["FINISHED", "FINISHED"]
+    assert all("finetuned_primary" in runs[0].data.metrics for runs in by_key.values())
+    record_fault(request.node.name, fault="tracking server restarted mid-sweep",
+                 injected="SIGKILL to `mlflow server` as the first of two configurations finishes training; the "
+                          "server started again 3 s later on the same backend",
+                 outcome="retried: MLflow's back-off held the run's record until the server answered; the sweep "
+                         "went on",
+                 lost="nothing", time_lost="the restart's seconds, nothing re-run")
+
+
+# --- choosing the server, and the project's retry defaults ------------------------------------------------------
+
+
+def test_mlflow_tracking_uri_chooses_the_server_unless_the_env_names_its_own(monkeypatch, tmp_path):
+    """conf/base/mlflow.yml used to name sqlite:///mlflow.db outright: kedro-mlflow then ignored
+    MLFLOW_TRACKING_URI, and every machine wrote to its own file."""
+    from kedro.config import OmegaConfigLoader
+
+    from finetune_predictor import settings
+    from tests.conftest import PROJECT_ROOT
+
+    def uri(conf: Path, env: str = "base") -> str:
+        loader = OmegaConfigLoader(str(conf), **{**settings.CONFIG_LOADER_ARGS, "default_run_env": env}, env=env)
+        return loader["mlflow"]["server"]["mlflow_tracking_uri"]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert uri(PROJECT_ROOT / "conf") == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.internal:5000")
+    assert uri(PROJECT_ROOT / "conf") == "http://tracking.internal:5000"
+    # A conf/<env>/mlflow.yml that names a server wins over the variable.
+    conf = copy_project(tmp_path / "project", with_source=False) / "conf"
+    (conf / "shared").mkdir()
+    (conf / "shared" / "mlflow.yml").write_text((conf / "base" / "mlflow.yml").read_text().replace(
+        "\"${tracking_uri_or:'sqlite:///mlflow.db'}\"", "http://team-server:5000"))
+    assert uri(conf, "shared") == "http://team-server:5000"
+
+
+def test_http_retry_defaults_are_bounded_and_yield_to_the_user(monkeypatch):
+    for name in tracking.HTTP_REQUEST_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    tracking.use_http_request_defaults()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's own value stays
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    # urllib3's back-off: none before the first retry, then factor * 2^(n-1); MLflow's defaults wait ~4 minutes.
+    retries, factor = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), int(
+        os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"])
+    assert sum(factor * 2 ** (n - 1) for n in range(2, retries + 1)) <= 30
+
+
+def test_a_failed_kedro_run_keeps_its_own_error_when_the_server_is_gone(monkeypatch, caplog):
+    """Ending the kedro run FAILED needs the server too: its connection error used to replace the run's own."""
+    from finetune_predictor.run_lifecycle import RunLifecycleHook
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(gone)
+    try:
+        hook = RunLifecycleHook()
+        hook.run_id, hook._already_active_mlflow = "0" * 32, False
+        hook.on_pipeline_error(RuntimeError("the node's own error"), {}, None, None)
+    finally:
+        mlflow.set_tracking_uri("")
+    assert "could not be ended FAILED" in caplog.text
+    assert not tracking.server_unreachable(ValueError("a bug"))  # any other error of the hook is not hidden
+
+
+def _lose_the_server(config, *args):
+    if config == "in flight":
+        raise tracking.TrackingServerUnavailableError("The MLflow tracking server at http://x did not answer",
+                                                      fix="start it again")
+    return {"run_id": config}
+
+
+def test_a_ray_sweep_that_loses_the_server_raises_the_one_message(monkeypatch):
+    """On Ray the error comes back wrapped in Ray's own: it is still the project's error, with its remedy, and
+    the sweep stops with it (it used to be logged as one failed configuration and the sweep went on)."""
+    from types import SimpleNamespace
+
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(runner, "run_configuration", _lose_the_server)
+    context = SimpleNamespace(run_name=str)
+    try:
+        with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
+            runner.execute_ray([("finished",), ("in flight",), ("also finished",)], {"gpus_per_run": 0}, context)
+    finally:
+        ray.shutdown()
+    assert failure.value.fix == "start it again" and "did not answer" in failure.value.render()
