@@ -138,6 +138,31 @@ def test_resume_at_an_epoch_boundary_and_twice(tiny_session, rows, uninterrupted
                  lost="nothing", time_lost="interrupted at steps 5 and 7 of 8 -> 2 steps re-run")
 
 
+class CountSteps(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_killed_after_training_but_before_the_run_is_complete_trains_nothing_again(tiny_session, rows, uninterrupted,
+                                                                                   tmp_path, request):
+    """The checkpoint of the last step stays until the caller's run is complete: a run killed while it is
+    evaluated resumes at step 8 of 8, trains no step, and has the same curve, adapter and cost."""
+    folder = tmp_path / "checkpoints"
+    first = _train(tiny_session, rows, tmp_path / "first", folder)  # trained; then killed while evaluated
+    counter = CountSteps()
+    again = _train(tiny_session, rows, tmp_path / "again", folder, callbacks=[counter])
+    assert again.resume.step == 8 and counter.steps == 0
+    _assert_same_training(again, uninterrupted)
+    assert again.train_runtime_s >= first.train_runtime_s * 0.5  # the steps kept count in its cost
+    record_fault(request.node.name, fault="killed after training, while the run is evaluated",
+                 injected="the same fine-tune called again with the completed run's checkpoint folder",
+                 outcome="resumed at step 8 of 8: no step trained again, the same losses and adapter",
+                 lost="nothing", time_lost="0 training steps re-run (the evaluation runs again)")
+
+
 def test_a_checkpoint_half_written_when_killed_is_skipped(tiny_session, rows, uninterrupted, tmp_path, request):
     """Stopped while the step-6 checkpoint is saved (files written, no marker yet): the next run skips and
     removes it, and resumes from the complete step-4 checkpoint."""

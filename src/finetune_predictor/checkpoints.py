@@ -209,10 +209,31 @@ def train(trainer: Any, folder: CheckpointFolder | None) -> Resume:
         if resume.checkpoint is not None:
             logger.warning("Resuming the fine-tune from %s (step %d): the steps before it are not trained again",
                            resume.checkpoint, resume.step)
-        trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+        if resume.checkpoint is not None and _is_last_step(resume.checkpoint):
+            _load_last_step(trainer, resume.checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
     finally:
         folder.release()
     return dataclasses.replace(resume, run_ids=tuple(r for r in resume.run_ids if r != run_id), epoch_rng=None)
+
+
+def _is_last_step(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state["global_step"])
+
+
+def _load_last_step(trainer: Any, checkpoint: Path) -> None:
+    """The checkpoint of the training's last step (the run was killed after training, while it was evaluated):
+    its adapter and trainer state, and no step. Resumed there, the Trainer would train one step past the last."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    loaded = set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"{checkpoint} holds weights this adapter does not have: {loaded.unexpected_keys[:3]}")
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def discard(folder: Path | None) -> None:
