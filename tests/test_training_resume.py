@@ -138,6 +138,19 @@ def test_resume_at_an_epoch_boundary_and_twice(tiny_session, rows, uninterrupted
                  lost="nothing", time_lost="interrupted at steps 5 and 7 of 8 -> 2 steps re-run")
 
 
+@pytest.mark.parametrize("overrides", [{"group_by_length": False}, {"loss_window": "full"}],
+                         ids=["random_order", "trl_stock_loss"])
+def test_resume_is_exact_with_random_order_and_trl_loss(tiny_session, rows, tmp_path, overrides):
+    """Batches in random order (accelerate's seeded sampler) and TRL's stock collator and loss resume exactly too."""
+    reference = _train(tiny_session, rows, tmp_path / "reference", **overrides)
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_session, rows, tmp_path / "first", folder, callbacks=[Interrupt(5)], **overrides)
+    result = _train(tiny_session, rows, tmp_path / "second", folder, **overrides)
+    assert result.resume.step == 4
+    _assert_same_training(result, reference)
+
+
 class CountSteps(TrainerCallback):
     def __init__(self) -> None:
         self.steps = 0
