@@ -129,6 +129,8 @@ class AtomicSaveMixin:
         self._atomic_target = PurePosixPath(staging.as_posix())
         try:
             inner(data)
+            if staging.is_file():
+                _fsync(staging)
             replace_path(staging, final)
         finally:
             self._atomic_target = None
@@ -169,7 +171,7 @@ def read_manifest(folder: str | Path, kind: str = "adapter", fix: str = "") -> d
     named, folder = str(folder), Path(folder)
     fix = fix or f"point to the {kind} folder a finished run saved, or re-run the run that saves it"
     if not named.strip() or named == "." or not folder.is_dir():  # "" would be the working directory
-        raise _integrity_error(f"No {kind} folder at {named!r}", folder, fix)
+        raise ArtifactIntegrityError(f"No {kind} folder at {named!r}", where=named or "(an empty path)", fix=fix)
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise _integrity_error(f"The {kind} folder {folder} has no {MANIFEST_NAME} (the sha256 of its files, "
