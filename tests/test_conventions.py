@@ -95,8 +95,10 @@ def test_every_parameter_key_is_read_by_the_code():
 
 def test_environments_only_override_settings_that_exist():
     """A misspelt key in an environment (conf/<env>/parameters_*.yml) would silently add a setting that
-    nothing reads, and the run would use the base value the user meant to change."""
-    base = set(_leaf_keys(_parameters()))
+    nothing reads, and the run would use the base value the user meant to change. A whole group may be set
+    (``sensitivity.meta_features: null`` turns the group off)."""
+    leaves = set(_leaf_keys(_parameters()))
+    base = leaves | {leaf.rsplit(".", depth)[0] for leaf in leaves for depth in range(1, leaf.count(".") + 1)}
     environments = [path for path in (PROJECT_ROOT / "conf").iterdir()
                     if path.is_dir() and path.name not in {"base", "local"}]
     assert environments, "expected at least the predictor_study environment"

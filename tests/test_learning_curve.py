@@ -98,7 +98,8 @@ def test_forecast_pipeline_runs(capsys):
     metrics = catalog.load("forecast.tracking.metrics")
     assert {"forward_mae", "forward_coverage", "baseline_carry_forward_mae", "baseline_loglinear_mae",
             "forward_n_held_out", "rolling_forward_mae", "rolling_forward_coverage",
-            "rolling_baseline_carry_forward_mae", "rolling_forward_mae_pow2", "rolling_forward_mae_pow3"} <= set(metrics)
+            "rolling_baseline_carry_forward_mae", "rolling_forward_mae_pow2",
+            "rolling_forward_mae_pow3"} <= set(metrics)
     forecasts = catalog.load("forecast.reporting.forecasts")
     assert set(forecasts.loc[forecasts["status"] == "forecast", "size"]) == {128.0, 256.0}
     assert (forecasts["lower"].dropna() <= forecasts["value"][forecasts["lower"].notna()]).all()

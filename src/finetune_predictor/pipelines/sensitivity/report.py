@@ -318,11 +318,13 @@ def markdown_report(results: pd.DataFrame, analysis: dict[str, Any], status: dic
               "![accuracy vs rank](accuracy_vs_lora_r.png)", "![model x size](model_size_heatmap.png)", ""]
     lines += _forecast_lines(status.get("forecast"))
     lines += _regret_lines(status.get("stopping_regret"), analysis.get("metric", "accuracy"))
-    if status.get("failures"):
-        lines += ["## Failed configurations (excluded)", ""]
-        lines += [f"- {failure['config']}: {failure['error']}" for failure in status["failures"]]
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _failure_lines(status.get("failures")))
+
+
+def _failure_lines(failures: list[dict[str, Any]] | None) -> list[str]:
+    if not failures:
+        return []
+    return ["## Failed configurations (excluded)", "", *[f"- {f['config']}: {f['error']}" for f in failures], ""]
 
 
 def _forecast_lines(forecast: dict[str, Any] | None) -> list[str]:
