@@ -241,10 +241,14 @@ def test_a_folder_in_use_by_another_process_is_left_alone(tiny_session, rows, tm
     try:
         with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"):
             result = _train(tiny_session, rows, tmp_path / "work", folder, max_steps=2)
+        checkpoints.discard(folder)  # this process did not use it: the other one's folder stays
+        assert folder.is_dir()
     finally:
         held.release()
     assert result.num_steps == 2 and _steps(folder) == []
     assert "Another process is training" in caplog.text
+    checkpoints.discard(folder)
+    assert not folder.exists()
 
 
 def test_checkpointing_off_keeps_no_checkpoint(tiny_session, rows, tmp_path):

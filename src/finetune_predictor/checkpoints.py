@@ -237,6 +237,18 @@ def _load_last_step(trainer: Any, checkpoint: Path) -> None:
 
 
 def discard(folder: Path | None) -> None:
-    """Delete a checkpoint folder once the run that used it has finished (its adapter saved)."""
-    if folder is not None:
+    """Delete a checkpoint folder once the run that used it has finished (its adapter saved); one that another
+    live process is training with (this process trained without it) is left to that process."""
+    from filelock import FileLock, Timeout
+
+    if folder is None or not folder.is_dir():
+        return
+    lock = FileLock(str(folder / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return
+    try:
         shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        lock.release()
