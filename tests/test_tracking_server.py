@@ -7,6 +7,7 @@ Each test starts ``mlflow server`` on 127.0.0.1 (a free port, a temporary SQLite
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -389,3 +390,92 @@ def test_a_ray_sweep_that_loses_the_server_raises_the_one_message(monkeypatch):
     finally:
         ray.shutdown()
     assert failure.value.fix == "start it again" and "did not answer" in failure.value.render()
+
+
+def _sweep_project(tmp_path: Path, model_dir: Path) -> Path:
+    """A fresh project copy whose sensitivity sweep is three tiny configurations on the tiny Llama."""
+    project = copy_project(tmp_path / "project", with_source=False)
+    (project / "conf" / "local" / "parameters_tiny.yml").write_text(f"""
+model: {{name: "{model_dir}", max_length: 256}}
+data: {{train_per_class: 6, test_per_class: 3, synthetic: {{num_records: 160}}}}
+training: {{per_device_train_batch_size: 4, precision: fp32, warmup_ratio: 0.0}}
+evaluation: {{batch_size: 8, generation: false, engine: hf}}
+sensitivity:
+  executor: sequential
+  gpus_per_run: 0
+  models: ["{model_dir}"]
+  train_per_class: [2, 4, 6]
+  learning_rates: [0.05]
+  lora: [{{r: 2, alpha: 4, dropout: 0.0}}]
+  num_train_epochs: [1]
+  seeds: [1]
+  test_per_class: 3
+  validation_per_class: 2
+  meta_features: null
+""")
+    return project
+
+
+def _finished_children(server: TrackingServer) -> list[dict]:
+    try:
+        runs = server.rest("runs/search", experiment_ids=["1"], filter=f"tags.{tracking.CONFIG_KEY_TAG} LIKE '%' "
+                           "and attributes.status = 'FINISHED'", max_results=100).get("runs", [])
+    except requests.RequestException:
+        return []
+    return runs
+
+
+def test_kedro_run_of_a_sweep_that_loses_its_server_ends_with_one_message(server, tiny_model_dir, tmp_path,
+                                                                          request):
+    """The same fault through `kedro run`: exit status 1 and the one block (closing the kedro run's own MLflow run
+    on the lost server used to replace it with MLflow's connection error), then the same command resumes."""
+    from tests.reliability import record_fault
+
+    project = _sweep_project(tmp_path, tiny_model_dir)
+    kedro = [str(Path(sys.executable).with_name("kedro")), "run", "--pipeline=sensitivity"]
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "OMP_NUM_THREADS": "1",
+                   "MLFLOW_TRACKING_URI": server.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    log = (tmp_path / "first.log").open("w+")
+    process = subprocess.Popen(kedro, cwd=project, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not _finished_children(server) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        server.stop()  # a configuration has finished; the next one is in flight
+        code = process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.seek(0)
+    output = log.read()
+    assert code == 1, output[-4000:]
+    assert output.count("did not answer") == 1 and "re-run the same command" in output, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+
+    server.start()
+    again = subprocess.run(kedro, cwd=project, env=environment, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    saved = project / "data/08_reporting/sensitivity/sweep_status.json"
+    if saved.is_dir():  # versioned: the latest save
+        saved = max(saved.glob("*/sweep_status.json"))
+    status = json.loads(saved.read_text())
+    assert status["reused"] >= 1 and status["reused"] + status["ran"] == 3 and status["failed"] == 0, status
+    client = MlflowClient(server.url)
+    by_key = _runs_by_key(client, "1")
+    assert len(by_key) == 3
+    assert all(sum(run.info.status == "FINISHED" for run in runs) == 1 for runs in by_key.values())
+    # The run in flight was found RUNNING with its dead process (the kedro run's start marks such runs of this
+    # host FAILED before the sweep looks); so was the first kedro run's own.
+    (interrupted,) = [run for runs in by_key.values() for run in runs if run.info.status == "FAILED"]
+    assert interrupted.data.tags["run_failure"].startswith("interrupted")
+    assert not client.search_runs(["1"], "attributes.status = 'RUNNING'")
+    _no_local_store(project)
+    record_fault(request.node.name, fault="tracking server killed mid-sweep (`kedro run`)",
+                 injected="SIGKILL to `mlflow server` once the first of three configurations is FINISHED on it; "
+                          "restarted, `kedro run --pipeline=sensitivity` again",
+                 outcome="failed clearly (exit status 1, one block, no traceback); resumed: finished configurations "
+                         "reused, the one in flight retried",
+                 lost="nothing finished; one FINISHED run per configuration",
+                 time_lost=f"{status['ran']} of 3 configurations trained after the restart (the one in flight and "
+                           "those not started)")
