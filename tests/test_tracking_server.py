@@ -222,6 +222,7 @@ def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_
     for name, value in (("MAX_RETRIES", "1"), ("BACKOFF_FACTOR", "0"), ("TIMEOUT", "10")):
         monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", value)
     experiment_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
+    fine_tune = runner.fine_tune
     calls = _fine_tune_then(server.stop, on_call=2, before=True, monkeypatch=monkeypatch)
     lost_parent = mlflow.start_run(run_name="sweep that loses its server")
     with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
@@ -239,8 +240,7 @@ def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_
 
     # The server back on the same backend and artifacts: the re-run reuses the first, retries the second.
     server.start()
-    monkeypatch.undo()
-    mlflow.set_tracking_uri(server.url)
+    monkeypatch.setattr(runner, "fine_tune", fine_tune)
     with mlflow.start_run(run_name="the same sweep, resumed"):
         again = _sweep(tmp_path, tiny_model_dir)
     assert again.status["reused"] == 1 and again.status["ran"] == 1 and again.status["failed"] == 0, again.status
@@ -479,3 +479,23 @@ def test_kedro_run_of_a_sweep_that_loses_its_server_ends_with_one_message(server
                  lost="nothing finished; one FINISHED run per configuration",
                  time_lost=f"{status['ran']} of 3 configurations trained after the restart (the one in flight and "
                            "those not started)")
+
+
+def test_a_kedro_run_against_a_server_that_is_not_there_is_one_block(tmp_path, request):
+    """kedro-mlflow opens the store as the session starts: MLflow's connection error was a 500-line traceback."""
+    from tests.reliability import record_fault
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    project = copy_project(tmp_path / "project", with_source=False)
+    code, output = _kedro_run(project, "--pipeline=predictor", MLFLOW_TRACKING_URI=gone,
+                              MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    assert code == 1, output[-3000:]
+    assert f"The MLflow tracking server at {gone} did not answer (Connection refused)" in output
+    assert "Traceback" not in output and output.count("finetune-predictor:") == 1, output[-3000:]
+    _no_local_store(project)
+    record_fault(request.node.name, fault="tracking server not running when a run starts",
+                 injected="MLFLOW_TRACKING_URI names a port nobody listens on; `kedro run --pipeline=predictor`",
+                 outcome="refused: exit status 1, one block naming the server and the fix, nothing written",
+                 lost="nothing", time_lost="none (stops before any node)")
