@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 import yaml
 
 from finetune_predictor import task_data, tracking
@@ -67,9 +69,9 @@ main()
 
 
 def _start(project: Path, name: str, settings: dict, model_dir: Path, cache: Path, pause_after: str | None,
-           tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
-    """``kedro run --pipeline=mini_test100`` in the background, held after saving ``pause_after``; returns it, its
-    paused flag and its resume flag."""
+           tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``kedro run --pipeline=mini_test100`` (or ``args``) in the background, held after saving ``pause_after``;
+    returns it, its paused flag and its resume flag."""
     script = tmp_path / "kedro_with_pause.py"
     script.write_text(KEDRO_WITH_PAUSE)
     paused, resume = tmp_path / f"{name}.paused", tmp_path / f"{name}.resume"
@@ -78,9 +80,9 @@ def _start(project: Path, name: str, settings: dict, model_dir: Path, cache: Pat
                    "PAUSE_AFTER_SAVING": pause_after or "", "PAUSED_FLAG": str(paused), "RESUME_FLAG": str(resume)}
     environment.pop("MLFLOW_TRACKING_URI", None)
     log = (tmp_path / f"{name}.log").open("w")
-    process = subprocess.Popen([sys.executable, str(script), "run", "--pipeline=mini_test100", "--params",
-                                f"model.name={model_dir},{COMMON},{extra}"], cwd=project, env=environment,
-                               stdout=log, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, str(script), "run", *(args or ["--pipeline=mini_test100"]),
+                                "--params", f"model.name={model_dir},{COMMON},{extra}".rstrip(",")],
+                               cwd=project, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
     return process, paused, resume
 
 
@@ -210,3 +212,207 @@ def test_every_dataset_a_pipeline_saves_and_reads_back_is_versioned():
             if not (entry.get("versioned") or (entry.get("dataset") or {}).get("versioned")):
                 unversioned.add(f"{dataset} ({name})")
     assert not unversioned, sorted(unversioned)
+
+
+# --- two sweeps on one store ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def store(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    yield mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri("")
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _running(experiment_id: str, key: str | None, pid: int, host: str | None = None, parent: str | None = None):
+    tags = {tracking.HOST_TAG: host or socket.gethostname(), tracking.PID_TAG: str(pid)}
+    tags.update({tracking.CONFIG_KEY_TAG: key} if key else {})
+    tags.update({"mlflow.parentRunId": parent} if parent else {})
+    return mlflow.tracking.MlflowClient().create_run(experiment_id, tags=tags)
+
+
+def test_a_second_sweep_leaves_the_runs_of_a_live_sweep_alone(store, request):
+    """A sweep starting beside a running one marked its RUNNING configuration run FAILED, and that sweep's parent
+    run with it. Only runs whose process is gone are interrupted runs."""
+    client = mlflow.tracking.MlflowClient()
+    live_parent = _running(store, None, os.getpid())
+    live = _running(store, "k1", os.getpid(), parent=live_parent.info.run_id)
+    # A Ray worker of the live sweep on another machine (this host cannot see its process, only its parent's).
+    remote = _running(store, "k2", 4242, host="elsewhere", parent=live_parent.info.run_id)
+    dead_parent = _running(store, None, _dead_pid())
+    dead = _running(store, "k3", _dead_pid(), parent=dead_parent.info.run_id)
+    orphan = _running(store, "k4", 4242, host="elsewhere", parent=dead_parent.info.run_id)
+    marked = sum(tracking.mark_interrupted_runs_failed(store, key) for key in ("k1", "k2", "k3", "k4"))
+    status = {run.info.run_id: client.get_run(run.info.run_id).info.status
+              for run in (live_parent, live, remote, dead_parent, dead, orphan)}
+    assert marked == 2
+    assert [status[run.info.run_id] for run in (live_parent, live, remote)] == ["RUNNING"] * 3
+    assert [status[run.info.run_id] for run in (dead_parent, dead, orphan)] == ["FAILED"] * 3
+    record_fault(request.node.name, fault="a second sweep starts while a first one runs on the same store",
+                 injected="RUNNING configuration runs of a live process (and of its Ray worker on another host) "
+                          "beside those of a dead one", outcome="isolated: the live sweep's runs stay RUNNING; "
+                          "only the dead process's runs are marked FAILED", lost="nothing", time_lost="none")
+
+
+def test_a_configuration_is_run_by_one_process_at_a_time(store, tmp_path, request):
+    """The file lock keeps a second process of this machine out; a FINISHED run, or a live run opened first
+    (another machine's), keeps it out too, and a run opened second ends KILLED, naming the first."""
+    client = mlflow.tracking.MlflowClient()
+    claimed = pytest.raises(tracking.ConfigurationClaimedError, match="on this machine")
+    claim = tracking.configuration_claim
+    with claim(store, "k1", tmp_path), claimed, claim(store, "k1", tmp_path):
+        pass
+    with tracking.configuration_claim(store, "k1", tmp_path):  # released: free again
+        pass
+    first = _running(store, "k2", 4242, host="elsewhere")  # another machine's live run (no parent: alive)
+    claimed = pytest.raises(tracking.ConfigurationClaimedError, match=first.info.run_id)
+    with claimed, tracking.configuration_claim(store, "k2", tmp_path):
+        pass
+    # Two machines passed the lock at once: the run opened second gives way.
+    mlflow.set_experiment(tracking.EXPERIMENT_NAME)
+    claimed = pytest.raises(tracking.ConfigurationClaimedError, match="superseded")
+    with claimed, tracking.child_run(store, None, "second", {tracking.CONFIG_KEY_TAG: "k2"}) as run_id:
+        tracking.refuse_if_claimed_first(store, "k2", run_id)
+    second = client.get_run(run_id)
+    assert second.info.status == "KILLED" and first.info.run_id in second.data.tags["run_failure"]
+    assert client.get_run(first.info.run_id).info.status == "RUNNING" and mlflow.active_run() is None
+    record_fault(request.node.name, fault="two processes start the same sweep configuration",
+                 injected="a held claim (lock file), a live run of another machine, a run opened second",
+                 outcome="isolated: one run per configuration; the second process ends its run KILLED "
+                         "(superseded) and waits for the first", lost="nothing", time_lost="none")
+
+
+def test_the_runs_table_counts_one_run_per_configuration_key(store):
+    client = mlflow.tracking.MlflowClient()
+    for value, tags in ((0.6, {tracking.CONFIG_KEY_TAG: "k1"}), (0.7, {tracking.CONFIG_KEY_TAG: "k1"}),
+                        (0.8, {tracking.CONFIG_KEY_TAG: "k2"}), (0.9, {})):
+        run = client.create_run(store, tags=tags)
+        client.log_metric(run.info.run_id, "finetuned_primary", value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        time.sleep(0.01)
+    table = tracking.runs_table()
+    assert sorted(table["finetuned_primary"]) == [0.7, 0.8, 0.9]  # k1's last to finish; the unkeyed run kept
+
+
+SWEEP = """sensitivity:
+  models: [{model}]
+  train_per_class: {sizes}
+  learning_rates: [0.05]
+  lora: [{{r: 2, alpha: 4, dropout: 0.0}}]
+  num_train_epochs: [1]
+  seeds: [1]
+  test_per_class: 3
+  validation_per_class: 2
+  gpus_per_run: 0
+  evaluation_batch_size: 8
+  meta_features: null
+"""
+
+
+def _sweep_runs(project: Path) -> tuple[list, list]:
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    return parents, [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+
+def test_two_sweeps_at_once_with_overlapping_configurations_run_each_once(tmp_path, tiny_model_dir, request,
+                                                                          monkeypatch):
+    """Sweeps A (sizes 2, 3) and B (sizes 2, 4) on one store and one output folder, both held before their sweep
+    node and let go together, so both come to size 2 at once: it is trained once, the other sweep waits for it
+    (training its own size meanwhile), and both reports hold it. Before, both trained it (two FINISHED runs of
+    one configuration) and the later sweep marked the earlier one's RUNNING run, and its parent, FAILED."""
+    project = copy_project(tmp_path / "project")
+    for name, sizes in (("sweep_a", "[2, 3]"), ("sweep_b", "[2, 4]")):
+        (project / "conf" / name).mkdir()
+        (project / "conf" / name / "parameters_sensitivity.yml").write_text(SWEEP.format(model=tiny_model_dir,
+                                                                                          sizes=sizes))
+    common = {"data.synthetic.num_records": 120, "data.train_per_class": 4, "data.test_per_class": 3}
+    processes = {}
+    for name in ("sweep_a", "sweep_b"):
+        processes[name] = _start(project, name, common, tiny_model_dir, tmp_path / "cache",
+                                 "sensitivity.reporting.split_summary", tmp_path, "--pipeline=sensitivity",
+                                 f"--env={name}")
+    try:
+        for name, (process, paused, _resume) in processes.items():
+            _wait_for(paused, process, tmp_path / f"{name}.log")
+        for _process, _paused, resume in processes.values():
+            resume.touch()
+        for name, (process, _paused, _resume) in processes.items():
+            _finish(process, tmp_path / f"{name}.log")
+    finally:
+        for process, _paused, _resume in processes.values():
+            if process.poll() is None:
+                process.kill()
+    parents, children = _sweep_runs(project)
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "FINISHED"]
+    finished = [run for run in children if run.info.status == "FINISHED"]
+    keys = [run.data.tags[tracking.CONFIG_KEY_TAG] for run in finished]
+    assert len(keys) == len(set(keys)) == 3, keys  # sizes 2, 3, 4: each trained once
+    others = [run for run in children if run.info.status != "FINISHED"]
+    assert all(run.info.status == "KILLED" and tracking.CLAIMED in run.data.tags["run_failure"] for run in others)
+    # Each sweep's results hold its two configurations, the shared one as the one run both read.
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    results = {}
+    for parent in parents:
+        local = client.download_artifacts(parent.info.run_id, "experiment_summary.jsonl")
+        results[parent.data.params["sensitivity.train_per_class"]] = pd.read_json(local, lines=True)
+    a, b = results["2,3"], results["2,4"]
+    assert sorted(a["train_per_class"]) == [2, 3] and sorted(b["train_per_class"]) == [2, 4]
+    shared_a, shared_b = (frame.set_index("train_per_class").loc[2] for frame in (a, b))
+    assert shared_a["run_id"] == shared_b["run_id"] and shared_a["config_key"] == shared_b["config_key"]
+    # One sweep trained both its configurations; the other trained its own and waited for the shared one.
+    statuses = [json.loads(path.read_text())
+                for path in project.glob("data/08_reporting/sensitivity/sweep_status.json/*/sweep_status.json")]
+    assert sorted((status["ran"], status.get("finished_elsewhere", 0), status["failed"]) for status in statuses) == [
+        (1, 1, 0), (2, 0, 0)]
+    monkeypatch.chdir(project)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        assert len(tracking.runs_table()) == 3
+    finally:
+        mlflow.set_tracking_uri("")
+    record_fault(request.node.name, fault="two sweeps at once on one store with overlapping configurations",
+                 injected="both held before their sweep node and released together, so both reach the shared "
+                          "configuration at once", outcome="isolated: the shared configuration is trained once; "
+                          "the other sweep trains its own meanwhile, then waits and reads the same run",
+                 lost="nothing", time_lost="none: no configuration trained twice")
+
+
+def test_two_runs_logging_the_same_data_set_at_once_both_get_it(store, monkeypatch, request):
+    """MLflow looks a data set up, then inserts it: two runs logging the same one at the same moment (same data,
+    started together) made the second insert fail on the store's unique key and ended that run. The collision
+    is injected as it happens: the other run's insert lands between this run's lookup and insert."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    mine, other = (client.create_run(store).info.run_id for _ in range(2))
+    frame = pd.DataFrame({"id": ["1", "2"], "output": ["fake", "legitimate"]})
+    real, collided = MlflowClient.log_inputs, []
+
+    def colliding(self, run_id, datasets=None, models=None):
+        if not collided:
+            collided.append(run_id)
+            real(self, other, datasets)  # the other process wins the insert
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(self, run_id, datasets, models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", colliding)
+    tracking.log_dataset(mine, frame, "bundled-synthetic-news", "test", "test", digest="ab" * 32)
+    digests = {run_id: [d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs]
+               for run_id in (mine, other)}
+    assert collided and digests == {mine: ["ab" * 8], other: ["ab" * 8]}
+    record_fault(request.node.name, fault="two runs log the same data set at the same moment",
+                 injected="the other run's insert of the data set lands between this run's lookup and insert "
+                          "(the store's UNIQUE constraint fails)",
+                 outcome="retried: the data set is linked to both runs", lost="nothing", time_lost="none")
