@@ -127,6 +127,9 @@ def test_redact_masks_uri_passwords_and_environment_credentials(monkeypatch):
     monkeypatch.setenv("GITHUB_TOKEN", "short")  # too short to mask without blanking ordinary words
     assert redact_uri(f"http://alice:{URI_PASSWORD}@tracking:5000/#/x") == f"http://alice:{MASK}@tracking:5000/#/x"
     assert redact_uri("postgresql+psycopg2://mlflow:p%40ss@db/mlflow") == f"postgresql+psycopg2://mlflow:{MASK}@db/mlflow"
+    # A URI that went through a file path (pathlib keeps one slash: https:/host).
+    assert redact_uri(f"https:/alice:{URI_PASSWORD}@host/x.jsonl: file not found") == (
+        f"https:/alice:{MASK}@host/x.jsonl: file not found")
     # Ports, paths and URIs without a password stay as they are.
     for text in ("http://tracking:5000/api/2.0", "sqlite:///mlflow.db", "https://alice@host/x", "a:b@c"):
         assert redact_uri(text) == text
@@ -298,3 +301,26 @@ def test_a_credentialed_tracking_uri_is_masked_when_the_server_is_down(tmp_path,
                  injected="conf/local/mlflow.yml names http://alice:<password>@127.0.0.1:<closed port>",
                  outcome="failed clearly: the error names the server as alice:***@..., no password anywhere",
                  lost="nothing (the run had not started)", time_lost="none")
+
+
+def test_a_credentialed_setting_on_the_command_line_is_masked_in_the_run(tmp_path, request):
+    """``--params data.path=https://alice:<password>@host/...``: kedro-mlflow tags the run with the command's
+    parameters (``runtime_params``) as they were typed; the settings are logged as params. Neither keeps the
+    password (the run then stops at the preflight: there is no such file)."""
+    project = copy_project(tmp_path / "project")
+    environment, folders = _environment(tmp_path)
+    code, output = _kedro(project, environment, "--pipeline=preflight", "--params",
+                          f"data.path=https://alice:{URI_PASSWORD}@127.0.0.1:9/train.jsonl", timeout=300)
+    assert code == 1, output[-3000:]
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    [run] = _runs(uri)
+    assert run.data.params["data.path"] == f"https://alice:{MASK}@127.0.0.1:9/train.jsonl"
+    assert f"alice:{MASK}@" in str(run.data.tags)
+    assert MARKER not in store_text(uri) and MARKER.encode() not in (project / "mlflow.db").read_bytes()
+    assert MARKER not in output, [line for line in output.splitlines() if MARKER in line][:5]
+    for folder in [project, *folders]:
+        assert not files_with_marker(folder), files_with_marker(folder)
+    record_fault(request.node.name, fault="a password in a setting given on the command line",
+                 injected="--params data.path=https://alice:<password>@host/train.jsonl",
+                 outcome="redacted: the run's params and tags (kedro-mlflow's runtime_params), the verdict and the "
+                         "console show alice:***@", lost="nothing", time_lost="none")

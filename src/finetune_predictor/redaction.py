@@ -30,8 +30,9 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIV
                          r"|AUTH", re.IGNORECASE)
 # Shorter values are not masked: a value such as "true" or "1" would blank ordinary words of every line.
 MIN_SECRET_LENGTH = 8
-# scheme://user:password@ (the password part: anything up to the @ that ends the user info).
-_URI_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s/@:]*):(?P<password>[^\s/@]+)@")
+# scheme://user:password@ (the password part: anything up to the @ that ends the user info); also with one
+# slash, as a URI comes out of a file path (pathlib turns https://host into https:/host).
+_URI_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*:/{1,2}[^\s/@:]*):(?P<password>[^\s/@]+)@")
 
 
 def secret_values(environ: Any = None) -> list[str]:
