@@ -416,3 +416,30 @@ def test_two_runs_logging_the_same_data_set_at_once_both_get_it(store, monkeypat
                  injected="the other run's insert of the data set lands between this run's lookup and insert "
                           "(the store's UNIQUE constraint fails)",
                  outcome="retried: the data set is linked to both runs", lost="nothing", time_lost="none")
+
+
+def test_runs_started_together_open_a_new_store_one_after_the_other(tmp_path, monkeypatch, request):
+    """Two runs starting together on a new SQLite store both created its tables, and one stopped with
+    ``duplicate column name: step`` (seen in the side-by-side test above before the fix): kedro-mlflow's opening
+    of the store (and creating the experiment) happens under a machine-wide lock."""
+    from filelock import FileLock, Timeout
+    from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+    from finetune_predictor.run_lifecycle import RunLifecycleHook
+
+    monkeypatch.setenv("FINETUNE_PREDICTOR_CACHE", str(tmp_path))
+    held = []
+
+    def opens_the_store(self, context):
+        with pytest.raises(Timeout):  # what a second process starting now meets: it waits
+            FileLock(tracking.store_setup_lock().lock_file, timeout=0).acquire()
+        held.append(context)
+
+    monkeypatch.setattr(MlflowHook, "after_context_created", opens_the_store)
+    RunLifecycleHook().after_context_created(context="context")
+    assert held == ["context"]
+    FileLock(tracking.store_setup_lock().lock_file, timeout=0).acquire()  # released afterwards
+    record_fault(request.node.name, fault="two runs start together on a new SQLite store",
+                 injected="both processes started at once (the side-by-side test); here: the store opened while "
+                          "another process would try", outcome="isolated: the second waits for the lock, then "
+                          "finds the tables made", lost="nothing", time_lost="none")
