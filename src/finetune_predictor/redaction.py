@@ -70,7 +70,10 @@ class RedactSecrets(logging.Filter):
     drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call: the handler reports it as it would have
+            return True
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
@@ -97,7 +100,8 @@ def redact_exception(error: BaseException) -> BaseException:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        current.args = tuple(redact(arg) for arg in current.args)
+        with contextlib.suppress(AttributeError, TypeError):  # an extension type that keeps its args
+            current.args = tuple(redact(arg) for arg in current.args)
         message = getattr(current, "message", None)
         if isinstance(message, str):  # MlflowException prints .message, not args
             with contextlib.suppress(AttributeError):  # a read-only property: its args were redacted
