@@ -418,6 +418,7 @@ def test_two_runs_logging_the_same_data_set_at_once_both_get_it(store, monkeypat
                  outcome="retried: the data set is linked to both runs", lost="nothing", time_lost="none")
 
 
+@pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method:UserWarning")  # kedro-mlflow's import
 def test_runs_started_together_open_a_new_store_one_after_the_other(tmp_path, monkeypatch, request):
     """Two runs starting together on a new SQLite store both created its tables, and one stopped with
     ``duplicate column name: step`` (seen in the side-by-side test above before the fix): kedro-mlflow's opening
