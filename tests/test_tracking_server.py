@@ -169,6 +169,7 @@ def test_a_ray_sweep_and_the_predictor_run_against_the_tracking_server(server, t
     code, output = _kedro_run(project, "--pipeline=predictor", MLFLOW_TRACKING_URI=server.url)
     assert code == 0, output[-4000:]
     assert "Runs: 4." in output
+    assert f"{server.url}/#/experiments/" in output  # the run's link opens the server's UI, not a local mlflow ui
     predictor_runs = client.search_runs([parent.info.experiment_id], "attributes.run_name != ''",
                                         order_by=["attributes.start_time DESC"], max_results=1)
     artifacts = {f.path for f in client.list_artifacts(predictor_runs[0].info.run_id)}
@@ -267,8 +268,8 @@ def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_
                          "and how to resume); resumed: finished configuration reused, the one in flight retried",
                  lost="nothing finished; the run in flight is marked FAILED at the re-run, one FINISHED run per "
                       "configuration",
-                 time_lost="1 of 2 configurations trained again (the one in flight); its baseline reused from the "
-                           "server")
+                 time_lost="1 of 2 configurations run again (the one in flight, its fine-tune from its last "
+                           "checkpoint); its baseline reused from the server")
 
 
 def test_server_restarted_within_the_retry_window_loses_nothing(server, tiny_model_dir, tmp_path, monkeypatch,
@@ -477,8 +478,8 @@ def test_kedro_run_of_a_sweep_that_loses_its_server_ends_with_one_message(server
                  outcome="failed clearly (exit status 1, one block, no traceback); resumed: finished configurations "
                          "reused, the one in flight retried",
                  lost="nothing finished; one FINISHED run per configuration",
-                 time_lost=f"{status['ran']} of 3 configurations trained after the restart (the one in flight and "
-                           "those not started)")
+                 time_lost=f"{status['ran']} of 3 configurations run after the restart (the one in flight, from its "
+                           "last checkpoint, and those not started)")
 
 
 def test_a_kedro_run_against_a_server_that_is_not_there_is_one_block(tmp_path, request):
@@ -499,3 +500,13 @@ def test_a_kedro_run_against_a_server_that_is_not_there_is_one_block(tmp_path, r
                  injected="MLFLOW_TRACKING_URI names a port nobody listens on; `kedro run --pipeline=predictor`",
                  outcome="refused: exit status 1, one block naming the server and the fix, nothing written",
                  lost="nothing", time_lost="none (stops before any node)")
+
+
+def test_run_links_open_the_tracking_servers_own_ui_without_credentials():
+    """The run line and the "compare runs" hint pointed at a local `mlflow ui` on 127.0.0.1:5000 whatever the store."""
+    assert tracking.tracking_server_url("sqlite:///mlflow.db") is None
+    assert tracking.tracking_server_url("http://alice:s3cret@tracking.internal:5000/") == "http://tracking.internal:5000"
+    assert tracking.tracking_server_url("https://mlflow.example.org/team") == "https://mlflow.example.org/team"
+    link = tracking.ui_url("3", "abc", server="http://tracking.internal:5000")
+    assert link == "http://tracking.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert tracking.ui_url("3").startswith("http://127.0.0.1:5000/#/experiments/3/runs")
