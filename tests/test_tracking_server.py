@@ -176,10 +176,23 @@ def test_a_ray_sweep_and_the_predictor_run_against_the_tracking_server(server, t
     assert "runs_table.csv" in artifacts and "predictor" in artifacts, artifacts
     assert "card.json" in {Path(f.path).name for f in client.list_artifacts(predictor_runs[0].info.run_id,
                                                                              "predictor")}
+    # `predict` on a candidate (its meta-features with probes, then the saved predictor) logs to the server too.
+    (project / "conf" / "local" / "parameters_tiny.yml").write_text(f"""
+model: {{name: "{tiny_model_dir}", max_length: 256}}
+data: {{train_per_class: 4, test_per_class: 3, synthetic: {{num_records: 120}}}}
+training: {{per_device_train_batch_size: 4, precision: fp32, warmup_ratio: 0.0}}
+meta_features: {{sample_size: 4, probe_steps: 2, knn: 2, cache_dir: "{tmp_path / 'mf-cache'}"}}
+""")
+    code, output = _kedro_run(project, "--pipeline=predict", MLFLOW_TRACKING_URI=server.url)
+    assert code == 0, output[-4000:]
+    assert "Predicted finetuned_primary" in output, output[-3000:]
+    (predict_run,) = client.search_runs([parent.info.experiment_id], "attributes.status = 'FINISHED'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+    assert "prediction.json" in {f.path for f in client.list_artifacts(predict_run.info.run_id)}
     _no_local_store(project)
-    # Through the REST API itself: the experiment holds the two sweep parents, four configurations, the predictor.
+    # Through the REST API itself: the two sweep parents, four configurations, the predictor and predict runs.
     found = server.rest("runs/search", experiment_ids=[parent.info.experiment_id], max_results=100)["runs"]
-    assert len(found) == 2 + 4 + 1
+    assert len(found) == 2 + 4 + 2
     nested = [run for run in found if any(tag["key"] == "mlflow.parentRunId" for tag in run["data"].get("tags", []))]
     assert len(nested) == 4
 
