@@ -19,6 +19,7 @@ TABLE_PAGE = ROOT / "docs" / "reliability.md"
 OUTCOMES = ("resumed", "retried", "refused", "failed clearly", "isolated", "redacted", "nothing lost")
 
 _RECORDED: dict[str, FaultRow] = {}
+_FAILED: set[str] = set()  # tests that ran this session and did not pass: their stored rows are dropped
 
 HEADER = """# Reliability: the faults the tests inject, and what happens
 
@@ -51,12 +52,25 @@ def record_fault(test: str, fault: str, injected: str, outcome: str, lost: str, 
     _RECORDED[test] = FaultRow(fault, injected, outcome, lost, time_lost, test)
 
 
+def record_failure(test: str) -> None:
+    """A test that failed this session: the table no longer claims what its row said."""
+    _FAILED.add(test)
+
+
+def _still_defined(test: str) -> bool:
+    """Whether a test function of this name still exists (a row of a deleted or renamed test is dropped)."""
+    name = test.split("[", 1)[0]
+    return any(f"def {name}(" in path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
+
+
 def write_table() -> None:
-    """Merge this session's rows into the stored ones and rewrite the page (nothing recorded: no write)."""
-    if not _RECORDED:
-        return
+    """Merge this session's rows into the stored ones, drop the rows of tests that failed this session or no
+    longer exist, and rewrite the page (nothing recorded or dropped: no write)."""
     stored = json.loads(TABLE_DATA.read_text()) if TABLE_DATA.is_file() else {}
-    stored.update({test: asdict(row) for test, row in _RECORDED.items()})
+    kept = {test: row for test, row in stored.items() if test not in _FAILED and _still_defined(test)}
+    if not _RECORDED and kept == stored:
+        return
+    stored = {**kept, **{test: asdict(row) for test, row in _RECORDED.items()}}
     TABLE_DATA.write_text(json.dumps(dict(sorted(stored.items())), indent=2) + "\n")
     lines = [f"| {r['fault']} | {r['injected']} | {r['outcome']} | {r['lost']} | {r['time_lost']} | `{r['test']}` |"
              for r in sorted(stored.values(), key=lambda r: r["fault"])]

@@ -444,3 +444,31 @@ def test_runs_started_together_open_a_new_store_one_after_the_other(tmp_path, mo
                  injected="both processes started at once (the side-by-side test); here: the store opened while "
                           "another process would try", outcome="isolated: the second waits for the lock, then "
                           "finds the tables made", lost="nothing", time_lost="none")
+
+
+def test_a_sweep_waits_for_another_machines_configuration_only_so_long(store, monkeypatch, request):
+    """A run of another host whose parent cannot be shown dead counts as alive (this host cannot see its
+    process): a sweep restarted on a new host (a new container) found its own dead runs "alive" and waited for
+    ever. It now waits ``sensitivity.wait_for_others_h`` and stops with one error naming the runs and the fix."""
+    from types import SimpleNamespace
+
+    from finetune_predictor.errors import UserFacingError
+    from finetune_predictor.pipelines.sensitivity import runner
+    from finetune_predictor.pipelines.sensitivity.grid import expand_grid
+
+    monkeypatch.setattr(runner, "CLAIM_POLL_S", 0.05)
+    config = expand_grid({"train_per_class": [2], "learning_rates": [3e-4], "seeds": [1]}, "m")[0]
+    stale = _running(store, "k-stale", 4242, host="an-old-container")
+    context = SimpleNamespace(experiment_id=store, sweep_name="s", run_name=lambda c: "n=4 lr=3e-04",
+                              wait_for_others_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(runner.OtherSweepTooSlowError) as error:
+        runner.await_elsewhere([config], {config: "k-stale"}, context, {})
+    assert time.monotonic() - started < 5
+    assert isinstance(error.value, UserFacingError) and stale.info.run_id in error.value.where
+    assert "FAILED" in error.value.fix and "wait_for_others_h" in error.value.fix
+    record_fault(request.node.name, fault="a sweep waits on a configuration whose machine is gone",
+                 injected="a RUNNING run of another host (no process this host can check), never finished",
+                 outcome="failed clearly after sensitivity.wait_for_others_h: one block naming the runs and the fix",
+                 lost="nothing: every configuration this sweep finished is kept",
+                 time_lost="at most wait_for_others_h (12 h by default) of waiting")

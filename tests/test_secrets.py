@@ -324,3 +324,16 @@ def test_a_credentialed_setting_on_the_command_line_is_masked_in_the_run(tmp_pat
                  injected="--params data.path=https://alice:<password>@host/train.jsonl",
                  outcome="redacted: the run's params and tags (kedro-mlflow's runtime_params), the verdict and the "
                          "console show alice:***@", lost="nothing", time_lost="none")
+
+
+def test_mlflow_never_prints_the_server_uri_with_its_password(monkeypatch):
+    """MLflow's client writes "View run ... at: <host>/#/..." to stdout for every run it ends on an HTTP store,
+    with the host as the user typed it (``http://alice:<password>@host``): the project turns that off."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    from finetune_predictor import tracking
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    assert not MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get()
+    tracking.use_http_request_defaults()
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get()

@@ -143,7 +143,7 @@ def test_training_and_held_out_loss_are_step_histories(mini_run):
 def test_adapter_sits_at_adapter_and_names_its_hub_base(mini_run):
     run, client, _ = mini_run
     files = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
-    assert files == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    assert files == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/manifest.json"}
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="adapter/adapter_config.json")
     assert json.loads(Path(local).read_text())["base_model_name_or_path"] == "org/tiny-llama"
 

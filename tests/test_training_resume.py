@@ -192,21 +192,30 @@ def test_a_checkpoint_half_written_when_killed_is_skipped(tiny_session, rows, un
                  lost="nothing", time_lost="interrupted at step 6 of 8 -> 2 steps re-run")
 
 
-def test_a_checkpoint_of_another_training_is_never_resumed(tiny_session, rows, tmp_path, caplog, request):
-    """The same folder, another learning rate: the other training's checkpoints are removed, not resumed,
-    and the run is the one this configuration gives from its first step."""
+def test_a_checkpoint_of_another_training_is_never_resumed(tiny_session, rows, uninterrupted, tmp_path, caplog,
+                                                          request):
+    """The same folder, another learning rate: the other training's checkpoints are never resumed, and the run
+    is the one this configuration gives from its first step. They are kept, not removed: an out-of-memory
+    ladder restarted after a kill walks its rungs again (other micro-batches, so other trainings of one folder),
+    and the rung that had trained must still find its checkpoints."""
     folder = tmp_path / "checkpoints"
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_session, rows, tmp_path / "first", folder, callbacks=[Interrupt(5)])
-    with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"):
-        other = _train(tiny_session, rows, tmp_path / "other", folder, learning_rate=5e-3)
-    assert other.resume.step == 0
+    with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"), pytest.raises(KeyboardInterrupt):
+        _train(tiny_session, rows, tmp_path / "other", folder, learning_rate=5e-3, callbacks=[Interrupt(1)])
     assert caplog.text.count("was written by another training") == 2  # checkpoint-2 and checkpoint-4
+    assert _steps(folder) == [2, 4]  # kept
+    resumed = _train(tiny_session, rows, tmp_path / "again", folder)
+    assert resumed.resume.step == 4
+    _assert_same_training(resumed, uninterrupted)
+    other = _train(tiny_session, rows, tmp_path / "other2", folder, learning_rate=5e-3)
     fresh = _train(tiny_session, rows, tmp_path / "fresh", None, learning_rate=5e-3)
+    assert other.resume.step == 0
     assert [h["loss"] for h in other.loss_history] == pytest.approx([h["loss"] for h in fresh.loss_history], abs=1e-6)
     record_fault(request.node.name, fault="a checkpoint of another configuration in the folder",
                  injected="checkpoints of lr=1e-2 left in the folder of a lr=5e-3 fine-tune",
-                 outcome="refused: never resumed from (removed); the run trains from step 0 and equals a fresh one",
+                 outcome="refused: never resumed from (kept for its own training, which resumes from it later); "
+                         "the run trains from step 0 and equals a fresh one",
                  lost="nothing", time_lost="none (another configuration has nothing to resume)")
 
 
@@ -437,3 +446,29 @@ def test_a_killed_sweep_resumes_its_fine_tune_and_keeps_one_finished_run(sweep_s
                  outcome="resumed from the step-4 checkpoint in a fresh process: one FINISHED run (the killed one "
                          "FAILED/KILLED, superseded_by it), metrics and adapter bytes equal an uninterrupted sweep's",
                  lost="nothing", time_lost="killed at step 6 of 8 -> 2 steps re-run")
+
+
+def test_a_failure_while_building_the_trainer_frees_the_checkpoint_folder(tiny_session, rows, tmp_path, monkeypatch,
+                                                                         caplog):
+    """An out-of-memory error loading the model (the ladder's usual case) happens after the folder is locked and
+    before training starts: the next rung, in the same process, must find the folder free, not train without
+    checkpoints as if another process held it."""
+    from finetune_predictor import training
+
+    real, calls = training._build_trainer, []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_build_trainer", out_of_memory_once)
+    folder = tmp_path / "checkpoints"
+    # The error is still held (as a ladder's except block holds it) while the next rung starts.
+    with pytest.raises(torch.OutOfMemoryError) as failed:
+        _train(tiny_session, rows, tmp_path / "first", folder)
+    with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"), pytest.raises(KeyboardInterrupt):
+        _train(tiny_session, rows, tmp_path / "second", folder, callbacks=[Interrupt(5)])
+    assert "Another process is training" not in caplog.text
+    assert _steps(folder) == [2, 4] and failed.traceback

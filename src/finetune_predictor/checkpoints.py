@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from finetune_predictor.artifacts import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 MARKER = "resume.json"
@@ -63,6 +65,9 @@ class Resume:
     run_ids: tuple[str, ...] = ()  # the MLflow runs that trained the steps before it (superseded by this one)
     elapsed_s: float = 0.0  # training seconds those runs spent on the steps kept
     epoch_rng: Any = None  # the torch RNG state when the resumed epoch started
+
+
+OTHER_TRAINING = "was written by another training (other data, settings, model or library versions)"
 
 
 def _rows_sha256(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -119,7 +124,7 @@ class CheckpointFolder:
         except (OSError, ValueError):
             return f"has an unreadable {MARKER}"
         if marker.get("key") != self.key:
-            return "was written by another training (other data, settings, model or library versions)"
+            return OTHER_TRAINING
         sizes = marker.get("files") or {}
         for name in (*REQUIRED_FILES, *sizes):
             path = checkpoint / name
@@ -128,13 +133,18 @@ class CheckpointFolder:
         return None
 
     def resume_point(self) -> Resume:
-        """The newest complete checkpoint of this training; checkpoints that cannot be resumed are removed
-        (the Trainer would otherwise count them among the checkpoints it keeps)."""
+        """The newest complete checkpoint of this training. A broken checkpoint is removed (the Trainer would
+        otherwise count it among the checkpoints it keeps); one of another training of the same configuration
+        is kept but never resumed from: an out-of-memory rung that ran before (another micro-batch) resumes
+        from it when the ladder reaches that rung again."""
         chosen: Path | None = None
         for checkpoint in self.checkpoints():
             problem = self.problem(checkpoint)
             if problem is None:
                 chosen = chosen or checkpoint
+                continue
+            if problem == OTHER_TRAINING:
+                logger.warning("Checkpoint %s %s: kept, never resumed from by this one", checkpoint, problem)
                 continue
             logger.warning("Checkpoint %s %s: never resumed from, removed", checkpoint, problem)
             shutil.rmtree(checkpoint, ignore_errors=True)
@@ -188,9 +198,7 @@ class _CheckpointCallback(TrainerCallback):
             "files": {path.name: path.stat().st_size for path in checkpoint.iterdir()
                       if path.is_file() and not path.name.startswith(MARKER)},
         }
-        staging = checkpoint / f"{MARKER}.tmp"
-        staging.write_text(json.dumps(marker, indent=1))
-        staging.replace(checkpoint / MARKER)  # atomic: a marker is whole or absent
+        atomic_write_text(checkpoint / MARKER, json.dumps(marker, indent=1))  # a marker is whole or absent
 
 
 def train(trainer: Any, folder: CheckpointFolder | None) -> Resume:

@@ -16,6 +16,7 @@ from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import CONTEXT_SETTINGS, KedroCliError
 
 from finetune_predictor.errors import EXIT_CODE, VERBOSE_ENV, find_user_error, install_log_filter, verbose_requested
+from finetune_predictor.redaction import redact, redact_exception
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, name=__file__)
@@ -36,10 +37,11 @@ def _run(verbose: bool, **options: Any) -> Any:
     try:
         return kedro_run.callback(**options)
     except Exception as error:
+        redact_exception(error)  # the traceback or the block below never shows a credential (a URI's password)
         user_error = find_user_error(error)
         if user_error is None or verbose or verbose_requested():
             raise
-        click.echo(user_error.render(), err=True)
+        click.echo(redact(user_error.render()), err=True)
         raise click.exceptions.Exit(EXIT_CODE) from None
 
 

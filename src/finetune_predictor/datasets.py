@@ -1,13 +1,28 @@
-"""Project datasets for the catalog: a versioned adapter folder and the MLflow run record."""
+"""Project datasets for the catalog: a versioned adapter folder, the MLflow run record, and the file datasets the
+catalog uses with atomic saves (``Atomic*Dataset``: written beside the destination and renamed into place, so a
+kill mid-save never leaves a half-written report, table, plot or card that a later run would load)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io.core import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.matplotlib import MatplotlibDataset
+from kedro_datasets.pandas import CSVDataset, ParquetDataset
+from kedro_datasets.pandas import JSONDataset as PandasJSONDataset
+from kedro_datasets.text import TextDataset
+
+from finetune_predictor.artifacts import (
+    MANIFEST_NAME,
+    AtomicSaveMixin,
+    atomic_directory,
+    folder_checksums,
+    verify_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +30,10 @@ logger = logging.getLogger(__name__)
 class AdapterDataset(AbstractVersionedDataset[dict[str, bytes], str]):
     """A LoRA adapter folder: saved from ``{file name: bytes}``, loaded as the folder's path.
 
-    Versioned like any Kedro dataset, so each run keeps its own adapter next to the earlier ones.
+    Versioned like any Kedro dataset, so each run keeps its own adapter next to the earlier ones. The folder is
+    written under a hidden name and renamed when complete. Its ``manifest.json`` (the sha256 training recorded)
+    is checked against the bytes before the rename, or written from them when none is given; evaluation
+    checks it again when it loads the adapter (``ModelSession.load_model``).
     """
 
     def __init__(self, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
@@ -36,15 +54,17 @@ class AdapterDataset(AbstractVersionedDataset[dict[str, bytes], str]):
         return str(path.resolve())
 
     def save(self, data: dict[str, bytes]) -> None:
-        path = Path(self._get_save_path())
-        staging = path.with_name(path.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name, content in data.items():
+        for name in data:
             if "/" in name or name.startswith("."):
                 raise DatasetError(f"Adapter file name {name!r} must be a plain file name")
-            (staging / name).write_bytes(content)
-        staging.rename(path)  # a crash mid-write never leaves a folder that looks complete
+        path = Path(self._get_save_path())
+        with atomic_directory(path) as staging:  # never a folder that looks complete
+            for name, content in data.items():
+                (staging / name).write_bytes(content)
+            if MANIFEST_NAME in data:
+                verify_manifest(staging, shown_as=path)
+            else:
+                write_manifest(staging, folder_checksums(staging))
 
     def _exists(self) -> bool:
         try:
@@ -109,3 +129,31 @@ class VersionedArtifactDataset(_artifact_dataset_base()):  # type: ignore[misc]
         if version is not None:
             wrapped._version = version
         return wrapped
+
+
+# The catalog's file datasets, saved atomically (artifacts.AtomicSaveMixin); the same arguments as the
+# kedro-datasets class each extends.
+
+
+class AtomicTextDataset(AtomicSaveMixin, TextDataset):
+    """``text.TextDataset`` (Markdown and LaTeX reports), saved atomically."""
+
+
+class AtomicCSVDataset(AtomicSaveMixin, CSVDataset):
+    """``pandas.CSVDataset`` (tables, rankings), saved atomically."""
+
+
+class AtomicJSONDataset(AtomicSaveMixin, JSONDataset):
+    """``json.JSONDataset`` (summaries, the predictor card), saved atomically."""
+
+
+class AtomicPandasJSONDataset(AtomicSaveMixin, PandasJSONDataset):
+    """``pandas.JSONDataset`` (prediction tables as JSON lines), saved atomically."""
+
+
+class AtomicParquetDataset(AtomicSaveMixin, ParquetDataset):
+    """``pandas.ParquetDataset`` (records and splits), saved atomically."""
+
+
+class AtomicMatplotlibDataset(AtomicSaveMixin, MatplotlibDataset):
+    """``matplotlib.MatplotlibDataset`` (plots), saved atomically."""

@@ -85,10 +85,14 @@ class HideUserErrorEchoes(logging.Filter):
 
 
 def install_log_filter() -> None:
-    """Attach :class:`HideUserErrorEchoes` to every handler of the root logger (once)."""
+    """Attach :class:`HideUserErrorEchoes` to every handler of the root logger (once), and the redaction of
+    credentials (:func:`finetune_predictor.redaction.install_filter`)."""
+    from finetune_predictor.redaction import install_filter
+
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, HideUserErrorEchoes) for f in handler.filters):
             handler.addFilter(HideUserErrorEchoes())
+    install_filter()
 
 
 def _rebuild(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> UserFacingError:

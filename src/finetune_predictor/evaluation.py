@@ -65,7 +65,9 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     the records have several (SQuAD).
     """
     engine = generation_engine(str(evaluation_params.get("engine", "auto")))
-    model = session.load_model(adapter_dir)
+    if adapter_dir is not None:
+        session = session.for_adapter(adapter_dir)  # a QLoRA adapter on the 4-bit base it was trained on
+    model = session.load_model(adapter_dir)  # checks the adapter's files against their recorded sha256
     truncated_before = session.formatter.truncated_prompts
     records = test.to_dict("records")
     batch_size = int(evaluation_params.get("batch_size", 16))

@@ -47,14 +47,15 @@ def mlflow_run_line() -> str | None:
     try:
         import mlflow
 
-        from finetune_predictor.tracking import ui_url
+        from finetune_predictor.tracking import tracking_server_url, ui_url
 
         run = mlflow.last_active_run()
     except Exception:  # a courtesy line: no store, no line
         return None
     if run is None:
         return None
-    return f"MLflow run {run.info.run_name!r}: {ui_url(run.info.experiment_id, run.info.run_id)}"
+    link = ui_url(run.info.experiment_id, run.info.run_id, server=tracking_server_url())
+    return f"MLflow run {run.info.run_name!r}: {link}"
 
 
 def _saved_path(dataset: Any) -> Path | None:
@@ -112,8 +113,14 @@ class RunSummaryHooks:
         print("\nfinetune-predictor: run finished. Outputs:")
         print("\n".join(lines))
         print("Next:")
-        print(f"  compare runs in the MLflow UI:  cd {project} && .venv/bin/mlflow ui "
-              "--backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)")
+        from finetune_predictor.tracking import tracking_server_url
+
+        server = tracking_server_url()
+        if server:  # a shared tracking server serves its own UI
+            print(f"  compare runs in the MLflow UI:  open {server}")
+        else:
+            print(f"  compare runs in the MLflow UI:  cd {project} && .venv/bin/mlflow ui "
+                  "--backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)")
         print('  run on your own data:           kedro run --pipeline=mini_test100 --params '
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
@@ -144,6 +151,17 @@ class RunSummaryHooks:
             print(f"\nfinetune-predictor: no data summary ({type(error).__name__}: {error})")
             return
         print(f"\nfinetune-predictor: {split_headline(summary, training)}")
+
+
+class RedactSecretsHooks:
+    """Masks credentials (a URI's password, the environment's tokens) in every log line of a session, however
+    it was opened: ``kedro run`` installs the filter itself, a notebook's or a script's session through here."""
+
+    @hook_impl
+    def after_context_created(self) -> None:
+        from finetune_predictor.redaction import install_filter
+
+        install_filter()
 
 
 class SettingsCheckHooks:

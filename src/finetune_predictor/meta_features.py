@@ -36,6 +36,7 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from transformers import TrainerCallback
 
+from finetune_predictor.artifacts import atomic_write_text
 from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, attention_mask_of, left_pad, position_ids_of
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.model_session import ModelSession
@@ -263,8 +264,7 @@ def compute_meta_features(train: pd.DataFrame, session: ModelSession, task: Task
                                                 if key not in not_applicable and not math.isfinite(value)))
     features["mf_feature_seconds"] = time.perf_counter() - started
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(features, indent=1, sort_keys=True))
+        atomic_write_text(cache_file, json.dumps(features, indent=1, sort_keys=True))  # never a half-written cache
     return features
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from finetune_predictor.artifacts import ArtifactIntegrityError, atomic_directory, read_manifest, verify_manifest
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import ComputePlan, choose_compute_plan
 from finetune_predictor.models import ModelEntry, ResolvedModel, locate_model
@@ -51,17 +50,10 @@ def convert_gguf_to_hf(gguf_path: Path, target: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / _COMPLETE_MARKER).write_text(str(gguf_path))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -169,8 +161,13 @@ class ModelSession:
         """The base model for this session's purpose; with ``adapter_dir``, the trained adapter on top.
 
         A full-precision base gets the adapter merged (one matmul per layer at inference). A 4-bit base
-        keeps it unmerged: merging into NF4 weights would round the adapter away.
+        keeps it unmerged: merging into NF4 weights would round the adapter away. The adapter's files are
+        checked against the sha256 its manifest recorded at save, and an adapter whose LoRA weights all stay
+        zero once loaded (none matched this base's layers) is refused: either would otherwise score the base
+        model under the adapter's name.
         """
+        if adapter_dir is not None:
+            verify_manifest(adapter_dir)  # before loading the base: a bad adapter fails in a second
         model = _base_model(self.resolved.path, self.plan, for_training=self.purpose in ("train", "probe"),
                             trust_remote_code=self.resolved.trust_remote_code)
         if adapter_dir is None:
@@ -178,7 +175,21 @@ class ModelSession:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir))
+        _refuse_identity_adapter(model, adapter_dir)
         return model if self.plan.load_in_4bit else model.merge_and_unload()
+
+    def for_adapter(self, adapter_dir: str | Path) -> ModelSession:
+        """This session as the adapter in ``adapter_dir`` was trained (its manifest): an adapter that training
+        fell back to 4-bit QLoRA for (``training.oom_fallback``) is scored on the 4-bit base it was trained
+        on, where CUDA allows it; otherwise the session itself."""
+        quantization = read_manifest(adapter_dir).get("quantization", "none")
+        if quantization != "4bit" or self.plan.load_in_4bit:
+            return self
+        if self.plan.device != "cuda":
+            logger.warning("The adapter in %s was trained on a 4-bit base; without CUDA it is scored on the "
+                           "full-precision base", adapter_dir)
+            return self
+        return replace(self, plan=replace(self.plan, load_in_4bit=True))
 
     def lora_target_modules(self, setting: tuple[str, ...] | list[str] | str) -> list[str] | str:
         """``training.lora.target_modules``; ``auto`` takes the registry's modules (else all linear layers)."""
@@ -197,6 +208,19 @@ class ModelSession:
             "quantization_requested": self.quantization_requested,
             "quantization_actual": "4bit" if self.plan.load_in_4bit else "none",
         }
+
+
+def _refuse_identity_adapter(model: Any, adapter_dir: str | Path) -> None:
+    """Refuse a loaded adapter that changes nothing. PEFT leaves the LoRA B matrices it finds no saved weights
+    for at zero (with a warning), and training refuses an adapter whose B matrices are all zero, so all-zero B
+    here means the saved weights did not reach this base: the metrics would be the base model's."""
+    b_max = [param.detach().float().abs().max().item() for name, param in model.named_parameters()
+             if "lora_B" in name]
+    if not b_max or max(b_max) == 0.0:
+        raise ArtifactIntegrityError(
+            f"The adapter in {adapter_dir} changes nothing once loaded: none of its LoRA weights reached this "
+            "base model's layers, so evaluation would score the base model", where=str(adapter_dir),
+            fix="evaluate the adapter with the base model it was trained on (base_model in its manifest.json)")
 
 
 def compute_plan(model: dict[str, Any], precision: str = "auto") -> ComputePlan:

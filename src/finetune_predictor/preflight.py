@@ -25,6 +25,7 @@ from finetune_predictor.hardware import ComputePlan
 from finetune_predictor.model_session import ModelSession, compute_plan, open_session
 from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel
 from finetune_predictor.records import RecordError, SourceSpec, read_records
+from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings, parameter_problems
 from finetune_predictor.splits import deduplicate
 from finetune_predictor.synthetic_events import iter_events
@@ -47,7 +48,7 @@ class PreflightError(UserFacingError, RuntimeError):
 
     def __init__(self, failed: list[str]) -> None:
         super().__init__(f"preflight FAILED: {len(failed)} check(s) failed ({', '.join(failed)})",
-                         "the preflight verdict above (saved as data/08_reporting/preflight_verdict.csv)",
+                         "the preflight verdict above (saved in data/08_reporting/preflight_verdict.csv/<run>/)",
                          "fix what each FAIL row says, then run again; `kedro run --pipeline=preflight` checks "
                          "in seconds without training")
         self.failed = failed
@@ -442,7 +443,9 @@ def run_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, 
     min_free_gb = float(preflight.get("min_free_disk_gb", 1))
     checks = [settings_check, *loaded[:-1], _check_writable(folders),
               _guard("free disk", lambda: _check_disk(folders, need_disk, min_free_gb)), loaded[-1]]
-    return pd.DataFrame([c.__dict__ for c in checks], columns=["name", "status", "detail"])
+    # The table is printed and saved: a detail quoting a setting (a data path with user:password@) is masked.
+    rows = [{**c.__dict__, "detail": redact(c.detail)} for c in checks]
+    return pd.DataFrame(rows, columns=["name", "status", "detail"])
 
 
 def _model_data_and_memory_checks(data: dict[str, Any], model: dict[str, Any], registry: dict[str, Any],

@@ -31,6 +31,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from finetune_predictor import tracking
+from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -84,10 +85,20 @@ class RunLifecycleHook(MlflowHook):
         self._record_settings: dict[str, Any] | None = None  # the settings of a run that will log a record
 
     @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        """kedro-mlflow opens the tracking store here and creates the experiment: under a machine-wide lock
+        (:func:`tracking.store_setup_lock`), so two runs starting at once neither both create a new SQLite store's
+        tables (one failed with ``duplicate column name: step``) nor both create the experiment."""
+        # A server that does not answer is one block (tracking.TrackingServerUnavailableError), not a traceback.
+        with tracking.store_setup_lock(), tracking.tracking_server_errors("opening the run's tracking store"):
+            super().after_context_created(context)
+
+    @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         self.run_id = None
         self._summaries, self._pending, self._record_settings = {}, {}, None
-        super().before_pipeline_run(readable_run_params(run_params), pipeline, catalog)
+        # kedro-mlflow tags the run with these as typed (``runtime_params``): a password in a setting is masked.
+        super().before_pipeline_run(redact(readable_run_params(run_params)), pipeline, catalog)
         if not self._is_mlflow_enabled or self.run_id is None:
             return
         import mlflow
@@ -175,9 +186,18 @@ class RunLifecycleHook(MlflowHook):
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         self._restore_signal_handlers()
-        if self._is_mlflow_enabled and self.run_id is not None:
-            tracking.set_tags(self.run_id, {"run_failure": f"{type(error).__name__}: {error}"[:5000]})
-        super().on_pipeline_error(error, run_params, pipeline, catalog)
+        try:
+            if self._is_mlflow_enabled and self.run_id is not None:
+                tracking.set_tags(self.run_id, {"run_failure": f"{type(error).__name__}: {error}"[:5000]})
+            super().on_pipeline_error(error, run_params, pipeline, catalog)
+        except Exception as hook_error:
+            # The tracking server gone: its error must not replace the run's own (the one the user reads). The
+            # run stays RUNNING there, and the next start on this host marks it FAILED (mark_stale_runs_failed).
+            if not tracking.server_unreachable(hook_error):
+                raise
+            tracking.abandon_run(self.run_id)
+            logger.warning("The MLflow run %s could not be ended FAILED: the tracking server did not answer",
+                           self.run_id)
 
     # --- signals ---------------------------------------------------------------------------------------------
 

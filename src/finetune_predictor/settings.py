@@ -16,17 +16,19 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 
 from kedro.config import OmegaConfigLoader
 
-from finetune_predictor import warning_filters
-from finetune_predictor.hooks import ReadOwnWritesHooks, RunSummaryHooks, SettingsCheckHooks
+from finetune_predictor import tracking, warning_filters
+from finetune_predictor.hooks import ReadOwnWritesHooks, RedactSecretsHooks, RunSummaryHooks, SettingsCheckHooks
 
 warning_filters.install()
+# MLflow's HTTP retries and time-outs bounded for every run against a tracking server (tracking.HTTP_REQUEST_DEFAULTS).
+tracking.use_http_request_defaults()
 
 from finetune_predictor.run_lifecycle import RunLifecycleHook  # noqa: E402  (kedro-mlflow warns on import)
 
 # RunLifecycleHook is kedro-mlflow's MlflowHook (settings logged once at the start, interrupted runs ended
 # KILLED), so the plugin's own copy is disabled; registered after the summary hooks, it runs before them
 # (pluggy calls the last registered first), as the plugin did.
-HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(), SettingsCheckHooks())
+HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(), SettingsCheckHooks(), RedactSecretsHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -40,4 +42,7 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },
+    # conf/base/mlflow.yml's ${tracking_uri_or:...}: MLFLOW_TRACKING_URI when set. Kedro's oc.env would read any
+    # variable (a token) into any config file; this reads that one.
+    "custom_resolvers": {"tracking_uri_or": tracking.tracking_uri_or},
 }

@@ -242,8 +242,10 @@ class _Group:
 
 
 # Training settings of the held-out loss curve: they never change the trained adapter or its results (the
-# curve restores the random state), so they key neither a sweep's resume nor the meta-feature cache.
-UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records")
+# curve restores the random state), so they key neither a sweep's resume nor the meta-feature cache. Nor does
+# the out-of-memory ladder: it says how a run that does not fit retries, and its record says what it ran with.
+# Nor do where and how often a fine-tune is checkpointed (a resumed run trains what an uninterrupted one does).
+UNKEYED_TRAINING_SETTINGS = ("eval_steps", "eval_max_records", "oom_fallback", "checkpoint_steps", "checkpoint_dir")
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,16 @@ class TrainingSettings(_Group):
     # adapter, so it is not part of a sweep's resume key.
     eval_steps: int = field(default=25, metadata=at_least(0))
     eval_max_records: int = field(default=32, metadata=at_least(1))
+    # Resumable fine-tunes (checkpoints.py): the Trainer's checkpoint (adapter, optimizer, scheduler, RNG) every
+    # checkpoint_steps optimiser steps and after the last (0 = none), the last two kept, deleted once the run
+    # finished; a killed run's same command resumes from it. mini_test100 keeps them in checkpoint_dir/<key>,
+    # a sweep in its configuration's folder. Neither changes what is trained, so neither keys a resume.
+    checkpoint_steps: int = field(default=25, metadata=at_least(0))
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    # On CUDA out of memory, retry with each rung in turn, on top of the ones before (memory_fallback.py):
+    # half_batch (same effective batch), gradient_checkpointing, 4bit (QLoRA; only when listed). [] = fail at once.
+    oom_fallback: tuple[str, ...] = field(default=("half_batch", "gradient_checkpointing"),
+                                          metadata=choices("finetune_predictor.memory_fallback", "OOM_FALLBACKS"))
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -309,6 +321,8 @@ class TrainingSettings(_Group):
             refuse("training.loss_window", f"training.loss_window must be 'answer' or 'full', got {self.loss_window!r}")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings.from_params(self.lora))
+        if isinstance(self.oom_fallback, list):
+            object.__setattr__(self, "oom_fallback", tuple(self.oom_fallback))
 
     @property
     def effective_batch_size(self) -> int:
@@ -491,6 +505,7 @@ class SensitivityParams(_Group):
     evaluation_batch_size: int | None = field(default=None, metadata=at_least(1))
     output_dir: str = "data/06_models/sweeps"
     meta_features: MetaFeaturesSettings | None = None
+    wait_for_others_h: float = field(default=12.0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

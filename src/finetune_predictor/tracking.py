@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,12 +30,16 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.errors import UserFacingError
+from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import DEFAULT_TASK, TASK_TYPES
 
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY_TAG = "sweep_config_key"
+# A run whose fine-tune resumed an interrupted run's checkpoint: params on it, a tag on the interrupted run.
+RESUMED_FROM_STEP, SUPERSEDES, SUPERSEDED_BY = "resumed_from_step", "supersedes", "superseded_by"
 SWEEP_TAG = "sweep_name"
 # A configuration a forecast-driven sweep skipped: a child run with its forecast, never a result. Its key is under
 # its own tag (never CONFIG_KEY_TAG), so resuming never mistakes the forecast for a finished run.
@@ -144,12 +149,31 @@ def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping
         "test_records_truncated": metrics["finetuned"].get("records_truncated", 0),
         "train_sha256": split_summary["train_sha256"],
         "adapter_sha256": training_summary["adapter_sha256"]["adapter_model.safetensors"],
+        **resume_provenance(training_summary),
+        **memory_provenance(training_summary, settings),
     }
     name = run_name(model["name"], split_summary["source"], split_summary["train_size"], settings,
                     variant["data_variant"])
     return RunRecord(name, configuration, settings.seed, provenance,
                      run_metrics(training_summary, metrics["baseline"], metrics["finetuned"], metrics.get("classical"),
                                  metrics.get("validation")))
+
+
+def memory_provenance(training_summary: Mapping[str, Any], settings: TrainingSettings) -> dict[str, Any]:
+    """What a fine-tune trained with after any out-of-memory retry (``training.oom_fallback``): the retries,
+    the rungs taken (``none``), and the micro-batch, accumulation and gradient checkpointing it actually used
+    (the settings' own values are logged under ``training.*``; a 4bit rung shows in ``quantization_actual``).
+    A summary from before the ladder ran with its settings."""
+    return {
+        "oom_retries": int(training_summary.get("oom_retries", 0)),
+        "oom_fallbacks": ",".join(training_summary.get("oom_fallbacks") or []) or "none",
+        "per_device_train_batch_size_actual": training_summary.get("per_device_train_batch_size_actual",
+                                                                   settings.per_device_train_batch_size),
+        "gradient_accumulation_steps_actual": training_summary.get("gradient_accumulation_steps_actual",
+                                                                   settings.gradient_accumulation_steps),
+        "gradient_checkpointing_actual": training_summary.get("gradient_checkpointing_actual",
+                                                              settings.gradient_checkpointing),
+    }
 
 
 def run_tags(configuration: Mapping[str, Any], seed: int | None) -> dict[str, str]:
@@ -221,10 +245,11 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any]) -> None:
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Log params, each value as text. A key the run already holds with the same value is left alone; one
-    it holds with another value is refused here, naming the key, instead of MLflow's bare refusal."""
+    it holds with another value is refused here, naming the key, instead of MLflow's bare refusal. Credentials
+    (a URI's password, an environment token's value) are masked first: a setting never carries one to the store."""
     from mlflow.entities import Param
 
-    text = {key: str("" if value is None else value)[:_MAX_PARAM_LENGTH] for key, value in params.items()}
+    text = {key: redact(str("" if value is None else value))[:_MAX_PARAM_LENGTH] for key, value in params.items()}
     logged = _client().get_run(run_id).data.params
     clashes = {key: (logged[key], value) for key, value in text.items() if key in logged and logged[key] != value}
     if clashes:
@@ -236,14 +261,37 @@ def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
     if tags:
-        _client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        _client().log_batch(run_id, tags=[RunTag(key, redact(str(value))) for key, value in tags.items()])
 
 
 def log_record(run_id: str, record: RunRecord) -> None:
-    """Name the run, set its table tags, and log the record's params and metrics."""
+    """Name the run, set its table tags, and log the record's params and metrics; the interrupted runs whose
+    fine-tune it resumed are tagged ``superseded_by`` it."""
     set_tags(run_id, {"mlflow.runName": record.name, **run_tags(record.configuration, record.seed)})
     log_params(run_id, record.params)
     log_metrics(run_id, record.metrics)
+    mark_superseded(run_id, [old for old in str(record.provenance.get(SUPERSEDES) or "").split(",") if old])
+
+
+def resume_provenance(training_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A fine-tune resumed from an interrupted run's checkpoint (checkpoints.py): the step it resumed at and
+    the runs it supersedes (params; nothing for a fine-tune that trained every step itself)."""
+    step = int(training_summary.get("resumed_from_step") or 0)
+    if not step:
+        return {}
+    return {RESUMED_FROM_STEP: step, SUPERSEDES: ",".join(training_summary.get("superseded_run_ids") or [])}
+
+
+def mark_superseded(run_id: str, old_run_ids: Sequence[str]) -> None:
+    """Tag each interrupted run whose steps ``run_id`` took over (they stay KILLED or FAILED: one configuration
+    never has two FINISHED runs) with ``superseded_by``; a run no longer in the store is skipped."""
+    from mlflow.exceptions import MlflowException
+
+    for old in old_run_ids:
+        try:
+            _client().set_tag(old, SUPERSEDED_BY, run_id)
+        except MlflowException as error:
+            logger.warning("The superseded run %s could not be tagged (%s)", old, error)
 
 
 def run_metric(run_id: str, name: str) -> float | None:
@@ -257,6 +305,88 @@ def active_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+# --- a tracking server over HTTP: retries, and a server that cannot be reached -------------------------------
+
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s per attempt) wait about four minutes on every
+# request once the server is gone (about 20 on a server that hangs), and a failed run's clean-up makes a few
+# more. These wait about half a minute per request on a refused connection (0 + 4 + 8 + 16 s, plus up to 1 s
+# of jitter each; about 3 minutes on a hung server, 5 attempts of 30 s): long enough to ride out a server
+# restart, short enough to fail clearly. The time-out is per socket operation, not per upload. A value the
+# user exported wins.
+HTTP_REQUEST_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                         # MLflow prints a link to every run it ends on an HTTP store, with the server URI as
+                         # typed, a password in it included; the project prints its own link, redacted.
+                         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def tracking_uri_or(default: str) -> str:
+    """The tracking URI of conf/base/mlflow.yml (``${tracking_uri_or:...}``): ``MLFLOW_TRACKING_URI`` when it is
+    set, else ``default``. A conf/<env>/mlflow.yml that names its own URI wins over both."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default
+
+
+def use_http_request_defaults() -> None:
+    """Set the project's MLflow HTTP retry and time-out defaults where the environment sets none (in the
+    driver and in every Ray worker, which may run on a machine whose environment the driver never saw)."""
+    for name, value in HTTP_REQUEST_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+class TrackingServerUnavailableError(UserFacingError, RuntimeError):
+    """The tracking server did not answer after MLflow's retries. Runs that FINISHED are on the server; the
+    run in flight is left RUNNING there, and the next start of the same sweep marks it FAILED and retries it."""
+
+
+def server_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or what it was raised from or while handling) is MLflow's REST client giving up on the
+    server: refused or dropped connections, time-outs, or retried 5xx answers. MLflow wraps the ``requests`` error
+    in an ``MlflowException`` without ``from``, so the chain is walked through ``__context__`` too."""
+    import requests
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextmanager
+def tracking_server_errors(doing: str) -> Iterator[None]:
+    """Turn the REST client's giving up on the tracking server, while ``doing`` something, into one
+    :class:`TrackingServerUnavailableError` naming the server, what was lost and how to resume."""
+    import mlflow
+
+    try:
+        yield
+    except TrackingServerUnavailableError:
+        raise
+    except Exception as error:
+        if not server_unreachable(error):
+            raise
+        retries = {name.removeprefix("MLFLOW_HTTP_REQUEST_").lower(): os.environ.get(name, default)
+                   for name, default in HTTP_REQUEST_DEFAULTS.items()}
+        raise TrackingServerUnavailableError(
+            f"The MLflow tracking server at {redact(mlflow.get_tracking_uri())} did not answer ({_reason(error)}) "
+            f"while {doing}",
+            where="MLFLOW_TRACKING_URI, else server.mlflow_tracking_uri in conf/<env>/mlflow.yml",
+            fix="start the server (again, on the same backend store and artifact root) or correct its address, then "
+                "re-run the same command: what FINISHED on the server is kept, and a sweep reuses its finished "
+                "configurations and retries the one in flight "
+                f"(retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries['max_retries']}, "
+                f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR={retries['backoff_factor']}, "
+                f"MLFLOW_HTTP_REQUEST_TIMEOUT={retries['timeout']} s)") from error
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or re.search(r"(Read timed out|timed out|too many \d+ "
+                                                                       r"error responses)", text)
+    return match.group(1).strip() if match else type(error).__name__
+
+
 @contextmanager
 def child_run(experiment_id: str, parent_run_id: str | None, name: str,
               tags: Mapping[str, str]) -> Iterator[str]:
@@ -265,15 +395,35 @@ def child_run(experiment_id: str, parent_run_id: str | None, name: str,
     through :func:`end_runs_killed` before it gets here; that is not overwritten."""
     import mlflow
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, parent_run_id=parent_run_id,
-                          tags={**process_tags(), **tags}) as run:
-        try:
-            yield run.info.run_id
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as error:
-            _client().set_tag(run.info.run_id, "run_failure", f"{type(error).__name__}: {error}"[:5000])
-            raise
+    run = None
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, parent_run_id=parent_run_id,
+                              tags={**process_tags(), **tags}) as run:
+            try:
+                yield run.info.run_id
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:
+                if not server_unreachable(error):  # a lost server would only make the tag wait for it again
+                    _client().set_tag(run.info.run_id, "run_failure",
+                                      redact(f"{type(error).__name__}: {error}")[:5000])
+                raise
+    except Exception as error:
+        if run is not None and server_unreachable(error):
+            abandon_run(run.info.run_id)
+        raise
+
+
+# Runs this process opened and then lost with the tracking server (left RUNNING there). This process is alive (a
+# re-run in the same process, a Ray worker kept for its next task), but it runs them no more: they are not its
+# live claims, and a later start marks them FAILED like a dead process's.
+_ABANDONED_RUNS: set[str] = set()
+
+
+def abandon_run(run_id: str | None) -> None:
+    """Record that this process gave up on ``run_id`` (the tracking server stopped answering while it ran)."""
+    if run_id:
+        _ABANDONED_RUNS.add(run_id)
 
 
 # --- the lifecycle of a run: who runs it, interrupted and stale runs ----------------------------------------
@@ -341,6 +491,19 @@ def end_runs_killed(run_ids: Sequence[str | None], reason: str) -> None:
             client.set_terminated(run_id, status="KILLED")
 
 
+def store_setup_lock(timeout_s: float = 600) -> Any:
+    """A lock (a file in the model cache folder, one per machine) held while a run opens its tracking store:
+    MLflow creates and migrates a new SQLite store's tables on first use and is not safe when two processes do
+    it at once; held for that moment only, so runs started together open the store one after the other."""
+    from filelock import FileLock
+
+    from finetune_predictor.models import default_cache_dir
+
+    folder = default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / "mlflow-store-setup.lock"), timeout=timeout_s)
+
+
 def mark_model_training_experiment(experiment_id: str) -> None:
     """Tag the experiment as model training (MLflow's ``mlflow.experimentKind``), so the UI opens it on runs,
     params and metrics rather than its GenAI views (traces, judges, prompts)."""
@@ -349,12 +512,27 @@ def mark_model_training_experiment(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
 
 
-def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1", port: int | str = 5000) -> str:
-    """A link into ``mlflow ui`` that opens the model-training view. MLflow 3.17's UI takes the view from its
-    ``workflowType`` (a browser setting, "genai" until changed), not from the experiment's tag, unless the
-    link names it."""
+def ui_url(experiment_id: str, run_id: str | None = None, host: str = "127.0.0.1", port: int | str = 5000,
+           server: str | None = None) -> str:
+    """A link into ``mlflow ui`` (or into the UI of the tracking server at ``server``) that opens the
+    model-training view. MLflow 3.17's UI takes the view from its ``workflowType`` (a browser setting, "genai"
+    until changed), not from the experiment's tag, unless the link names it."""
     path = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "/runs")
-    return f"http://{host}:{port}/#/{path}?workflowType=machine_learning"
+    return f"{server or f'http://{host}:{port}'}/#/{path}?workflowType=machine_learning"
+
+
+def tracking_server_url(uri: str | None = None) -> str | None:
+    """The tracking server's address when the store is one (``http(s)://``), without any ``user:password@``:
+    its UI is where a run is read; None for a local store (``mlflow ui`` opens that)."""
+    from urllib.parse import urlsplit
+
+    import mlflow
+
+    parts = urlsplit(uri if uri is not None else mlflow.get_tracking_uri())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
 
 
 # --- what a run is given: its settings and data sets ----------------------------------------------------------
@@ -438,8 +616,18 @@ def log_dataset(run_id: str, frame: pd.DataFrame, source: str, suffix: str, cont
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         dataset = mlflow.data.from_pandas(frame, source=source, targets="output" if "output" in frame else None,
                                           name=name, digest=digest[:16])
-    _client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                        tags=[InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+    for attempt in range(3):
+        try:
+            _client().log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as error:
+            # The store's get-or-create of a data set is not atomic: two runs logging the same one (same data,
+            # started together) collide on its unique key; it exists once the other has, and is linked on retry.
+            text = str(error).lower()
+            if attempt == 2 or not ("unique constraint" in text or "duplicate entry" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # --- finding runs again ----------------------------------------------------------------------------------
@@ -449,23 +637,117 @@ def runs_with_key(experiment_id: str, key: str) -> list[Any]:
     return _client().search_runs([experiment_id], filter_string=f"tags.{CONFIG_KEY_TAG} = '{key}'")
 
 
+def _process_state(run: Any) -> bool | None:
+    """Whether the process that opened ``run`` is alive; None when this host cannot tell (another host's run, or
+    a run without process tags)."""
+    import socket
+
+    tags = run.data.tags
+    if run.info.run_id in _ABANDONED_RUNS:
+        return False
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return None
+    return _process_alive(int(tags[PID_TAG]), run.info.start_time)
+
+
+def run_may_be_alive(run: Any) -> bool:
+    """Whether a RUNNING run may still be running: its process is alive (a run of this host), or, for a run of
+    another host (a Ray worker elsewhere), its parent run is RUNNING and its parent's process is not known dead.
+    A run without process tags predates them (or was never a sweep's): it counts as interrupted."""
+    if not run.data.tags.get(PID_TAG, "").isdigit():
+        return False
+    state = _process_state(run)
+    if state is not None:
+        return state
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return True
+    parent = _client().get_run(parent_id)
+    return parent.info.status == "RUNNING" and _process_state(parent) is not False
+
+
 def mark_interrupted_runs_failed(experiment_id: str, key: str, current_parent_run_id: str | None = None) -> int:
-    """A RUNNING run for this key at sweep start belongs to a sweep that was killed: mark it FAILED.
+    """A RUNNING run for this key at sweep start whose process is gone belongs to a sweep that was killed: mark
+    it FAILED. One whose process is alive belongs to a sweep running beside this one: it is left alone (it was
+    marked FAILED, and its parent with it, by a second sweep started on the same store).
 
     Its parent sweep run died with it (kedro-mlflow never got to end it), so that parent is marked FAILED
-    too, unless it is the sweep now running.
+    too, unless it is the sweep now running or its process is alive.
     """
     client = _client()
-    crashed = [run for run in runs_with_key(experiment_id, key) if run.info.status == "RUNNING"]
+    crashed = [run for run in runs_with_key(experiment_id, key)
+               if run.info.status == "RUNNING" and not run_may_be_alive(run)]
     for run in crashed:
         client.set_tag(run.info.run_id, "run_failure", "interrupted: found RUNNING when the sweep restarted")
         client.set_terminated(run.info.run_id, status="FAILED")
         parent_id = run.data.tags.get("mlflow.parentRunId")
-        if parent_id and parent_id != current_parent_run_id and client.get_run(parent_id).info.status == "RUNNING":
+        parent = client.get_run(parent_id) if parent_id and parent_id != current_parent_run_id else None
+        if parent is not None and parent.info.status == "RUNNING" and _process_state(parent) is not True:
             client.set_tag(parent_id, "run_failure",
                            f"interrupted: its child run {run.info.run_id} was found RUNNING at restart")
             client.set_terminated(parent_id, status="FAILED")
     return len(crashed)
+
+
+CLAIMED = "is being run by another process"
+
+
+class ConfigurationClaimedError(RuntimeError):
+    """Another process runs (or has finished) this configuration: this process waits for its run instead."""
+
+
+def _opened(run: Any) -> tuple[int, str]:
+    return run.info.start_time or 0, run.info.run_id
+
+
+def live_claim(experiment_id: str, key: str, run_id: str | None = None) -> Any | None:
+    """The run that another live process opened first for configuration ``key`` (not ``run_id``), if any."""
+    running = [run for run in runs_with_key(experiment_id, key) if run.info.status == "RUNNING"
+               and run.info.run_id != run_id and run_may_be_alive(run)]
+    return min(running, key=_opened) if running else None
+
+
+@contextmanager
+def configuration_claim(experiment_id: str, key: str, lock_dir: str | Path) -> Iterator[None]:
+    """Held while this process runs configuration ``key``. Two sweeps on one store share its configurations:
+    a lock file per key (``lock_dir``, the sweep's output folder, where the run's files go) keeps a second
+    process on this machine out, and one that finds the configuration FINISHED, or RUNNING in another live
+    process (another machine's), stays out too. Both raise :class:`ConfigurationClaimedError`."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(lock_dir) / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"{key}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigurationClaimedError(f"configuration {key} {CLAIMED} on this machine") from None
+    try:
+        owner = finished_run(experiment_id, key) or live_claim(experiment_id, key)
+        if owner is not None:
+            raise ConfigurationClaimedError(f"configuration {key} {CLAIMED}: run {owner.info.run_id} "
+                                            f"({owner.info.status})")
+        yield
+    finally:
+        lock.release()
+
+
+def refuse_if_claimed_first(experiment_id: str, key: str, run_id: str) -> None:
+    """Inside the child run ``run_id`` just opened for ``key``: when a live run of another process opened for it
+    earlier (two machines that passed :func:`configuration_claim` at once), this run ends KILLED, naming that
+    one, and :class:`ConfigurationClaimedError` is raised. The earlier run keeps it: of two such runs, both
+    see the other or the later one sees the earlier, so at least one runs the configuration; both only when the
+    later to be stored is the earlier opened (milliseconds apart), and :func:`runs_table` then keeps one."""
+    import mlflow
+
+    owner = live_claim(experiment_id, key, run_id)
+    mine = _client().get_run(run_id)
+    if owner is None or _opened(owner) > _opened(mine):
+        return
+    reason = f"superseded: configuration {key} {CLAIMED} (run {owner.info.run_id}, opened first)"
+    _client().set_tag(run_id, "run_failure", reason)
+    mlflow.end_run("KILLED")
+    raise ConfigurationClaimedError(reason)
 
 
 def forecast_skipped_runs(experiment_id: str, sweep_name: str) -> list[Any]:
@@ -489,6 +771,21 @@ def _fill_task_indicators(table: pd.DataFrame) -> None:
         table[column] = table[column].fillna(known) if column in table else known
 
 
+def _one_run_per_configuration_key(runs: pd.DataFrame) -> pd.DataFrame:
+    """Of FINISHED sweep runs sharing a ``sweep_config_key`` (the same configuration and seed: two machines'
+    sweeps claimed it within milliseconds, see :func:`refuse_if_claimed_first`), the last to finish, as
+    :func:`finished_run` picks it; counting both would weigh one configuration twice."""
+    column = f"tags.{CONFIG_KEY_TAG}"
+    if column not in runs:
+        return runs
+    keyed = runs[column].notna()
+    latest = runs[keyed].sort_values("end_time", kind="stable").drop_duplicates(column, keep="last")
+    if keyed.sum() > len(latest):
+        logger.warning("%d duplicate FINISHED run(s) of a configuration key left out of the runs table (the last to "
+                       "finish of each key is kept)", int(keyed.sum() - len(latest)))
+    return pd.concat([runs[~keyed], latest]).sort_index()
+
+
 def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
     """FINISHED fine-tune runs (with a fine-tuned primary metric), one row each: metrics, the configuration's
     params, ``task``, ``dataset_family``, ``model`` and ``replicate_key``, as the run record logged them.
@@ -497,7 +794,7 @@ def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
 
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {mlflow.get_tracking_uri()}")
+        raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {redact(mlflow.get_tracking_uri())}")
     runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
     for side in ("baseline", "finetuned", "validation", "classical"):
         primary, accuracy = f"metrics.{side}_primary", f"metrics.{side}_accuracy"
@@ -505,7 +802,7 @@ def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
             runs[primary] = runs[primary].fillna(runs[accuracy]) if primary in runs else runs[accuracy]
     if runs.empty or "metrics.finetuned_primary" not in runs:
         return pd.DataFrame()
-    runs = runs[runs["metrics.finetuned_primary"].notna()].reset_index(drop=True)
+    runs = _one_run_per_configuration_key(runs[runs["metrics.finetuned_primary"].notna()]).reset_index(drop=True)
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
     params = runs[[c for c in runs.columns if c.startswith("params.")]]
     table = pd.concat([runs[["run_id"]], metrics.rename(columns=lambda c: c.removeprefix("metrics.")),

@@ -17,7 +17,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from finetune_predictor import warning_filters
+from finetune_predictor import checkpoints, memory_fallback, warning_filters
+from finetune_predictor.artifacts import MANIFEST_NAME, atomic_directory, write_manifest
 from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, answer_window
 from finetune_predictor.chat_format import PromptFormatter
 from finetune_predictor.hardware import ComputePlan, release_accelerator_memory
@@ -29,6 +30,8 @@ from finetune_predictor.tasks import Task
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# What an adapter folder hands on (the catalog's adapter, the MLflow artifact): its files and their sha256.
+SAVED_ADAPTER_FILES = (*ADAPTER_FILES, MANIFEST_NAME)
 
 
 class AdapterNotTrainedError(RuntimeError):
@@ -46,6 +49,7 @@ class TrainingResult:
     num_steps: int
     supervised_tokens: int
     eval_loss_history: list[dict[str, float]] = field(default_factory=list)
+    resume: checkpoints.Resume = field(default_factory=checkpoints.Resume)  # the checkpoint it resumed from
 
 
 def build_training_rows(formatter: PromptFormatter, records: Sequence[dict[str, Any]],
@@ -206,6 +210,7 @@ def train_lora(
     callbacks: Sequence[TrainerCallback] = (),
     verify: bool = True,
     eval_rows: list[dict[str, list[int]]] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainingResult:
     """Fine-tune a LoRA adapter on pre-tokenised rows and save it to ``output_dir``.
 
@@ -213,7 +218,9 @@ def train_lora(
     ``verify=False`` (probes) skips saving and checking the adapter. ``eval_rows`` (held-out, tokenised the
     same way) give the held-out loss every ``training.eval_steps`` and after the last step; evaluating never
     changes what is trained. (No evaluation before the first step: with LoRA B at zero that is the base
-    model's loss, the same for every configuration of a sweep.)
+    model's loss, the same for every configuration of a sweep.) With ``checkpoint_dir`` (kept by the caller
+    for this configuration), checkpoints every ``training.checkpoint_steps`` and resumes from the newest
+    complete one of the same training (checkpoints.py).
     """
     if not rows:
         raise ValueError("No training examples")
@@ -221,18 +228,25 @@ def train_lora(
     if session.plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # the peak of this run, not of the process
     evaluate = bool(eval_rows) and settings.eval_steps > 0
-    trainer = _build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None)
+    folder = _checkpoint_folder(session, rows, settings, eval_rows if evaluate else None, checkpoint_dir)
+    try:
+        trainer = _build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None,
+                                 folder.folder if folder else None)
+    except BaseException:
+        # An out-of-memory error loading the model is the ladder's usual case: its next rung must find the
+        # folder free (checkpoints.train releases it once training has started).
+        if folder is not None:
+            folder.release()
+        raise
     for callback in callbacks:
         trainer.add_callback(callback)
     started = time.perf_counter()
-    trainer.train()
-    runtime = time.perf_counter() - started
+    resume = checkpoints.train(trainer, folder)  # trainer.train(), from the last checkpoint when there is one
+    runtime = time.perf_counter() - started + resume.elapsed_s  # the steps kept from before count too
     adapter_dir = output_dir / "adapter"
     checksums: dict[str, str] = {}
     if verify:
-        trainer.model.save_pretrained(adapter_dir)
-        record_base_model(adapter_dir, shareable_base_name(session))
-        checksums = verify_adapter(trainer.model, adapter_dir)
+        checksums = save_adapter(trainer.model, session, adapter_dir)
     result = TrainingResult(
         adapter_dir=adapter_dir,
         loss_history=_loss_history(trainer.state.log_history),
@@ -243,14 +257,67 @@ def train_lora(
         num_steps=int(trainer.state.global_step),
         supervised_tokens=sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows),
         eval_loss_history=_eval_history(trainer.state.log_history),
+        resume=resume,
     )
     del trainer
     release_accelerator_memory()
     return result
 
 
+def save_adapter(model: Any, session: ModelSession, adapter_dir: Path) -> dict[str, str]:
+    """Save the trained adapter to ``adapter_dir`` with its ``manifest.json`` (the sha256 of its files, the base
+    it names and the precision and quantization it was trained with), and return the checksums.
+
+    The folder is written under a hidden name beside ``adapter_dir`` and renamed when it is complete and
+    checked, so a kill during the save, or an adapter that learned nothing, never leaves a folder there."""
+    base_name = shareable_base_name(session)
+    record = session.record()
+    with atomic_directory(adapter_dir) as staging:
+        model.save_pretrained(staging)
+        record_base_model(staging, base_name)
+        checksums = verify_adapter(model, staging)
+        write_manifest(staging, checksums, base_model=base_name, precision=record["precision"],
+                       quantization=record["quantization_actual"])
+    return checksums
+
+
+def train_with_oom_fallback(
+    session: ModelSession,
+    rows: list[dict[str, list[int]]],
+    settings: TrainingSettings,
+    output_dir: Path,
+    callbacks: Sequence[TrainerCallback] = (),
+    eval_rows: list[dict[str, list[int]]] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> tuple[TrainingResult, memory_fallback.Attempt, int]:
+    """:func:`train_lora`, retried down ``training.oom_fallback`` when it runs out of accelerator memory
+    (``memory_fallback``). Returns the result, the attempt that finished (its settings and session are what the
+    run trained with) and the number of retries. Each retry builds its trainer on the session's base model
+    again, with fresh LoRA weights and the same seed, after the last attempt's memory was released; when
+    every rung runs out of memory, one :class:`~finetune_predictor.memory_fallback.OutOfMemoryFallbackError`
+    names what was tried and what to set."""
+    attempt = memory_fallback.Attempt(settings, session)
+    rungs, tried, skipped = iter(settings.oom_fallback), [], []
+    while True:
+        try:
+            result = train_lora(attempt.session, rows, attempt.settings, output_dir, callbacks=callbacks,
+                                eval_rows=eval_rows, checkpoint_dir=checkpoint_dir)
+            return result, attempt, len(tried)
+        except torch.OutOfMemoryError as error:
+            tried.append(attempt)
+            following = memory_fallback.next_attempt(attempt, rungs, skipped)
+            if following is None:
+                raise memory_fallback.exhausted_error(tried, skipped, error) from error
+            logger.warning("Out of accelerator memory with %s; retrying with %s (%s)", attempt.describe(),
+                           following.describe(), following.fallbacks[-1])
+        # Outside the except block: the failed attempt's traceback, which holds its model, is gone.
+        attempt = following
+        release_accelerator_memory()
+
+
 def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
-                   output_dir: Path, eval_rows: list[dict[str, list[int]]] | None = None) -> Any:
+                   output_dir: Path, eval_rows: list[dict[str, list[int]]] | None = None,
+                   checkpoint_dir: Path | None = None) -> Any:
     """TRL's SFTTrainer (answer-window loss unless ``training.loss_window=full``) on the session's base model."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -267,7 +334,8 @@ def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], sett
         trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
     trainer = trainer_class(
         model=session.load_model(),
-        args=_sft_config(settings, session.plan, output_dir, len(rows), evaluate=bool(eval_rows)),
+        args=_sft_config(settings, session.plan, output_dir, len(rows), evaluate=bool(eval_rows),
+                         checkpoint_dir=checkpoint_dir),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=session.tokenizer,
@@ -282,8 +350,20 @@ def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], sett
     return trainer
 
 
+def _checkpoint_folder(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
+                       eval_rows: list[dict[str, list[int]]] | None,
+                       checkpoint_dir: Path | None) -> checkpoints.CheckpointFolder | None:
+    """The caller's checkpoint folder, locked for this training and keyed by what it trains; None when the
+    caller keeps none (probes, benchmarks), ``training.checkpoint_steps`` is 0, or another process holds it."""
+    if checkpoint_dir is None or settings.checkpoint_steps == 0:
+        return None
+    return checkpoints.open_folder(checkpoint_dir, checkpoints.fingerprint(session, rows, settings, eval_rows))
+
+
 def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path, num_rows: int,
-                evaluate: bool = False) -> Any:
+                evaluate: bool = False, checkpoint_dir: Path | None = None) -> Any:
+    """The Trainer's arguments; checkpoints (every ``training.checkpoint_steps`` and after the last step, the
+    last two kept) only into a ``checkpoint_dir`` the caller keeps for this configuration."""
     from trl import SFTConfig
 
     return SFTConfig(
@@ -291,7 +371,7 @@ def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path,
         eval_steps=settings.eval_steps if evaluate else None,
         per_device_eval_batch_size=settings.per_device_train_batch_size,
         prediction_loss_only=True,  # the loss only: no logits gathered over the held-out set
-        output_dir=str(output_dir / "trainer"),
+        output_dir=str(checkpoint_dir if checkpoint_dir is not None else output_dir / "trainer"),
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.num_train_epochs,
         max_steps=settings.max_steps,
@@ -310,7 +390,9 @@ def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path,
         fp16=plan.fp16,
         use_cpu=plan.device == "cpu",
         max_length=None,  # the formatter already bounded each row, keeping the answer intact
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_dir is not None else "no",
+        save_steps=settings.checkpoint_steps if checkpoint_dir is not None else 500,
+        save_total_limit=checkpoints.SAVE_TOTAL_LIMIT,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -335,14 +417,15 @@ def _loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str, Any], workdir: Path,
               callbacks: Sequence[TrainerCallback] = (), held_out: Any = None,
-              held_out_split: str = "validation") -> tuple[Path, dict[str, Any]]:
+              held_out_split: str = "validation", checkpoint_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The whole fine-tune of one configuration: the one path used by the sft_training pipeline, the
     sensitivity sweep and the probes. Returns the adapter folder (inside ``workdir``) and the training
     summary (loss history, checksums, cost, and the settings the session actually ran with).
 
     ``held_out`` (records never trained on; at most ``training.eval_max_records`` of them, and never more
     than the training records, so a small configuration's curve stays cheap) gives the held-out loss curve,
-    logged as ``<held_out_split>_loss``."""
+    logged as ``<held_out_split>_loss``. ``checkpoint_dir``: where this configuration's checkpoints are kept
+    (the summary's ``resumed_from_step`` and ``superseded_run_ids`` say what a resumed fine-tune took over)."""
     settings = TrainingSettings.from_params(training)
     records = train.to_dict("records")
     truncated_before = session.formatter.truncated_prompts
@@ -355,10 +438,12 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
     eval_records = [] if held_out is None or not len(held_out) else held_out.sample(
         n=min(settings.eval_max_records, len(held_out), len(records)), random_state=0).to_dict("records")
     eval_rows = build_training_rows(session.formatter, eval_records, [task.target(r) for r in eval_records])
-    result = train_lora(session, rows, settings, workdir, callbacks=callbacks, eval_rows=eval_rows)
+    result, ran, retries = train_with_oom_fallback(session, rows, settings, workdir, callbacks=callbacks,
+                                                   eval_rows=eval_rows, checkpoint_dir=checkpoint_dir)
     summary = {
         "model_name": session.resolved.name,
-        **session.record(),
+        **ran.session.record(),  # the session trained on: 4-bit after the 4bit rung
+        **ran.record(retries),
         "train_runtime_s": result.train_runtime_s,
         "peak_memory_mb": result.peak_memory_mb,
         "num_examples": result.num_examples,
@@ -372,5 +457,7 @@ def fine_tune(train: Any, session: ModelSession, task: Task, training: dict[str,
         "eval_records": len(eval_rows) if result.eval_loss_history else 0,
         "effective_batch_size": settings.effective_batch_size,
         "lora_target_modules": session.lora_target_modules(settings.lora.target_modules),
+        "resumed_from_step": result.resume.step,
+        "superseded_run_ids": list(result.resume.run_ids),
     }
     return result.adapter_dir, summary

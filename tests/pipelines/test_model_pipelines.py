@@ -52,7 +52,9 @@ def test_sft_training_and_evaluation_pipelines(tiny_model_dir, tmp_path):
     SequentialRunner().run(training, catalog)
     files = catalog.load("sft_training.model.adapter")
     summary = catalog.load("sft_training.reporting.training_summary")
-    assert set(files) == {"adapter_model.safetensors", "adapter_config.json"} and summary["num_steps"] == 2
+    # The adapter travels with its manifest (sha256 at save), which evaluation verifies before loading.
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json", "manifest.json"}
+    assert summary["num_steps"] == 2
     adapter_dir = tmp_path / "adapter"
     adapter_dir.mkdir()
     for name, content in files.items():

@@ -102,7 +102,7 @@ def expand_grid(sensitivity: Mapping[str, Any], default_model: str) -> list[Swee
     known = {"executor", "ray_address", "gpus_per_run", "models", "train_per_class", "learning_rates", "lora",
              "validation_per_class",
              "num_train_epochs", "seeds", "data_variants", "test_per_class", "output_dir", "evaluation_batch_size",
-             "meta_features", "strategy", "forecast_interval_level"}
+             "meta_features", "strategy", "forecast_interval_level", "wait_for_others_h"}
     unknown = sorted(set(sensitivity) - known)
     if unknown:
         raise ValueError(f"Unknown sensitivity setting(s) {unknown}; known: {sorted(known)}")

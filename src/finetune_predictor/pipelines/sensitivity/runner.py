@@ -5,7 +5,9 @@ Every configuration is its own MLflow run nested under the sweep's run. Its key
 that can change a result, and is stored as the run tag ``sweep_config_key``:
 
 - a configuration whose key already has a FINISHED run is skipped, and that run's results are reused;
-- a run left RUNNING by a killed sweep is marked FAILED when the sweep starts again, and is retried;
+- a run left RUNNING by a killed sweep is marked FAILED when the sweep starts again, and is retried: its
+  fine-tune resumes from the configuration's last checkpoint (``checkpoints.py``), and the new run names
+  the one it supersedes;
 - a run that raises is ended FAILED by MLflow, the sweep goes on, and FAILED runs never enter a result.
 
 Execution is sequential by default. With ``executor: ray`` every configuration is a Ray task asking
@@ -27,8 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor import task_data, tracking
+from finetune_predictor import checkpoints, task_data, tracking
 from finetune_predictor.classical import classical_metrics
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.evaluation import baseline_predictions, metrics_of, predict
 from finetune_predictor.hardware import release_accelerator_memory
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
@@ -36,6 +39,7 @@ from finetune_predictor.model_session import keep_base_models, open_session
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast, stopping_regret
 from finetune_predictor.records import content_sha256
+from finetune_predictor.redaction import install_filter, redact
 from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
 from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
 from finetune_predictor.training import fine_tune
@@ -47,6 +51,8 @@ EXECUTORS = ("sequential", "ray")
 # they are (the baseline key holds everything that changes them): it must not re-key finished sweeps.
 UNKEYED_EVALUATION_SETTINGS = ("reuse_baseline",)
 # A classification task's generation budget is derived from its labels' token counts (evaluation.max_new_tokens).
+# The sub-folder of a configuration's folder that keeps its training checkpoints until its run is complete.
+CHECKPOINT_FOLDER = "checkpoints"
 DERIVED_BUDGET = "longest_label+end_of_turn"
 
 
@@ -123,6 +129,7 @@ class SweepContext:
     split_summary: dict[str, Any]
     task: Task  # built once from data and the training candidates, handed to every configuration
     meta_features: dict[str, Any] | None = None
+    wait_for_others_s: float = 12 * 3600.0  # sensitivity.wait_for_others_h: how long a live claim is waited for
 
     def model_params(self, config: SweepConfig) -> dict[str, Any]:
         return {**self.model, "name": config.model}
@@ -178,16 +185,18 @@ def plan(sensitivity: Mapping[str, Any], sweep_data: SweepData, context: SweepCo
 
 
 def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepContext,
-           status: dict[str, Any]) -> list[SweepConfig]:
-    """Mark interrupted runs FAILED, reuse FINISHED ones (adding features they lack), return what to run."""
-    pending = []
+           status: dict[str, Any]) -> tuple[list[SweepConfig], list[SweepConfig]]:
+    """Mark interrupted runs FAILED, reuse FINISHED ones (adding features they lack); return what to run and what
+    another live process is running (a second sweep on the same store), to wait for."""
+    pending, elsewhere = [], []
     task = context.task
     for config, key in keys.items():
         status["interrupted_marked_failed"] += tracking.mark_interrupted_runs_failed(
             context.experiment_id, key, context.parent_run_id)
         previous = tracking.finished_run(context.experiment_id, key)
         if previous is None:
-            pending.append(config)
+            running = tracking.live_claim(context.experiment_id, key) is not None
+            (elsewhere if running else pending).append(config)
             continue
         status["reused"] += 1
         if context.meta_features is not None and not any(k.startswith(tracking.FEATURE_PREFIX)
@@ -195,7 +204,7 @@ def resume(keys: dict[SweepConfig, str], sweep_data: SweepData, context: SweepCo
             # Features asked for after the run finished: add them to that run instead of retraining.
             log_meta_features(previous.info.run_id, config, sweep_data.training_set(config, task), context)
             status["features_added"] = status.get("features_added", 0) + 1
-    return pending
+    return pending, elsewhere
 
 
 # --- execute ---------------------------------------------------------------------------------------------------
@@ -234,9 +243,14 @@ def run_configuration(config: SweepConfig, key: str, train: pd.DataFrame, test: 
     import mlflow
 
     mlflow.set_tracking_uri(context.tracking_uri)
+    tracking.use_http_request_defaults()  # a Ray worker on another machine has its own environment
     keep_base_models()  # once per process: a Ray worker keeps its base model for its next configuration
+    install_filter()  # a Ray worker's own log handlers mask credentials too (its output reaches the console)
     tags = {tracking.CONFIG_KEY_TAG: key, tracking.SWEEP_TAG: context.sweep_name}
-    with tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id:
+    with (tracking.tracking_server_errors(f"running the configuration {context.run_name(config)!r}"),
+          tracking.configuration_claim(context.experiment_id, key, context.output_dir),  # a second sweep waits
+          tracking.child_run(context.experiment_id, context.parent_run_id, context.run_name(config), tags) as run_id):
+        tracking.refuse_if_claimed_first(context.experiment_id, key, run_id)
         log_run_start(run_id, config, key, train, test, validation, context)
         return train_and_evaluate(config, key, train, test, validation, baseline, context, run_id)
 
@@ -271,14 +285,13 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     model, training = context.model_params(config), config.training_params(context.training)
     task = context.task
     run_dir = Path(context.output_dir) / key
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    checkpoint_dir = _clear_run_dir(run_dir)
     session = open_session(model, context.model_registry, "train", str(training.get("precision", "auto")))
     # The held-out loss curve on the validation set (what configurations are selected on); without one, on
     # the test answers as test_loss, which nothing selects on.
     held_out, split_name = (validation, "validation") if len(validation) else (test, "test")
     adapter_dir, training_summary = fine_tune(train, session, task, training, run_dir, held_out=held_out,
-                                              held_out_split=split_name)
+                                              held_out_split=split_name, checkpoint_dir=checkpoint_dir)
     started = time.perf_counter()
     predictions = predict(test, task, session.with_purpose("evaluate"), context.evaluation, str(adapter_dir))
     inference_s = time.perf_counter() - started
@@ -303,8 +316,22 @@ def train_and_evaluate(config: SweepConfig, key: str, train: pd.DataFrame, test:
     mlflow.log_artifact(str(run_dir / "metrics.json"))
     if context.meta_features is not None:
         log_meta_features(run_id, config, train, context)
+    checkpoints.discard(checkpoint_dir)  # the run is complete: killed before this, it resumes at its last step
     release_accelerator_memory()
     return {"run_id": run_id, "artifact_dir": str(run_dir.resolve())}
+
+
+def _clear_run_dir(run_dir: Path) -> Path:
+    """Empty the configuration's folder of what an earlier attempt wrote, except its training checkpoints
+    (the folder is named by the configuration's key): the folder they stay in, for the fine-tune to resume."""
+    checkpoint_dir = run_dir / CHECKPOINT_FOLDER
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in run_dir.iterdir():
+        if path.is_dir() and path != checkpoint_dir:
+            shutil.rmtree(path, ignore_errors=True)
+        elif not path.is_dir():
+            path.unlink(missing_ok=True)
+    return checkpoint_dir
 
 
 def _baseline_provenance(baseline: Baseline, run_id: str) -> dict[str, Any]:
@@ -348,6 +375,11 @@ def execute_sequential(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, An
         logger.info("Sweep run %d/%d: %s", index, len(jobs), context.run_name(config))
         try:
             run_configuration(*job)
+        except tracking.TrackingServerUnavailableError:
+            raise  # every later configuration would fail the same way: stop with the one message
+        except tracking.ConfigurationClaimedError as error:  # a second sweep's: waited for (settle_claims)
+            logger.info("Sweep run %s: %s", context.run_name(config), error)
+            outcomes.append((config, f"{type(error).__name__}: {error}"))
         except Exception as error:
             logger.error("Sweep run %s failed: %s\n%s", context.run_name(config), error,
                          traceback.format_exc(limit=3))
@@ -373,15 +405,20 @@ def execute_ray(jobs: list[tuple[Any, ...]], sensitivity: Mapping[str, Any],
                          f"{available:g} GPU(s): the tasks would wait forever. Set gpus_per_run: 0 to run on CPUs.")
     task = ray.remote(num_gpus=gpus, max_retries=0)(run_configuration)
     refs = [(job[0], task.remote(*job)) for job in jobs]
-    outcomes = []
+    outcomes, unavailable = [], None
     for config, ref in refs:
         try:
             ray.get(ref)
+        except tracking.TrackingServerUnavailableError as error:  # Ray's error is also an instance of its cause
+            unavailable = unavailable or getattr(error, "cause", error)
+            outcomes.append((config, str(error)))
         except Exception as error:
             logger.error("Sweep run %s failed on Ray: %s", context.run_name(config), error)
             outcomes.append((config, f"{type(error).__name__}: {error}"[:2000]))
         else:
             outcomes.append((config, None))
+    if unavailable is not None:  # after every task in flight ended: each finished or failed on its own
+        raise unavailable
     return outcomes
 
 
@@ -433,6 +470,95 @@ def _stopping_regret(keys: dict[SweepConfig, str], results: pd.DataFrame, contex
     if results.empty or not skipped:
         return None
     return stopping_regret(results, skipped, {key: config for config, key in keys.items()}, *_step_units(context))
+
+
+# --- two sweeps on one store: configurations another process runs ----------------------------------------------
+
+CLAIM_POLL_S = 5.0
+
+
+def _jobs(configs: list[SweepConfig], keys: dict[SweepConfig, str], jobs_data: dict[SweepConfig, pd.DataFrame],
+          sweep_data: SweepData, baselines: dict[str, Baseline], context: SweepContext) -> list[tuple[Any, ...]]:
+    """The jobs of ``configs``; each model's baseline is computed when a job first needs it (then kept)."""
+    missing = {config.model for config in configs} - set(baselines)
+    if missing:
+        baselines.update(baseline_metrics(missing, sweep_data.test, context))
+    return [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
+             baselines[config.model], context) for config in configs]
+
+
+def _claimed(config: SweepConfig, error: str | None, keys: dict[SweepConfig, str], context: SweepContext) -> bool:
+    """Whether a configuration that did not run here was another process's (its claim, not a failure)."""
+    if error is None:
+        return False
+    key = keys[config]
+    return tracking.CLAIMED in error or tracking.finished_run(context.experiment_id, key) is not None or (
+        tracking.live_claim(context.experiment_id, key) is not None)
+
+
+def settle_claims(outcomes: list, elsewhere: list[SweepConfig], keys: dict[SweepConfig, str], run_here: Any,
+                  context: SweepContext, status: dict[str, Any]) -> list:
+    """Configurations another process runs (RUNNING there when this sweep started, or claimed first when it came
+    to them; a second sweep on the same store): wait for that run to finish, so this sweep's results hold
+    them too, never a second run of them. One whose process died before its run finished is run here. Returns
+    the outcomes of the configurations run here."""
+    waiting = list(elsewhere)
+    while True:
+        claimed = [config for config, error in outcomes if _claimed(config, error, keys, context)]
+        outcomes = [(config, error) for config, error in outcomes if config not in claimed]
+        waiting += [config for config in claimed if config not in waiting]
+        if not waiting:
+            return outcomes
+        orphaned = await_elsewhere(waiting, keys, context, status)
+        if not orphaned:
+            return outcomes
+        waiting, outcomes = [], outcomes + run_here(orphaned)
+
+
+class OtherSweepTooSlowError(UserFacingError, RuntimeError):
+    """Configurations another process claimed did not finish within ``sensitivity.wait_for_others_h``: its
+    machine may be gone with its runs left RUNNING (a process on another host cannot be checked from here)."""
+
+    def __init__(self, configs: list[SweepConfig], keys: dict[SweepConfig, str], context: SweepContext) -> None:
+        runs = [claim.info.run_id for config in configs
+                if (claim := tracking.live_claim(context.experiment_id, keys[config])) is not None]
+        super().__init__(
+            what=f"{len(configs)} configuration(s) another sweep is running did not finish within "
+                 f"{context.wait_for_others_s / 3600:g} h: " + "; ".join(context.run_name(c) for c in configs),
+            where=f"MLflow runs {', '.join(runs) or '(none left RUNNING)'} in experiment {context.experiment_id}",
+            fix="If the machine running them is gone, mark those runs FAILED (MLflow UI, or "
+                "MlflowClient().set_terminated(run_id, 'FAILED')) and run the same command again: it runs them here "
+                "(resuming from their checkpoints). If it is alive but slow, raise sensitivity.wait_for_others_h. "
+                "Every configuration this sweep finished is kept.")
+
+
+def await_elsewhere(configs: list[SweepConfig], keys: dict[SweepConfig, str], context: SweepContext,
+                    status: dict[str, Any]) -> list[SweepConfig]:
+    """Poll until each configuration has a FINISHED run, or no live run any more (returned: to run here)."""
+    logger.info("Sweep %s: waiting for %d configuration(s) that another process is running: %s", context.sweep_name,
+                len(configs), "; ".join(context.run_name(config) for config in configs))
+    waiting, orphaned, unclaimed = list(configs), [], set()
+    deadline = time.monotonic() + context.wait_for_others_s
+    while waiting:
+        if time.monotonic() > deadline:
+            raise OtherSweepTooSlowError(waiting, keys, context)
+        for config in list(waiting):
+            if tracking.finished_run(context.experiment_id, keys[config]) is not None:
+                waiting.remove(config)
+                status["finished_elsewhere"] = status.get("finished_elsewhere", 0) + 1
+            elif tracking.live_claim(context.experiment_id, keys[config]) is not None:
+                unclaimed.discard(config)
+            elif config in unclaimed:  # no live run twice in a row: not a process about to open its run
+                waiting.remove(config)
+                orphaned.append(config)
+            else:
+                unclaimed.add(config)
+        if waiting:
+            time.sleep(CLAIM_POLL_S)
+    if orphaned:
+        logger.warning("Sweep %s: %d configuration(s) another process was running ended unfinished: run here",
+                       context.sweep_name, len(orphaned))
+    return orphaned
 
 
 # --- collect ---------------------------------------------------------------------------------------------------
@@ -510,13 +636,17 @@ def sweep_context(sensitivity: Mapping[str, Any], sweep_data: SweepData, data: d
         data=data, model=model, model_registry=model_registry, training=training,
         evaluation={**evaluation, "batch_size": batch_size}, split_summary=sweep_data.split_summary,
         task=sweep_data.task(data), meta_features=sensitivity.get("meta_features"),
+        wait_for_others_s=3600.0 * float(sensitivity.get("wait_for_others_h", 12)),
     )
 
 
+@tracking.tracking_server_errors("running a sweep")
 def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str, Any], model: dict[str, Any],
               model_registry: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any],
               sweep_name: str = "sensitivity") -> SweepOutcome:
-    """Run (or resume) every configuration of the sweep; return the FINISHED runs' result rows."""
+    """Run (or resume) every configuration of the sweep; return the FINISHED runs' result rows. A tracking server
+    that stops answering ends the sweep with one :class:`tracking.TrackingServerUnavailableError`."""
+    tracking.use_http_request_defaults()
     executor = str(sensitivity.get("executor", "sequential"))
     if executor not in EXECUTORS:
         raise ValueError(f"sensitivity.executor must be one of {EXECUTORS}, got {executor!r}")
@@ -528,25 +658,30 @@ def run_sweep(sensitivity: dict[str, Any], sweep_data: SweepData, data: dict[str
     jobs_data = {config: sweep_data.training_set(config, context.task) for config in keys}  # bad variants fail here
     status: dict[str, Any] = {"total": len(keys), "reused": 0, "ran": 0, "failed": 0,
                               "interrupted_marked_failed": 0, "failures": []}
-    pending = resume(keys, sweep_data, context, status)
-    logger.info("Sweep %s: %d configurations, %d already finished, %d to run (%s)", sweep_name, len(keys),
-                status["reused"], len(pending), executor)
+    pending, elsewhere = resume(keys, sweep_data, context, status)
+    logger.info("Sweep %s: %d configurations, %d already finished, %d to run, %d running in another process (%s)",
+                sweep_name, len(keys), status["reused"], len(pending), len(elsewhere), executor)
     keep_base_models()  # the base model is read from disk once, not for every configuration and probe
     try:
-        baselines = baseline_metrics({config.model for config in pending}, sweep_data.test, context)
-        jobs = [(config, keys[config], jobs_data[config], sweep_data.test, sweep_data.validation,
-                 baselines[config.model], context) for config in pending]
+        baselines: dict[str, Baseline] = {}
+
+        def run_here(configs: list[SweepConfig]) -> list:
+            return execute(_jobs(configs, keys, jobs_data, sweep_data, baselines, context), sensitivity, context)
+
         execute = execute_ray if executor == "ray" else execute_sequential
         if strategy == "forecast":
+            jobs = _jobs(pending, keys, jobs_data, sweep_data, baselines, context)
             outcomes = _run_by_forecast(jobs, keys, execute, sensitivity, context, status)
         else:
-            outcomes = execute(jobs, sensitivity, context)
+            outcomes = run_here(pending)
+        outcomes = settle_claims(outcomes, elsewhere, keys, run_here, context, status)
     finally:
         keep_base_models(False)
     for config, error in outcomes:
         status["ran" if error is None else "failed"] += 1
         if error is not None:
-            status["failures"].append({"config": context.run_name(config), "error": error})
+            # The sweep's status is saved and shown: an error quoting a credentialed tracking URI is masked.
+            status["failures"].append({"config": context.run_name(config), "error": redact(error)})
     results = collect(keys, context.experiment_id)
     regret = _stopping_regret(keys, results, context)
     if regret is not None:
