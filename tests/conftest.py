@@ -91,6 +91,20 @@ def tiny_session(tiny_model_dir):
     return open_session({"name": str(tiny_model_dir), "max_length": 256}, {}, "train", "fp32")
 
 
+@pytest.fixture()
+def store(tmp_path):
+    """A fresh SQLite MLflow store for one test, with the project's experiment: its id."""
+    import mlflow
+
+    from finetune_predictor import tracking
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    yield mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri("")
+
+
 def pytest_runtest_logreport(report):
     """A fault test that fails loses its row in docs/reliability.md (tests/reliability.py)."""
     if report.failed:

@@ -217,15 +217,6 @@ def test_every_dataset_a_pipeline_saves_and_reads_back_is_versioned():
 # --- two sweeps on one store ------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def store(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
-    yield mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri("")
-
-
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()

@@ -29,15 +29,6 @@ from tests.conftest import copy_project
 TAG_COLUMNS = {"task", "family", "n", "lr", "r", "variant", "seed"}
 
 
-@pytest.fixture()
-def store(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
-    yield mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri("")
-
-
 # --- one mini_test100 run through Kedro's session, with the project's hooks, on a tiny Llama -----------------
 
 
