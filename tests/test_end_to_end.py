@@ -79,7 +79,8 @@ def test_mini_test100_end_to_end(tmp_path, embedded_model):
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"adapter", "predictions", "plots"} <= artifacts
     adapter_files = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "adapter")}
-    assert adapter_files == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    assert adapter_files == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                             "adapter/manifest.json"}  # the sha256 at save, verified when it is loaded
 
 
 @pytest.mark.e2e
