@@ -103,6 +103,7 @@ def store(tmp_path):
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri("")
+    mlflow.tracking.fluent._active_experiment_id = None  # this store's id means nothing in the next test's
 
 
 def pytest_runtest_logreport(report):

@@ -77,7 +77,10 @@ def _invoke(monkeypatch, error: Exception, *args: str):
         raise error
 
     monkeypatch.setattr(kedro_run, "callback", failing_run)
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    # setenv first, so the undo removes what `--verbose` sets in this process: left set, it made every later
+    # test's `kedro run` subprocess print tracebacks (a delenv of an absent variable records nothing to undo).
+    monkeypatch.setenv(VERBOSE_ENV, "0")
+    monkeypatch.delenv(VERBOSE_ENV)
     return CliRunner().invoke(cli.run, list(args))
 
 
@@ -179,3 +182,11 @@ def test_a_run_whose_process_cannot_be_inspected_is_alive(monkeypatch):
 
     monkeypatch.setattr(psutil, "Process", denied)
     assert tracking._process_alive(12345, None) is True
+
+
+def test_verbose_in_process_does_not_outlive_the_test(monkeypatch):
+    """Runs after test_a_bug_keeps_its_traceback in file order: its in-process `--verbose` must not leave
+    FINETUNE_PREDICTOR_VERBOSE set for the tests (and `kedro run` subprocesses) that follow."""
+    import os
+
+    assert VERBOSE_ENV not in os.environ

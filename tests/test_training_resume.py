@@ -279,6 +279,7 @@ def test_mini_test100_fine_tune_resumes_and_names_the_run_it_supersedes(tiny_mod
     from finetune_predictor.pipelines.sft_training import nodes
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(tracking.EXPERIMENT_NAME)  # never an experiment id another test's store left active
     train = pd.DataFrame(list(iter_articles(6, seed=5)))
     test = pd.DataFrame(list(iter_articles(4, seed=9)))
     model = {"name": str(tiny_model_dir), "max_length": 256}
