@@ -86,9 +86,16 @@ def run_by_forecast(jobs: list[tuple[Any, ...]], run_level: Callable[[list[tuple
         outcomes += run_level(runnable)
         pending = [job[0] for job in jobs if job[0].train_per_class > size]
         stopped.update(curves_to_stop(results_so_far(), pending, largest, task, level))
-    planned = sum(planned_steps(job[0], strata, effective_batch) for job in jobs)
-    trained = planned - sum(planned_steps(entry["config"], strata, effective_batch) for entry in skipped)
-    return outcomes, {"strategy": "forecast", "skipped": skipped, "planned_steps": planned, "trained_steps": trained}
+    budget = step_budget([job[0] for job in jobs], [entry["config"] for entry in skipped], strata, effective_batch)
+    return outcomes, {"strategy": "forecast", "skipped": skipped, **budget}
+
+
+def step_budget(configs: list[SweepConfig], skipped: list[SweepConfig], strata: int,
+                effective_batch: int) -> dict[str, int]:
+    """The optimizer steps a sweep planned (every configuration) and trained (less what was skipped)."""
+    planned = sum(planned_steps(config, strata, effective_batch) for config in configs)
+    return {"planned_steps": planned,
+            "trained_steps": planned - sum(planned_steps(config, strata, effective_batch) for config in skipped)}
 
 
 def stopping_regret(results: pd.DataFrame, skipped: Mapping[str, Mapping[str, float]],
@@ -122,13 +129,13 @@ def stopping_regret(results: pd.DataFrame, skipped: Mapping[str, Mapping[str, fl
                                                             else float("nan"))
     actual = done.set_index("config_key")[target]
     inside = [skipped[key]["lower"] <= actual[key] <= skipped[key]["upper"] for key in actual.index]
-    planned = sum(planned_steps(config, strata, effective_batch) for config in configs.values())
-    saved = sum(planned_steps(configs[key], strata, effective_batch) for key in skipped if key in configs)
+    budget = step_budget(list(configs.values()), [configs[key] for key in skipped if key in configs], strata,
+                         effective_batch)
     return {"target": target, "largest_size": float(largest["train_size"].iloc[0]),
             "same_choice": bool(grid_curve == forecast_curve),
             "regret_points": 100 * (grid_test - forecast_test), "oracle_regret_points": 100 * oracle_gap,
             "grid_choice_test": grid_test, "forecast_choice_test": forecast_test,
-            "planned_steps": planned, "trained_steps": planned - saved,
+            **budget,
             "skipped_runs": len(skipped), "skipped_trained_since": len(done),
             "skipped_forecast_mae_points": float(100 * np.mean([abs(skipped[k]["predicted"] - actual[k])
                                                                  for k in actual.index])),
