@@ -106,3 +106,33 @@ def test_sweep_and_predictor_end_with_their_headline():
                                "rmse": [2.0, 5.0, 9.5, 8.25, 3.0]})
     assert predictor_headline(evaluation, {"model": "ridge_cv"}) == (
         "predictor shipped: ridge_cv (grouped_task RMSE 9.5 vs mean 8.2; random RMSE 2.0 vs mean 5.0; points)")
+
+
+def test_a_file_written_before_its_dataset_was_versioned_becomes_its_latest_version(tmp_path):
+    """A project upgraded from before seven datasets were versioned held plain files where Kedro now expects a
+    folder of versions: every run failed with NotADirectoryError. The file is adopted as the latest version."""
+    from finetune_predictor.datasets import AtomicCSVDataset
+    from finetune_predictor.hooks import AdoptUnversionedOutputsHooks
+
+    path = tmp_path / "08_reporting" / "preflight_verdict.csv"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"check": ["settings"], "ok": [True]}).to_csv(path, index=False)
+    verdict = AtomicCSVDataset(filepath=str(path), version=Version(None, None))
+    with pytest.raises(Exception, match="(?i)not a directory|any versions"):
+        verdict.load()  # the failure users saw
+
+    AdoptUnversionedOutputsHooks().after_catalog_created(DataCatalog({"preflight.reporting.verdict": verdict}))
+
+    fresh = AtomicCSVDataset(filepath=str(path), version=Version(None, None))
+    assert fresh.load()["check"].tolist() == ["settings"]  # nothing lost: the old output is the latest version
+    fresh.save(pd.DataFrame({"check": ["data"], "ok": [False]}))  # and the next run saves beside it
+    assert len(list(path.iterdir())) == 2
+
+
+def test_a_versioned_folder_and_an_unversioned_dataset_are_not_touched(tmp_path):
+    from finetune_predictor.artifacts import adopt_unversioned_file
+
+    assert adopt_unversioned_file(tmp_path / "missing.csv") is None
+    folder = tmp_path / "versions.csv"
+    (folder / "2026-01-01T00.00.00.000Z").mkdir(parents=True)
+    assert adopt_unversioned_file(folder) is None and folder.is_dir()

@@ -187,6 +187,17 @@ def test_runs_without_features_are_left_out(caplog):
     assert "2 of 10 runs have no mf_ features" in caplog.text
 
 
+def test_a_store_of_runs_logged_without_meta_features_is_a_user_error_not_a_traceback():
+    """A store holding only sweeps with ``sensitivity.meta_features: null`` made the candidate study fail with a
+    bare ValueError; it now names the setting and the fix."""
+    from finetune_predictor.errors import UserFacingError
+
+    table = synthetic_runs(10).drop(columns=[c for c in synthetic_runs(1) if c.startswith("mf_")])
+    with pytest.raises(UserFacingError, match="no run in the store has meta-features") as raised:
+        runs_with_features(table, SETTINGS)
+    assert "sensitivity.meta_features" in raised.value.where
+
+
 def test_noise_floor_by_hand():
     table = pd.DataFrame({"finetuned_primary": [0.70, 0.74, 0.60, 0.62, 0.64, 0.50],
                           "replicate_key": ["a", "a", "b", "b", "b", "c"], "finetuned_n": [100] * 6})

@@ -205,3 +205,40 @@ def verify_manifest(folder: str | Path, kind: str = "adapter", fix: str = "",
             raise _integrity_error(f"The {kind} file {shown} is not the file that was saved: expected sha256 "
                                    f"{expected}, actual {actual}", shown, fix)
     return manifest
+
+
+# --- outputs written before a dataset became versioned ------------------------------------------------------
+
+
+def version_from_mtime(path: Path) -> str:
+    """A Kedro version string (``YYYY-MM-DDThh.mm.ss.sssZ``) for the time ``path`` was last written."""
+    from datetime import UTC, datetime
+
+    from kedro.io.core import VERSION_FORMAT
+
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC).strftime(VERSION_FORMAT)
+    return stamp[:-4] + stamp[-1:]  # milliseconds, as kedro.io.core.generate_timestamp writes them
+
+
+def adopt_unversioned_file(filepath: str | Path) -> Path | None:
+    """Move a plain file written at a versioned dataset's path (by a project from before that dataset was
+    versioned) into Kedro's versioned layout, ``<filepath>/<version>/<name>``, dated by its modification time;
+    Kedro would otherwise refuse to load or save there (``NotADirectoryError``). Returns the new path, or None
+    when there was nothing to move. The file is renamed, never rewritten or removed: nothing computed is lost,
+    and a process that moves it at the same moment makes the other's attempt a no-op."""
+    filepath = Path(filepath)
+    if not filepath.is_file():
+        return None
+    staging = _sibling(filepath, "unversioned")
+    try:
+        version = version_from_mtime(filepath)
+        os.replace(filepath, staging)
+    except FileNotFoundError:  # another process adopted it first
+        return None
+    target = filepath / version / filepath.name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file was written at filepath again in between: leave both where they are
+        return None
+    os.replace(staging, target)
+    return target

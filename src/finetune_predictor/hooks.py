@@ -209,3 +209,35 @@ class ReadOwnWritesHooks:
     def after_dataset_saved(self, dataset_name: str) -> None:
         if self._catalog is not None and dataset_name in self._catalog:
             pin_load_to_saved_version(self._catalog.get(dataset_name))
+
+
+def local_versioned_filepath(dataset: Any) -> Path | None:
+    """The local base path of a versioned file dataset (the folder its versions live in), else None."""
+    if not isinstance(getattr(dataset, "_version", None), Version):
+        return None
+    filepath, protocol = getattr(dataset, "_filepath", None), getattr(dataset, "_protocol", "file")
+    return Path(str(filepath)) if filepath is not None and protocol in ("file", None) else None
+
+
+class AdoptUnversionedOutputsHooks:
+    """A project whose ``data/`` was written before some of its datasets became versioned holds plain files
+    where Kedro now expects a folder of versions; every run reading or writing them failed with a bare
+    ``NotADirectoryError``. Each such file is moved into the versioned layout (dated by its modification time)
+    before the run starts, and the move is logged: the next run reads it as the latest version."""
+
+    @hook_impl(tryfirst=True)
+    def after_catalog_created(self, catalog: Any) -> None:
+        import logging
+
+        from finetune_predictor.artifacts import adopt_unversioned_file
+
+        for name in list(catalog):
+            try:
+                path = local_versioned_filepath(catalog.get(name))
+            except Exception:  # a dataset that cannot be built fails later, with its own message
+                continue
+            moved = adopt_unversioned_file(path) if path is not None else None
+            if moved is not None:
+                logging.getLogger(__name__).warning(
+                    "%s: %s was written before this dataset was versioned; moved to %s (its latest version)",
+                    name, path, moved)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.model_selection import (
     CANDIDATES,
     FitFunction,
@@ -90,7 +91,8 @@ def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[st
     if settings.feature_columns:
         missing = [c for c in settings.feature_columns if c not in table]
         if missing:
-            raise ValueError(f"predictor.feature_columns not in the runs table: {missing}")
+            raise UserFacingError(f"predictor.feature_columns not in the runs table: {missing}",
+                                  "predictor.feature_columns", "name columns of the runs table, or set it to null")
         return list(settings.feature_columns)
     excluded = {"mf_feature_seconds", "mf_probe_seconds", "mf_cost_ratio"}  # cost, not a property of the run
     # Sorted: mlflow.search_runs orders metric columns differently from one process to the next, and
@@ -98,7 +100,10 @@ def feature_columns(table: pd.DataFrame, settings: PredictorSettings) -> list[st
     columns = sorted(c for c in table.columns if c.startswith(settings.feature_prefix) and c not in excluded
                      and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any())
     if not columns:
-        raise ValueError(f"No numeric feature columns starting with {settings.feature_prefix!r}")
+        raise UserFacingError(f"no run in the store has meta-features (no numeric column starting with "
+                              f"{settings.feature_prefix!r}): every run was logged without them",
+                              "sensitivity.meta_features (null in the sweeps that logged these runs)",
+                              "run a sweep with meta-features on (the default), e.g. kedro run --pipeline=sensitivity")
     return columns
 
 

@@ -17,7 +17,13 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 from kedro.config import OmegaConfigLoader
 
 from finetune_predictor import tracking, warning_filters
-from finetune_predictor.hooks import ReadOwnWritesHooks, RedactSecretsHooks, RunSummaryHooks, SettingsCheckHooks
+from finetune_predictor.hooks import (
+    AdoptUnversionedOutputsHooks,
+    ReadOwnWritesHooks,
+    RedactSecretsHooks,
+    RunSummaryHooks,
+    SettingsCheckHooks,
+)
 
 warning_filters.install()
 # MLflow's HTTP retries and time-outs bounded for every run against a tracking server (tracking.HTTP_REQUEST_DEFAULTS).
@@ -28,7 +34,8 @@ from finetune_predictor.run_lifecycle import RunLifecycleHook  # noqa: E402  (ke
 # RunLifecycleHook is kedro-mlflow's MlflowHook (settings logged once at the start, interrupted runs ended
 # KILLED), so the plugin's own copy is disabled; registered after the summary hooks, it runs before them
 # (pluggy calls the last registered first), as the plugin did.
-HOOKS = (ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(), SettingsCheckHooks(), RedactSecretsHooks())
+HOOKS = (AdoptUnversionedOutputsHooks(), ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(),
+         SettingsCheckHooks(), RedactSecretsHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
