@@ -118,7 +118,7 @@ def test_a_file_written_before_its_dataset_was_versioned_becomes_its_latest_vers
     path.parent.mkdir(parents=True)
     pd.DataFrame({"check": ["settings"], "ok": [True]}).to_csv(path, index=False)
     verdict = AtomicCSVDataset(filepath=str(path), version=Version(None, None))
-    with pytest.raises(Exception, match="(?i)not a directory|any versions"):
+    with pytest.raises(Exception, match=r"(?i)not a directory|any versions"):
         verdict.load()  # the failure users saw
 
     AdoptUnversionedOutputsHooks().after_catalog_created(DataCatalog({"preflight.reporting.verdict": verdict}))

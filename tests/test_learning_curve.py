@@ -9,7 +9,17 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor.learning_curve import fit_curve, forecast, forward_in_size, forward_metrics, seed_spread
+from finetune_predictor.learning_curve import (
+    bounded_score_se,
+    choose_family,
+    curves_of,
+    fit_curve,
+    forecast,
+    forward_in_size,
+    forward_metrics,
+    seed_spread,
+    shape_spread,
+)
 from finetune_predictor.pipelines.forecast import create_pipeline
 
 SIZES = [32, 64, 128, 256, 512]
@@ -53,6 +63,56 @@ def test_interval_covers_new_runs_at_the_nominal_rate():
         inside.append(band["lower"] <= _truth(512) + rng.normal(0, 0.02) <= band["upper"])
     assert np.mean(inside) >= 0.8
     assert seed_spread([1, 1, 2, 2], [0.1, 0.3, 0.5, 0.5]) == pytest.approx(np.sqrt(0.02 / 2))
+
+
+def _binomial_runs(rng: np.random.Generator, sizes, seeds=(1, 2), eval_size: int = 200) -> pd.DataFrame:
+    """Runs whose score is a fraction correct of ``eval_size`` test examples around the true curve: two seeds
+    see the same test-set noise scale as a sweep's runs do, which two seeds alone underestimate."""
+    return pd.DataFrame([{"train_size": float(n), "value": rng.binomial(eval_size, _truth(n)) / eval_size}
+                         for n in sizes for _ in seeds])
+
+
+def test_with_two_seeds_the_interval_still_covers_new_runs_and_is_never_narrower_than_the_evaluation_noise():
+    """Two seeds underestimate the scatter (the sweep's forecasts covered 33 % of skipped runs): a run's score on
+    N examples scatters by at least its standard error, so the interval is at least that wide."""
+    rng = np.random.default_rng(3)
+    inside = []
+    for trial in range(80):
+        runs = _binomial_runs(rng, [24, 50, 100])
+        new_run = rng.binomial(200, _truth(400)) / 200
+        band = forecast(runs["train_size"], runs["value"], [400], "pow2", n_boot=40, seed=trial,
+                        eval_size=200).iloc[0]
+        inside.append(band["lower"] <= new_run <= band["upper"])
+    assert np.mean(inside) >= 0.8
+    same = pd.DataFrame({"train_size": [24.0, 24, 50, 50], "value": [0.6, 0.6, 0.7, 0.7]})  # seeds agree exactly
+    band = forecast(same["train_size"], same["value"], [50], "pow2", eval_size=200).iloc[0]
+    assert band["upper"] - band["lower"] >= 2 * 1.64 * np.sqrt(0.7 * 0.3 / 200)
+    assert bounded_score_se(np.array([0.5]), 100)[0] == pytest.approx(0.05)
+    assert bounded_score_se(np.array([0.5]), None)[0] == 0.0
+
+
+def test_shape_uncertainty_grows_with_the_distance_extrapolated():
+    sizes, values = np.array([32.0, 64, 128]), _truth([32, 64, 128])
+    near, far = shape_spread(sizes, values, [128, 4096], floor=0.0)
+    assert near < 0.01 < far
+
+
+def test_auto_family_is_chosen_on_the_other_curves_only():
+    """``auto`` picks pow3 for curves whose exponent is far from pow2's 0.5, measured by rolling origin on the
+    other curves: the curve being forecast never chooses its own family."""
+    steep = lambda n: 0.9 - 3.0 * np.asarray(n, dtype=float) ** -1.2  # noqa: E731
+    table = pd.DataFrame([{"run_id": f"{c}-{n}", "task": "qa", "model": "m", "param_learning_rate": str(c),
+                           "param_train_size": str(n), "finetuned_primary": float(steep(n) + 0.001 * c)}
+                          for c in range(3) for n in SIZES])
+    curves = curves_of(table)
+    assert choose_family(curves) == "pow3"
+    assert choose_family(curves[:1], exclude=0) == "pow2"  # no other curve: the two-parameter family
+    results = forward_in_size(table, "auto", min_sizes=3, rolling=True)
+    assert set(results["family"]) == {"pow3"}
+    # The forecast of curve 0 does not change when curve 0's own values would favour another family.
+    own = table["param_learning_rate"] == "0"
+    flat = table.assign(finetuned_primary=np.where(own, 0.7, table["finetuned_primary"]))
+    assert choose_family(curves_of(flat), exclude=0) == "pow3"
 
 
 def test_forward_in_size_beats_carry_forward_on_a_rising_curve():

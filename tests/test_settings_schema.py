@@ -78,7 +78,7 @@ def test_every_shipped_setting_is_accepted_and_every_group_has_a_schema():
     ("preflight", {"memory_margin": 0.5}, "preflight.memory_margin must be >= 1.0, got 0.5"),
     ("meta_features", {"sample_sise": 3}, "meta_features.sample_sise (did you mean meta_features.sample_size?)"),
     ("rank", {"top_reason": 3}, "rank.top_reason (did you mean rank.top_reasons?)"),
-    ("forecast", {"curve_family": "exp"}, "forecast.curve_family must be one of pow2, pow3, loglinear, "
+    ("forecast", {"curve_family": "exp"}, "forecast.curve_family must be one of auto, pow2, pow3, loglinear, "
                                           "carry_forward, got 'exp'"),
     ("forecast", {"interval_level": 1.5}, "forecast.interval_level must be < 1.0, got 1.5"),
     ("predictor", {"n_fold": 3}, "predictor.n_fold (did you mean predictor.n_folds?)"),
@@ -146,7 +146,7 @@ def _expand_grid_known_keys() -> set[str]:
 
 def test_schemas_agree_with_the_code_that_reads_the_groups():
     """Keys the sweep grid, the probes and the predictor accept are the keys their schemas accept."""
-    from finetune_predictor.learning_curve import BASELINES, FAMILIES
+    from finetune_predictor.learning_curve import AUTO, BASELINES, FAMILIES
     from finetune_predictor.meta_features import ProbeSettings
     from finetune_predictor.pipelines.sensitivity.runner import EXECUTORS, STRATEGIES
     from finetune_predictor.predictor import PredictorSettings
@@ -161,4 +161,4 @@ def test_schemas_agree_with_the_code_that_reads_the_groups():
     assert fields["executor"].metadata["choices"]() == tuple(EXECUTORS)
     assert fields["strategy"].metadata["choices"]() == tuple(STRATEGIES)
     curve = {f.name: f for f in dataclasses.fields(GROUPS["forecast"])}["curve_family"]
-    assert set(curve.metadata["choices"]()) == set(FAMILIES) | set(BASELINES)
+    assert set(curve.metadata["choices"]()) == set(FAMILIES) | set(BASELINES) | {AUTO}

@@ -4,9 +4,15 @@ largest size of every finished sweep (forward in size) beside two baselines.
 
 Families (``curve_family``): ``pow3``, ``y = a - b * n^(-c)`` with ``a`` in [floor, 1], ``b >= 0`` and ``c`` in
 [0.05, 2] (fitted on a grid of ``c``, linear in ``a, b`` for each); ``pow2``, the same with ``c = 0.5`` fixed
-(two free parameters, for curves with two or three sizes). Baselines: ``carry_forward`` (the last size's mean)
-and ``loglinear`` (a straight line in log size). The interval at a size is a bootstrap over the runs (seeds)
-at each fitted size, widened by the pooled seed spread, since a new run scatters around the curve by that much.
+(two free parameters, for curves with two or three sizes); ``auto``, the saturating family with the lower
+rolling-origin error on the store's *other* curves (:func:`choose_family`: measured, never on the curve being
+forecast). Baselines: ``carry_forward`` (the last size's mean) and ``loglinear`` (a straight line in log size).
+
+The interval of a new run at a size has three independent normal parts: the fit's uncertainty (a bootstrap
+over the runs at each fitted size), the scatter of one run around the curve (the pooled seed spread, but at
+least the standard error of a mean of ``eval_size`` scores in [0, 1], since two seeds underestimate it), and
+the uncertainty of the curve's shape (the spread of the pow2, pow3 and log-linear forecasts at that size,
+which grows with the distance extrapolated).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from scipy.stats import norm
 
 FAMILIES = ("pow3", "pow2")
 BASELINES = ("carry_forward", "loglinear")
+SHAPES = ("pow2", "pow3", "loglinear")  # the curve shapes whose disagreement is the shape uncertainty
+AUTO = "auto"
+# Where the number of examples each target metric is a mean over is recorded (the interval's scatter floor): the
+# MLflow runs table's column, then the sweep's result rows'.
+EVAL_SIZE_COLUMNS = {"finetuned_primary": ("param_test_size", "test_size"), "validation_primary": ("validation_n",)}
 _C_GRID = np.linspace(0.05, 2.0, 40)
 # Configuration params that say which curve a run belongs to (everything but its size and seed).
 CURVE_KEYS = ("task", "model", "dataset_family", "param_test_sha256", "param_learning_rate", "param_lora_r",
@@ -89,14 +100,31 @@ def seed_spread(sizes: Sequence[float], values: Sequence[float]) -> float:
     return float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) if dof else 0.0
 
 
+def bounded_score_se(value: np.ndarray, eval_size: float | None) -> np.ndarray:
+    """Standard error of a mean of ``eval_size`` per-example scores in [0, 1] whose mean is ``value``: at most
+    sqrt(p (1 - p) / N), the binomial one (0 when the size is unknown)."""
+    if not eval_size or not np.isfinite(eval_size):
+        return np.zeros_like(value)
+    p = np.clip(value, 0.0, 1.0)
+    return np.sqrt(p * (1 - p) / float(eval_size))
+
+
+def shape_spread(sizes: np.ndarray, values: np.ndarray, targets: Sequence[float], floor: float) -> np.ndarray:
+    """Standard deviation of the :data:`SHAPES` forecasts at ``targets``: how much the answer depends on the
+    curve's assumed shape (near zero inside the fitted sizes, growing with the distance extrapolated)."""
+    predictions = [fit_curve(sizes, values, shape, floor).predict(targets) for shape in SHAPES]
+    return np.std(np.asarray(predictions), axis=0, ddof=1)
+
+
 def forecast(sizes: Sequence[float], values: Sequence[float], targets: Sequence[float], family: str = "pow2",
              floor: float = 0.0, level: float = 0.9, n_boot: int = 200, seed: int = 0,
-             min_spread: float = 0.02) -> pd.DataFrame:
+             min_spread: float = 0.02, eval_size: float | None = None) -> pd.DataFrame:
     """Forecast a new run's metric at each target size: point (the fit on all runs), lower and upper.
 
-    The interval combines the fit's uncertainty (bootstrap: runs resampled within each size) with the scatter
-    of one run around the curve (the pooled seed spread, at least ``min_spread`` since two seeds
-    underestimate it), as independent normal parts."""
+    The interval combines the fit's uncertainty (bootstrap: runs resampled within each size), the scatter of one
+    run around the curve (the pooled seed spread, at least ``min_spread`` and at least
+    :func:`bounded_score_se` of ``eval_size`` examples) and the shape uncertainty (:func:`shape_spread`), as
+    independent normal parts."""
     n, y = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
     points = fit_curve(n, y, family, floor).predict(targets)
     rng = np.random.default_rng(seed)
@@ -107,9 +135,19 @@ def forecast(sizes: Sequence[float], values: Sequence[float], targets: Sequence[
         draws.append(fit_curve(n[index], y[index], family, floor).predict(targets))
     z = norm.ppf(0.5 + level / 2)
     fit_sd = np.std(np.asarray(draws), axis=0)
-    half = z * np.sqrt(fit_sd ** 2 + max(seed_spread(n, y), min_spread) ** 2)
+    scatter = np.maximum(max(seed_spread(n, y), min_spread), bounded_score_se(points, eval_size))
+    half = z * np.sqrt(fit_sd ** 2 + scatter ** 2 + shape_spread(n, y, targets, floor) ** 2)
     return pd.DataFrame({"size": np.asarray(targets, dtype=float), "predicted": points,
                          "lower": np.clip(points - half, 0.0, 1.0), "upper": np.clip(points + half, 0.0, 1.0)})
+
+
+def eval_size_of(runs: pd.DataFrame, target: str) -> float | None:
+    """The number of examples ``target`` is a mean over, from the runs table (median over runs), if recorded."""
+    for column in EVAL_SIZE_COLUMNS.get(target, ()):
+        size = pd.to_numeric(runs[column], errors="coerce").median() if column in runs else float("nan")
+        if np.isfinite(size):
+            return float(size)
+    return None
 
 
 def chance_floor(task: str | None) -> float:
@@ -126,8 +164,36 @@ def curves_of(table: pd.DataFrame, target: str = "finetuned_primary") -> list[tu
     out = []
     for values, group in runs.groupby(keys, dropna=False):
         config = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
-        out.append((config, group[["run_id", "train_size", target]].rename(columns={target: "value"})))
+        curve = group[["run_id", "train_size", target]].rename(columns={target: "value"})
+        out.append((config, curve.assign(eval_size=eval_size_of(group, target))))
     return out
+
+
+def rolling_point_errors(curve: pd.DataFrame, family: str, floor: float, min_sizes: int) -> list[float]:
+    """Absolute errors of ``family``'s point forecasts on one curve, every size from the ``min_sizes``-th on held
+    out in turn and forecast from the sizes below it (no interval: cheap enough to compare families)."""
+    sizes = sorted(curve["train_size"].unique())
+    errors: list[float] = []
+    for held_size in sizes[min_sizes - 1:]:
+        fitted, held = curve[curve["train_size"] < held_size], curve[curve["train_size"] == held_size]
+        point = fit_curve(fitted["train_size"], fitted["value"], family, floor).predict([held_size])[0]
+        errors += np.abs(held["value"].to_numpy() - point).tolist()
+    return errors
+
+
+def choose_family(curves: list[tuple[dict[str, Any], pd.DataFrame]], min_sizes: int = 3,
+                  exclude: int | None = None) -> str:
+    """The saturating family (:data:`FAMILIES`) with the lowest rolling-origin MAE over ``curves`` other than the
+    one at index ``exclude`` (the curve to be forecast never chooses its own family); ``pow2``, the family with
+    fewer parameters, when no other curve has ``min_sizes`` sizes."""
+    errors: dict[str, list[float]] = {family: [] for family in FAMILIES}
+    for index, (config, curve) in enumerate(curves):
+        if index == exclude or curve["train_size"].nunique() < min_sizes:
+            continue
+        for family in FAMILIES:
+            errors[family] += rolling_point_errors(curve, family, chance_floor(config.get("task")), min_sizes)
+    scored = {family: float(np.mean(found)) for family, found in errors.items() if found}
+    return min(scored, key=lambda family: (scored[family], family != "pow2")) if scored else "pow2"
 
 
 def forward_in_size(table: pd.DataFrame, family: str = "pow2", target: str = "finetuned_primary",
@@ -135,17 +201,19 @@ def forward_in_size(table: pd.DataFrame, family: str = "pow2", target: str = "fi
     """For every curve with ``min_sizes`` sizes or more: hold out the largest size, forecast it from the
     others, and compare with its runs. ``rolling``: every size from the ``min_sizes``-th on is held out in turn
     and forecast from the sizes below it only (rolling origin: more held-out points from the same curves, each
-    forecast as a sweep would have made it then). One row per held-out run, with the curve's and the
-    baselines' predictions."""
+    forecast as a sweep would have made it then). ``family="auto"``: each curve's family is chosen on the other
+    curves (:func:`choose_family`). One row per held-out run, with the curve's and the baselines' predictions."""
     rows = []
-    for config, runs in curves_of(table, target):
+    curves = curves_of(table, target)
+    for index, (config, runs) in enumerate(curves):
         sizes = sorted(runs["train_size"].unique())
         if len(sizes) < min_sizes:
             continue
+        chosen = choose_family(curves, min_sizes, exclude=index) if family == AUTO else family
         for held_size in sizes[min_sizes - 1:] if rolling else sizes[-1:]:
             fitted = runs[runs["train_size"] < held_size]
             held = runs[runs["train_size"] == held_size]
-            rows += _held_out_rows(config, fitted, held, held_size, family, level)
+            rows += _held_out_rows(config, fitted, held, held_size, chosen, level)
     return pd.DataFrame(rows)
 
 
@@ -153,13 +221,15 @@ def _held_out_rows(config: dict[str, Any], fitted: pd.DataFrame, held: pd.DataFr
                    family: str, level: float) -> list[dict[str, Any]]:
     """The forecast of ``held_size`` from the ``fitted`` runs beside each baseline, one row per held-out run."""
     floor = chance_floor(config.get("task"))
-    point = forecast(fitted["train_size"], fitted["value"], [held_size], family, floor, level).iloc[0]
+    eval_size = fitted["eval_size"].iloc[0] if "eval_size" in fitted else None
+    point = forecast(fitted["train_size"], fitted["value"], [held_size], family, floor, level,
+                     eval_size=eval_size).iloc[0]
     baselines = {name: float(fit_curve(fitted["train_size"], fitted["value"], name).predict([held_size])[0])
                  for name in BASELINES}
     fitted_sizes = ",".join(str(int(s)) for s in sorted(fitted["train_size"].unique()))
     return [{**config, "run_id": run.run_id, "held_out_size": held_size, "fitted_sizes": fitted_sizes,
-             "actual": run.value, "predicted": point["predicted"], "lower": point["lower"], "upper": point["upper"],
-             **{f"baseline_{name}": value for name, value in baselines.items()}}
+             "family": family, "actual": run.value, "predicted": point["predicted"], "lower": point["lower"],
+             "upper": point["upper"], **{f"baseline_{name}": value for name, value in baselines.items()}}
             for run in held.itertuples(index=False)]
 
 

@@ -455,7 +455,7 @@ class ForecastSettings(_Group):
     PREFIX: typing.ClassVar[str] = "forecast"
     experiment_name: str = "finetune_predictor"
     target_column: str = "finetuned_primary"
-    curve_family: str = field(default="pow2", metadata=one_of("pow2", "pow3", "loglinear", "carry_forward"))
+    curve_family: str = field(default="auto", metadata=one_of("auto", "pow2", "pow3", "loglinear", "carry_forward"))
     interval_level: float = field(default=0.9, metadata=between(0.0, 1.0))
     min_sizes: int = field(default=3, metadata=at_least(2))
 

@@ -38,6 +38,10 @@ def evaluate_forward_in_size(runs: pd.DataFrame, forecast: dict[str, Any]) -> tu
         if not scored.empty:
             metrics[f"rolling_forward_mae_{other}"] = learning_curve.forward_metrics(scored)["forward_mae"]
     _print_forward(metrics, min_sizes, level)
+    if family == learning_curve.AUTO and not rolling.empty:
+        print("Curve family chosen for each curve on the other curves: "
+              + ", ".join(f"{name} {count}" for name, count in rolling.groupby("family")["run_id"].count().items())
+              + " held-out runs")
     table = pd.concat([results.assign(check="largest"), rolling.assign(check="rolling")], ignore_index=True)
     return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
 
@@ -77,6 +81,10 @@ def forecast_sweep_sizes(runs: pd.DataFrame, forecast: dict[str, Any], sensitivi
     target = str(forecast.get("target_column", "finetuned_primary"))
     mine = runs[(runs["task"] == task) & (runs["dataset_family"] == family)]
     sizes = sorted({float(size) * _strata(task, data, mine) for size in sensitivity["train_per_class"]})
+    curve_family = str(forecast.get("curve_family", "auto"))
+    if curve_family == learning_curve.AUTO:  # measured on every curve of the store (none of them is forecast)
+        curve_family = learning_curve.choose_family(learning_curve.curves_of(runs, target),
+                                                    int(forecast.get("min_sizes", 3)))
     rows = []
     for config, curve in learning_curve.curves_of(mine, target):
         ran = curve.groupby("train_size")["value"].agg(["mean", "count"])
@@ -88,13 +96,13 @@ def forecast_sweep_sizes(runs: pd.DataFrame, forecast: dict[str, Any], sensitivi
                 rows.append({"curve": label, "size": size, "status": "ran", "runs": int(ran.loc[size, "count"]),
                              "value": ran.loc[size, "mean"], "lower": None, "upper": None})
         if todo and ran.shape[0] >= 2:
-            predicted = learning_curve.forecast(curve["train_size"], curve["value"], todo,
-                                                str(forecast.get("curve_family", "pow2")),
+            predicted = learning_curve.forecast(curve["train_size"], curve["value"], todo, curve_family,
                                                 learning_curve.chance_floor(task),
-                                                float(forecast.get("interval_level", 0.9)))
+                                                float(forecast.get("interval_level", 0.9)),
+                                                eval_size=curve["eval_size"].iloc[0])
             rows += [{"curve": label, "size": r.size, "status": "forecast", "runs": 0, "value": r.predicted,
                       "lower": r.lower, "upper": r.upper} for r in predicted.itertuples(index=False)]
     table = pd.DataFrame(rows, columns=["curve", "size", "status", "runs", "value", "lower", "upper"])
-    print(f"\nForecast for {task} on {family} ({target}):")
+    print(f"\nForecast for {task} on {family} ({target}, curve family {curve_family}):")
     print(table.round(3).to_string(index=False) if not table.empty else "  no curve of this data with two sizes yet")
     return table.round(4)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.learning_curve import chance_floor, forecast
+from finetune_predictor.learning_curve import chance_floor, eval_size_of, forecast
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
 
 STRATEGIES = ("grid", "forecast")
@@ -48,7 +48,7 @@ def curves_to_stop(results: pd.DataFrame, configs: list[SweepConfig], largest_si
         if rows["train_size"].nunique() < 2:
             continue
         band = forecast(rows["train_size"].astype(float), rows[target].astype(float), [largest_size],
-                        floor=chance_floor(task), level=level).iloc[0]
+                        floor=chance_floor(task), level=level, eval_size=eval_size_of(rows, target)).iloc[0]
         bands[curve] = {"predicted": float(band["predicted"]), "lower": float(band["lower"]),
                         "upper": float(band["upper"])}
     if len(bands) < 2:

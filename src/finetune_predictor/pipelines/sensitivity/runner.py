@@ -570,6 +570,14 @@ def _train_size(params: Mapping[str, Any], config: SweepConfig) -> int:
     return int(value) if value is not None else 2 * config.train_per_class
 
 
+def _number(value: Any) -> float | None:
+    """A numeric MLflow param (params are strings), None when absent or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
     """One row of the experiment summary, read back from the FINISHED MLflow run (nothing typed in)."""
     metrics, params = run.data.metrics, run.data.params
@@ -581,6 +589,7 @@ def result_row(config: SweepConfig, key: str, run: Any) -> dict[str, Any]:
         **config.variant.as_params(),
         "dataset": params.get("dataset"), "dataset_family": params.get("dataset_family"),
         "train_sha256": params.get("train_sha256"), "test_sha256": params.get("test_sha256"),
+        "test_size": _number(params.get("test_size")), "validation_n": metrics.get("validation_n"),
         "train_time_s": metrics.get("train_runtime_s"), "inference_time_s": metrics.get("inference_runtime_s"),
         "peak_memory_mb": metrics.get("train_peak_memory_mb"),
         "artifact_uri": run.info.artifact_uri,
