@@ -23,13 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def project_copy(target: Path) -> Path:
-    """conf/ (without conf/local), src/, pyproject.toml and .telemetry: a clean project with an empty store."""
-    shutil.copytree(ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
+def project_copy(target: Path, source: Path = ROOT) -> Path:
+    """conf/ (without conf/local), src/, pyproject.toml and .telemetry of ``source`` (this checkout, or a worktree
+    of an older commit): a clean project with an empty store."""
+    shutil.copytree(source / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
     (target / "conf" / "local").mkdir()
     for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(ROOT / name, target / name)
-    shutil.copytree(ROOT / "src", target / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        if (source / name).exists():
+            shutil.copy(source / name, target / name)
+    shutil.copytree(source / "src", target / "src", ignore=shutil.ignore_patterns("__pycache__"))
     return target
 
 
