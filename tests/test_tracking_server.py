@@ -135,6 +135,9 @@ def test_a_ray_sweep_and_the_predictor_run_against_the_tracking_server(server, t
         with mlflow.start_run(run_name="sweep on the server") as parent:
             outcome = _sweep(tmp_path, tiny_model_dir, executor="ray",
                              meta_features={**PROBE, "cache_dir": str(tmp_path / "mf-cache")})
+        # A run asking for GPUs the cluster does not have is refused before any task waits for ever.
+        with pytest.raises(ValueError, match="gpus_per_run=1 but the Ray cluster at local has 0 GPU"):
+            _sweep(tmp_path, tiny_model_dir, executor="ray", gpus_per_run=1, seeds=[7])
     finally:
         ray.shutdown()
     assert outcome.status["ran"] == 2 and outcome.status["failed"] == 0, outcome.status
@@ -391,18 +394,33 @@ def _lose_the_server(config, *args):
 
 
 def test_a_ray_sweep_that_loses_the_server_raises_the_one_message(monkeypatch):
-    """On Ray the error comes back wrapped in Ray's own: it is still the project's error, with its remedy, and
-    the sweep stops with it (it used to be logged as one failed configuration and the sweep went on)."""
+    """On Ray the error comes back wrapped in Ray's own (``RayTaskError.as_instanceof_cause``, what ``ray.get``
+    raises for a task that failed): it is still the project's error, with its remedy, and the sweep stops with it
+    after every task in flight ended (it used to be logged as one failed configuration and the sweep went on).
+    Ray's own exception class without a cluster: the real cluster runs in the sweep test above."""
     from types import SimpleNamespace
 
     ray = pytest.importorskip("ray")
-    monkeypatch.setattr(runner, "run_configuration", _lose_the_server)
+    from ray.exceptions import RayTaskError
+
+    def fake_get(ref):
+        config, _result = ref
+        try:
+            return _lose_the_server(config)
+        except tracking.TrackingServerUnavailableError as cause:
+            raise RayTaskError("run_configuration", "Traceback ...", cause).as_instanceof_cause() from None
+
+    class FakeTask:
+        def remote(self, *job):
+            return job[0], None
+
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "remote", lambda **kwargs: lambda function: FakeTask())
+    monkeypatch.setattr(ray, "get", fake_get)
     context = SimpleNamespace(run_name=str)
-    try:
-        with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
-            runner.execute_ray([("finished",), ("in flight",), ("also finished",)], {"gpus_per_run": 0}, context)
-    finally:
-        ray.shutdown()
+    with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
+        runner.execute_ray([("finished",), ("in flight",), ("also finished",)], {"gpus_per_run": 0}, context)
     assert failure.value.fix == "start it again" and "did not answer" in failure.value.render()
 
 
