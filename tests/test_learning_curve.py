@@ -164,3 +164,12 @@ def test_forecast_pipeline_runs(capsys):
     assert set(forecasts.loc[forecasts["status"] == "forecast", "size"]) == {128.0, 256.0}
     assert (forecasts["lower"].dropna() <= forecasts["value"][forecasts["lower"].notna()]).all()
     assert "Forecast for qa on f" in capsys.readouterr().out
+
+
+def test_forecast_on_a_store_without_runs_is_one_user_error(store):
+    from finetune_predictor.errors import UserFacingError
+    from finetune_predictor.pipelines.forecast.nodes import load_runs
+
+    with pytest.raises(UserFacingError, match="no finished run with 'finetuned_primary'") as raised:
+        load_runs({"experiment_name": "finetune_predictor"})
+    assert "forecast.experiment_name" in raised.value.where and "kedro run --pipeline=sensitivity" in raised.value.fix

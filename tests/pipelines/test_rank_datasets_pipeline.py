@@ -12,6 +12,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from finetune_predictor import predictor as core
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines import rank_datasets
 from finetune_predictor.pipelines.rank_datasets.nodes import candidate_paths, plot_ranking
 from finetune_predictor.synthetic_news import iter_articles
@@ -68,7 +69,7 @@ def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
 
 
 def test_candidates_must_exist(tmp_path):
-    with pytest.raises(ValueError, match=r"rank\.candidates is not set"):
+    with pytest.raises(UserFacingError, match="no candidates to rank"):
         candidate_paths({})
-    with pytest.raises(ValueError, match="matches no data file"):
+    with pytest.raises(UserFacingError, match="matches no data file"):
         candidate_paths({"candidates": str(tmp_path / "*.jsonl")})

@@ -7,17 +7,21 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor import learning_curve, tracking
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.task_data import dataset_family
 from finetune_predictor.tasks import OPEN_TASKS, task_type
 
 
 def load_runs(forecast: dict[str, Any]) -> pd.DataFrame:
     """FINISHED runs of ``forecast.experiment_name`` with the target metric (the task's primary metric)."""
-    table = tracking.runs_table(str(forecast.get("experiment_name") or tracking.EXPERIMENT_NAME))
+    experiment = str(forecast.get("experiment_name") or tracking.EXPERIMENT_NAME)
+    table = tracking.runs_table(experiment)
     target = str(forecast.get("target_column", "finetuned_primary"))
     if table.empty or target not in table:
-        raise ValueError(f"No finished runs with {target!r} in the MLflow experiment: run a sweep first "
-                         "(kedro run --pipeline=sensitivity)")
+        raise UserFacingError(f"no finished run with {target!r} in the MLflow experiment {experiment!r}",
+                              "forecast.experiment_name, forecast.target_column",
+                              "run a sweep first (kedro run --pipeline=sensitivity), or name the experiment "
+                              "that holds one")
     return table[table[target].notna()].reset_index(drop=True)
 
 

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from finetune_predictor import predictor as core
 from finetune_predictor import tracking
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.model_selection import contributions
 
 
@@ -23,13 +24,15 @@ def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
     if predictor.get("table_path"):
         table = pd.read_csv(predictor["table_path"])
         if settings.target_column not in table:
-            raise ValueError(f"{predictor['table_path']}: no target column {settings.target_column!r} "
-                             f"(predictor.target_column); columns: {list(table.columns)}")
+            raise UserFacingError(f"{predictor['table_path']}: no target column {settings.target_column!r}; "
+                                  f"columns: {list(table.columns)}", "predictor.target_column",
+                                  "name one of the table's columns")
     else:
         table = tracking.runs_table(str(predictor.get("experiment_name") or tracking.EXPERIMENT_NAME))
     if table.empty:
-        raise ValueError("The runs table is empty: run sweeps with sensitivity.meta_features set first, "
-                         "or pass predictor.table_path")
+        raise UserFacingError("the runs table is empty", "predictor.experiment_name, predictor.table_path",
+                              "run sweeps with sensitivity.meta_features set first (kedro run "
+                              "--pipeline=sensitivity), or pass predictor.table_path")
     table = table[table[settings.target_column].notna()].reset_index(drop=True)
     return core.runs_with_features(table, settings)
 

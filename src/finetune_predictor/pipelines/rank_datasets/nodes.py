@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from finetune_predictor import task_data
+from finetune_predictor.errors import UserFacingError
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.model_session import open_session
 from finetune_predictor.models import default_cache_dir
@@ -31,13 +32,14 @@ def candidate_paths(rank: dict[str, Any]) -> list[str]:
     """``rank.candidates``: a folder (every data file in it) or a glob (``data/candidates/*.jsonl``)."""
     spec = rank.get("candidates")
     if not spec:
-        raise ValueError('rank.candidates is not set: give a folder or a glob, e.g. --params '
-                         '"rank.candidates=data/candidates/*.jsonl"')
+        raise UserFacingError("no candidates to rank", "rank.candidates",
+                              'give a folder or a glob, e.g. --params "rank.candidates=data/candidates/*.jsonl"')
     path = Path(str(spec))
     found = (sorted(str(p) for p in path.iterdir() if p.suffix.lower() in CANDIDATE_SUFFIXES) if path.is_dir()
              else sorted(glob.glob(str(spec))))
     if not found:
-        raise ValueError(f"rank.candidates={spec!r} matches no data file ({', '.join(CANDIDATE_SUFFIXES)})")
+        raise UserFacingError(f"rank.candidates={spec!r} matches no data file", "rank.candidates",
+                              f"point it at a folder or glob of {', '.join(CANDIDATE_SUFFIXES)} files")
     return found
 
 
