@@ -70,6 +70,9 @@ def test_candidate_study_pipeline_ranks_candidates_leave_one_out(capsys):
     assert metrics["rank_n_candidates"] == 7 and metrics["rank_n_runs"] == 14
     assert metrics["rank_spearman"] >= 0.8 and metrics["rank_top1_regret"] <= 3
     assert metrics["rank_top1_regret_random"] > metrics["rank_top1_regret"]
+    # The mean of the other candidates is anti-correlated with the truth by construction (leave one out): the
+    # predictor that learned from the features must be far above it.
+    assert metrics["rank_spearman_mean"] < 0 < metrics["rank_spearman"]
     for name in ("rank_spearman_cold_start", "rank_spearman_best_single_feature", "rank_seed_ceiling_spearman",
                  "rank_truth_binomial_se"):
         assert name in metrics, name

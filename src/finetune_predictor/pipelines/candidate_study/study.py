@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from finetune_predictor.model_selection import best_single_feature_model, selected_model
+from finetune_predictor.model_selection import best_single_feature_model, mean_model, selected_model
 from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
 
 CANDIDATE = "param_data_variant"
@@ -81,11 +81,13 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
                             ) -> dict[str, np.ndarray]:
     """Per study run, its prediction under each protocol: ``loco`` (the predictor chosen without any run of
     that candidate on this data: :func:`same_candidate`), ``cold_start`` (without any run on this data:
-    :func:`same_data`) and ``best_single_feature`` (the baseline, held out like ``loco``)."""
+    :func:`same_data`), ``best_single_feature`` and ``mean`` (the baselines, held out like ``loco``; the mean of
+    the other candidates is anti-correlated with the truth by construction, so a predictor that ranks like it
+    has learned nothing from the features)."""
     features, target = feature_columns(table, settings), settings.target_column
     selected = selected_model(settings, groups_of_table(table))
     study = table[in_study]
-    out = {name: np.full(len(study), np.nan) for name in ("loco", "best_single_feature", "cold_start")}
+    out = {name: np.full(len(study), np.nan) for name in ("loco", "best_single_feature", "mean", "cold_start")}
     positions = {index: k for k, index in enumerate(study.index)}
     least = 2 * settings.n_folds
     for candidate in study[CANDIDATE].unique():
@@ -94,6 +96,7 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
         out["loco"][rows] = _predict_held_out(table, features, target, held_out, in_study, selected, least)
         out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out, in_study,
                                                              best_single_feature_model, least)
+        out["mean"][rows] = _predict_held_out(table, features, target, held_out, in_study, mean_model, least)
     out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
                                              selected, least)
     return out
@@ -150,7 +153,7 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
                "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
                "rank_spearman": _spearman(table["predicted_loco"], actual),
                "rank_top1_regret": _regret(actual, table["predicted_loco"])}
-    for name in ("cold_start", "best_single_feature"):
+    for name in ("cold_start", "best_single_feature", "mean"):
         metrics[f"rank_spearman_{name}"] = _spearman(table[f"predicted_{name}"], actual)
         metrics[f"rank_top1_regret_{name}"] = _regret(actual, table[f"predicted_{name}"])
     metrics["rank_top1_regret_random"] = float((actual.max() - actual.mean()) * POINTS)
