@@ -192,3 +192,34 @@ def test_too_few_runs_to_learn_from_are_not_scored_rather_than_crash():
     ranking = study.candidate_table(table[in_study], predictions, "finetuned_primary")
     metrics = study.study_metrics(ranking, table[in_study], "finetuned_primary")
     assert metrics["rank_n_scored_cold_start"] == 0 and "rank_spearman_cold_start" not in metrics
+
+
+def _prior_metrics(table: pd.DataFrame) -> dict[str, float]:
+    from finetune_predictor.pipelines.candidate_study.study import (
+        candidate_table,
+        predictions_by_protocol,
+        study_metrics,
+    )
+    from finetune_predictor.predictor import PredictorSettings
+
+    in_study = study_runs(table, STUDY, TEST_SHA)
+    predictions = predictions_by_protocol(table, in_study, PredictorSettings.from_params(PREDICTOR))
+    ranking = candidate_table(table[in_study], predictions, "finetuned_primary")
+    return study_metrics(ranking, table[in_study], "finetuned_primary")
+
+
+def test_the_no_fitting_prior_ranks_by_the_learnability_feature_alone():
+    """With too few candidates for any fitted ranking (the real study: 7 candidates, nothing else in the store),
+    the study still scores the ranking by the label-learnability feature itself: no fit, no truth seen."""
+    from finetune_predictor.pipelines.candidate_study.study import PRIOR_FEATURE
+
+    table = study_table(other_runs=0)
+    table[PRIOR_FEATURE] = table["param_data_variant"].map(CANDIDATES)  # orders the candidates as the truth does
+    metrics = _prior_metrics(table)
+    assert metrics["rank_spearman_prior"] == pytest.approx(1.0) and metrics["rank_top1_regret_prior"] == 0.0
+    # Clean turns out worst, which the feature cannot know: it is still picked first (6 ranks off, the others 1).
+    clean = table["param_data_variant"] == "clean"
+    table.loc[clean, "finetuned_primary"] -= 0.30
+    metrics = _prior_metrics(table)
+    assert metrics["rank_spearman_prior"] == pytest.approx(1 - 6 * (36 + 6) / (7 * 48), abs=0.01)
+    assert metrics["rank_top1_regret_prior"] == pytest.approx(100 * (0.77 - 0.50), abs=1.5)

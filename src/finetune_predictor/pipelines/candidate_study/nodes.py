@@ -70,6 +70,8 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         f"{_figure(metrics, 'rank_top1_regret_cold_start', 1)} |",
         f"| baseline: best single feature | {_figure(metrics, 'rank_spearman_best_single_feature')} | "
         f"{_figure(metrics, 'rank_top1_regret_best_single_feature', 1)} |",
+        f"| no fitting: rank by {study.PRIOR_FEATURE} | {_figure(metrics, 'rank_spearman_prior')} | "
+        f"{_figure(metrics, 'rank_top1_regret_prior', 1)} |",
         f"| baseline: mean of the other candidates (anti-correlated by construction) | "
         f"{_figure(metrics, 'rank_spearman_mean')} | {_figure(metrics, 'rank_top1_regret_mean', 1)} |",
         f"| baseline: random pick | 0 (expected) | {_figure(metrics, 'rank_top1_regret_random', 1)} |",

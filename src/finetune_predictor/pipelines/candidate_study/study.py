@@ -25,6 +25,12 @@ from finetune_predictor.predictor import POINTS, PredictorSettings, feature_colu
 
 CANDIDATE = "param_data_variant"
 
+# A meta-feature that ranks candidates with no fitting at all (higher is better): designed before any study
+# truth was seen, so it cannot have been tuned on one. Needs no runs table, which the study's few candidates
+# cannot supply (under leave-one-candidate-out the property that sets a candidate apart, e.g. its class
+# imbalance, never varies among the others).
+PRIOR_FEATURE = "mf_label_cv_balanced_accuracy"
+
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(None, index=table.index, dtype=object)
@@ -97,9 +103,12 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
         out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out, in_study,
                                                              best_single_feature_model, least)
         out["mean"][rows] = _predict_held_out(table, features, target, held_out, in_study, mean_model, least)
+    if PRIOR_FEATURE in study:
+        out["prior"] = study[PRIOR_FEATURE].to_numpy(dtype=float)  # a score to rank by, not a prediction in points
     out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
                                              selected, least)
     return out
+
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float:
@@ -153,7 +162,9 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
                "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
                "rank_spearman": _spearman(table["predicted_loco"], actual),
                "rank_top1_regret": _regret(actual, table["predicted_loco"])}
-    for name in ("cold_start", "best_single_feature", "mean"):
+    for name in ("cold_start", "best_single_feature", "mean", "prior"):
+        if f"predicted_{name}" not in table:
+            continue
         metrics[f"rank_spearman_{name}"] = _spearman(table[f"predicted_{name}"], actual)
         metrics[f"rank_top1_regret_{name}"] = _regret(actual, table[f"predicted_{name}"])
     metrics["rank_top1_regret_random"] = float((actual.max() - actual.mean()) * POINTS)
