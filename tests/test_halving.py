@@ -103,3 +103,13 @@ def test_stopping_regret_counts_the_points_lost_when_the_winner_was_stopped():
     unfinished = _grid_rows([c for c in configs if not (c.learning_rate == 1e-3 and c.train_per_class == 128)])
     assert stopping_regret(unfinished.assign(config_key=[k for k, c in keys.items() if not (
         c.learning_rate == 1e-3 and c.train_per_class == 128)]), skipped, keys, 1, 8) is None
+
+
+def test_a_forecast_run_with_everything_already_finished_says_so_instead_of_zero_of_zero_steps():
+    from finetune_predictor.pipelines.sensitivity.report import _forecast_lines
+
+    status = {"strategy": "forecast", "skipped": [], "planned_steps": 0, "trained_steps": 0}
+    text = "\n".join(_forecast_lines(status))
+    assert "all reused" in text and "0 of 0" not in text
+    text = "\n".join(_forecast_lines({**status, "planned_steps": 100, "trained_steps": 60}))
+    assert "Trained 60 of 100 planned optimizer steps (40% of the compute saved)" in text

@@ -332,7 +332,10 @@ def _forecast_lines(forecast: dict[str, Any] | None) -> list[str]:
     if not forecast:
         return []
     planned, trained = forecast["planned_steps"], forecast["trained_steps"]
-    saved = 1 - trained / planned if planned else 0.0
+    if not planned:  # every configuration was already finished: the forecast had nothing left to decide
+        return ["## Forecast-driven sweep", "", "Every configuration had already run (all reused): nothing was left "
+                "to forecast or stop, and no compute was saved by this run.", ""]
+    saved = 1 - trained / planned
     lines = ["## Forecast-driven sweep", "",
              f"Trained {trained} of {planned} planned optimizer steps ({saved:.0%} of the compute saved). Skipped "
              "configurations are forecasts, not results: they are not in the tables above.", ""]
