@@ -64,6 +64,9 @@ def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
     assert ranking["rank"].tolist()[:2] == [1, 2] and ranking["candidate"].iloc[-1].endswith("broken.jsonl")
     assert "missing field 'output'" in ranking["error"].iloc[-1]
     assert (ranking["lower"].iloc[:2] <= ranking["predicted"].iloc[:2]).all()
+    # Beside the predictor's rank, the no-fitting rank by label learnability (ties share a rank).
+    assert ranking["label_learnability"].iloc[:2].between(0, 1).all()
+    assert set(ranking["prior_rank"].iloc[:2]) <= {1, 2} and np.isnan(ranking["prior_rank"].iloc[-1])
     assert catalog.load("rank_datasets.tracking.metrics")["rank_n_candidates"]["value"] == 2
     assert "Candidate ranking" in capsys.readouterr().out
 
@@ -73,3 +76,16 @@ def test_candidates_must_exist(tmp_path):
         candidate_paths({})
     with pytest.raises(UserFacingError, match="matches no data file"):
         candidate_paths({"candidates": str(tmp_path / "*.jsonl")})
+
+
+def test_a_predictor_that_shipped_the_mean_points_to_the_no_fitting_rank(monkeypatch, capsys):
+    from finetune_predictor.pipelines.rank_datasets import nodes
+
+    monkeypatch.setattr(nodes, "predict_with_reasons", lambda *args, **kwargs: {
+        "predicted": 0.6, "interval": (0.5, 0.7), "reasons": []})
+    features = pd.DataFrame([{"candidate": "a.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.55},
+                             {"candidate": "b.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.80}])
+    card = {"model": "baseline_mean", "target": "finetuned_primary", "interval_alpha": 0.1}
+    ranking, _ = nodes.rank_candidates(features, pd.DataFrame(), card, {})
+    assert ranking.set_index("candidate")["prior_rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
+    assert "cannot tell these candidates apart" in capsys.readouterr().out

@@ -22,14 +22,14 @@ from scipy.stats import spearmanr
 
 from finetune_predictor.model_selection import best_single_feature_model, mean_model, selected_model
 from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
+from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE = "param_data_variant"
 
-# A meta-feature that ranks candidates with no fitting at all (higher is better): designed before any study
-# truth was seen, so it cannot have been tuned on one. Needs no runs table, which the study's few candidates
-# cannot supply (under leave-one-candidate-out the property that sets a candidate apart, e.g. its class
-# imbalance, never varies among the others).
-PRIOR_FEATURE = "mf_label_cv_balanced_accuracy"
+# The no-fitting ranking needs no runs table, which the study's few candidates cannot supply: under
+# leave-one-candidate-out the property that sets a candidate apart (its class imbalance, say) never varies
+# among the others.
+PRIOR_FEATURE = RANKING_PRIOR_FEATURE
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:

@@ -23,9 +23,11 @@ from finetune_predictor.predictor import predict_with_reasons
 from finetune_predictor.records import RecordError
 from finetune_predictor.splits import DataLeakError, InsufficientDataError
 from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-RANKING_COLUMNS = ["candidate", "predicted", "lower", "upper", "rank", "reasons", "error"]
+RANKING_COLUMNS = ["candidate", "predicted", "lower", "upper", "rank", "reasons", "label_learnability", "prior_rank",
+                   "error"]
 
 
 def candidate_paths(rank: dict[str, Any]) -> list[str]:
@@ -81,14 +83,19 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict
         answer = predict_with_reasons(runs_table, card, values, top=top, family=Path(row["candidate"]).stem)
         reasons = "; ".join(f"{r['feature']}={r['value']:.3g} ({100 * r['shap']:+.1f} pts)" for r in answer["reasons"])
         rows.append({"candidate": row["candidate"], "predicted": answer["predicted"], "lower": answer["interval"][0],
-                     "upper": answer["interval"][1], "reasons": reasons, "error": None})
+                     "upper": answer["interval"][1], "reasons": reasons,
+                     "label_learnability": values.get(RANKING_PRIOR_FEATURE), "error": None})
     table = pd.DataFrame(rows, columns=RANKING_COLUMNS)
     table = table.sort_values("predicted", ascending=False, na_position="last").reset_index(drop=True)
     valid = table["predicted"].notna()
     table.loc[valid, "rank"] = range(1, int(valid.sum()) + 1)
+    table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
     print(f"\nCandidate ranking by {card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% "
           "intervals):")
     print(table.drop(columns=["reasons"]).round(3).to_string(index=False))
+    if str(card["model"]).startswith("baseline_mean") and table["prior_rank"].notna().any():
+        print(f"The shipped predictor is the mean of its runs table: it cannot tell these candidates apart. Rank by "
+              f"prior_rank ({RANKING_PRIOR_FEATURE}, no fitting; docs/predictor.md, 'Ranking candidates').")
     metrics = {"rank_n_candidates": float(valid.sum()), "rank_n_excluded": float((~valid).sum())}
     return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
 
