@@ -20,11 +20,16 @@ from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
 from finetune_predictor.pipelines.sensitivity.halving import curve_of, run_by_forecast, stopping_regret
 
 RESULT_COLUMNS = {"train_size": "param_train_size", "validation_n": "validation_n", "test_size": "param_test_size"}
+SWEEP_PARAMS = ("param_train_per_class", "param_learning_rate", "param_lora_r", "param_lora_alpha",
+                "param_lora_dropout", "param_num_train_epochs", "param_seed")
+ONE_SWEEP = ("task", "dataset_family", "param_test_sha256")  # a grid is replayed on one data set at a time
 
 
 def grid_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The store's runs as the sweep's result rows (``config``: the SweepConfig): curves with three sizes or more,
-    at the sizes every such curve ran (a full grid; a run of another sweep at another size is left out)."""
+    """One grid's runs (one task, data family and test set) as the sweep's result rows (``config``: the
+    SweepConfig): sweep runs only, clean data, curves with three sizes or more, at the sizes every such curve ran
+    (a full grid; a run of another sweep at another size is left out)."""
+    table = table.dropna(subset=[c for c in SWEEP_PARAMS if c in table])
     rows = table.assign(config=[SweepConfig(
         model=row.model, train_per_class=int(row.param_train_per_class), learning_rate=float(row.param_learning_rate),
         lora_r=int(row.param_lora_r), lora_alpha=int(row.param_lora_alpha),
@@ -32,7 +37,7 @@ def grid_rows(table: pd.DataFrame) -> pd.DataFrame:
         seed=int(row.param_seed)) for row in table.itertuples()])
     rows = rows[rows["param_data_variant"].fillna("clean") == "clean"]
     for column, source in RESULT_COLUMNS.items():
-        rows[column] = pd.to_numeric(rows[source], errors="coerce")
+        rows[column] = pd.to_numeric(rows[source], errors="coerce") if source in rows else float("nan")
     rows["config_key"] = rows["config"].map(repr)
     sizes = rows.groupby(rows["config"].map(curve_of), sort=False)["train_size"].transform("nunique")
     rows = rows[sizes >= 3].drop_duplicates("config_key")
@@ -66,10 +71,15 @@ def replay(rows: pd.DataFrame, level: float) -> dict[str, float]:
 
 
 def main(levels: Sequence[float]) -> None:
-    rows = grid_rows(tracking.runs_table())
-    print(f"{len(rows)} runs, {rows['config'].map(curve_of).nunique()} curves, sizes "
-          f"{sorted(rows['train_size'].unique().astype(int).tolist())}")
-    print(pd.DataFrame([replay(rows, level) for level in levels]).round(3).to_string(index=False))
+    table = tracking.runs_table()
+    for data, group in table.groupby([c for c in ONE_SWEEP if c in table], dropna=False):
+        rows = grid_rows(group)
+        if rows["config"].map(curve_of).nunique() < 2:
+            continue  # one curve has nothing to be stopped against
+        print(f"\n{dict(zip(ONE_SWEEP, data, strict=False))}: {len(rows)} runs, "
+              f"{rows['config'].map(curve_of).nunique()} curves, sizes "
+              f"{sorted(rows['train_size'].unique().astype(int).tolist())}")
+        print(pd.DataFrame([replay(rows, level) for level in levels]).round(3).to_string(index=False))
 
 
 if __name__ == "__main__":

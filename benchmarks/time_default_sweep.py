@@ -25,7 +25,8 @@ from time_mini_test100 import project_copy
 def timed_sweep(project: Path, params: str) -> float:
     """Wall seconds of ``kedro run --pipeline=sensitivity`` in ``project`` (exits with its output if it fails)."""
     kedro = Path(sys.executable).with_name("kedro")
-    env = {**os.environ, "PYTHONPATH": str(project / "src"), "KEDRO_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": str(project / "src"), "KEDRO_DISABLE_TELEMETRY": "true",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}  # never a store shared by both copies
     command = [str(kedro), "run", "--pipeline=sensitivity", *(["--params", params] if params else [])]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)

@@ -113,3 +113,29 @@ def test_a_forecast_run_with_everything_already_finished_says_so_instead_of_zero
     assert "all reused" in text and "0 of 0" not in text
     text = "\n".join(_forecast_lines({**status, "planned_steps": 100, "trained_steps": 60}))
     assert "Trained 60 of 100 planned optimizer steps (40% of the compute saved)" in text
+
+
+def test_the_evaluation_size_widens_the_stopping_forecast_and_reaches_it_through_the_result_rows():
+    """The interval's scatter floor comes from the evaluation set's size: the sweep's result rows carry it
+    (``validation_n``, ``test_size``), and a curve that looked hopeless on 1,000 examples is kept on 50."""
+    from types import SimpleNamespace
+
+    from finetune_predictor.learning_curve import eval_size_of
+    from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
+    from finetune_predictor.pipelines.sensitivity.runner import result_row
+
+    configs = expand_grid({**SWEEP, "learning_rates": [1e-3, 2e-3]}, "m")
+    rows = pd.DataFrame([{"config": c, "train_size": c.train_per_class, "validation_primary":
+                          (0.9 if c.learning_rate == 1e-3 else 0.75) - 0.8 * c.train_per_class ** -0.5}
+                         for c in configs if c.train_per_class <= 32])
+    assert curves_to_stop(rows, configs, 128, "qa") != {}  # no evaluation size known: only the 2-point floor
+    assert curves_to_stop(rows.assign(validation_n=1000.0), configs, 128, "qa") != {}
+    assert curves_to_stop(rows.assign(validation_n=50.0), configs, 128, "qa") == {}
+    run = SimpleNamespace(data=SimpleNamespace(metrics={"validation_n": 50.0, "finetuned_primary": 0.7},
+                                               params={"test_size": "200", "train_size": "32"}),
+                          info=SimpleNamespace(run_id="r", artifact_uri="x"))
+    row = result_row(SweepConfig("m", 16, 1e-3, 8, 32, 0.1, 3, 42), "k", run)
+    assert row["validation_n"] == 50.0 and row["test_size"] == 200.0
+    assert eval_size_of(pd.DataFrame([row]), "validation_primary") == 50.0
+    assert eval_size_of(pd.DataFrame([row]), "finetuned_primary") == 200.0
+    assert eval_size_of(pd.DataFrame({"validation_n": [None, "x"]}), "validation_primary") is None

@@ -136,3 +136,19 @@ def test_a_versioned_folder_and_an_unversioned_dataset_are_not_touched(tmp_path)
     folder = tmp_path / "versions.csv"
     (folder / "2026-01-01T00.00.00.000Z").mkdir(parents=True)
     assert adopt_unversioned_file(folder) is None and folder.is_dir()
+
+
+def test_a_folder_another_run_made_in_between_is_put_back_not_buried(tmp_path, monkeypatch):
+    """Two runs adopting at once: the second finds a folder (the first's versions) where it saw a file; it must
+    put that folder back rather than nest it under a version of its own."""
+    from finetune_predictor import artifacts
+
+    path = tmp_path / "sweep_status.json"
+    (path / "2026-01-01T00.00.00.000Z").mkdir(parents=True)
+    (path / "2026-01-01T00.00.00.000Z" / "sweep_status.json").write_text("{}")
+    real_is_file = type(path).is_file
+    # The first check saw a file (another run had not moved it yet); every later check sees the disk as it is.
+    monkeypatch.setattr(type(path), "is_file", lambda self: self == path or real_is_file(self))
+    assert artifacts.adopt_unversioned_file(path) is None
+    assert (path / "2026-01-01T00.00.00.000Z" / "sweep_status.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep_status.json"]

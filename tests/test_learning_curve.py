@@ -97,22 +97,36 @@ def test_shape_uncertainty_grows_with_the_distance_extrapolated():
     assert near < 0.01 < far
 
 
-def test_auto_family_is_chosen_on_the_other_curves_only():
-    """``auto`` picks pow3 for curves whose exponent is far from pow2's 0.5, measured by rolling origin on the
-    other curves: the curve being forecast never chooses its own family."""
-    steep = lambda n: 0.9 - 3.0 * np.asarray(n, dtype=float) ** -1.2  # noqa: E731
-    table = pd.DataFrame([{"run_id": f"{c}-{n}", "task": "qa", "model": "m", "param_learning_rate": str(c),
-                           "param_train_size": str(n), "finetuned_primary": float(steep(n) + 0.001 * c)}
-                          for c in range(3) for n in SIZES])
+def _curve_table(law, data: str, configs: range) -> pd.DataFrame:
+    return pd.DataFrame([{"run_id": f"{data}-{c}-{n}", "task": "qa", "model": "m", "dataset_family": data,
+                          "param_learning_rate": str(c), "param_train_size": str(n),
+                          "finetuned_primary": float(law(n) + 0.001 * c)} for c in configs for n in SIZES])
+
+
+def test_auto_family_is_chosen_on_the_curves_of_other_data_only():
+    """``auto`` picks the family by rolling-origin error on curves of *other* data: neither the curve being
+    forecast nor its siblings of the same sweep (whose larger sizes a sweep forecasting it would not have yet)."""
+    steep = lambda n: 0.9 - 3.0 * np.asarray(n, dtype=float) ** -1.2  # noqa: E731  (pow3 with c far from 0.5)
+    table = pd.concat([_curve_table(steep, "other", range(2)), _curve_table(_truth, "mine", range(2))],
+                      ignore_index=True)
     curves = curves_of(table)
-    assert choose_family(curves) == "pow3"
-    assert choose_family(curves[:1], exclude=0) == "pow2"  # no other curve: the two-parameter family
+    mine = next(config for config, _ in curves if config["dataset_family"] == "mine")
+    other = next(config for config, _ in curves if config["dataset_family"] == "other")
+    assert choose_family(curves) == "pow3"  # the steep curves dominate the pooled errors
+    assert choose_family(curves, exclude=other) == "pow2"  # only "mine" (a true pow2) is left to choose on
+    assert choose_family(curves, exclude=mine) == "pow3"
+    assert choose_family([c for c in curves if c[0]["dataset_family"] == "mine"], exclude=mine) == "pow2"  # none
     results = forward_in_size(table, "auto", min_sizes=3, rolling=True)
-    assert set(results["family"]) == {"pow3"}
-    # The forecast of curve 0 does not change when curve 0's own values would favour another family.
-    own = table["param_learning_rate"] == "0"
-    flat = table.assign(finetuned_primary=np.where(own, 0.7, table["finetuned_primary"]))
-    assert choose_family(curves_of(flat), exclude=0) == "pow3"
+    results = results[results["fitted_sizes"].str.count(",") >= 2]  # at two fitted sizes pow3 is pow2 anyway
+    chosen = results.groupby("dataset_family")["family"].agg(set).to_dict()
+    assert chosen == {"mine": {"pow3"}, "other": {"pow2"}}  # each chose on the other data, never on its own
+
+
+def test_a_two_size_fit_never_uses_the_unidentifiable_pow3():
+    band = forecast([24, 24, 50, 50], [0.55, 0.56, 0.62, 0.61], [400], "pow3", floor=0.5).iloc[0]
+    assert band.equals(forecast([24, 24, 50, 50], [0.55, 0.56, 0.62, 0.61], [400], "pow2", floor=0.5).iloc[0])
+    assert forward_metrics(forward_in_size(_curve_table(_truth, "d", range(1)), "pow2", min_sizes=2,
+                                           rolling=True))["forward_n_held_out"] == 3  # min_sizes 2: from the third
 
 
 def test_forward_in_size_beats_carry_forward_on_a_rising_curve():

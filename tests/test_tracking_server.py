@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -136,8 +137,9 @@ def test_a_ray_sweep_and_the_predictor_run_against_the_tracking_server(server, t
             outcome = _sweep(tmp_path, tiny_model_dir, executor="ray",
                              meta_features={**PROBE, "cache_dir": str(tmp_path / "mf-cache")})
         # A run asking for GPUs the cluster does not have is refused before any task waits for ever.
-        with pytest.raises(ValueError, match="gpus_per_run=1 but the Ray cluster at local has 0 GPU"):
-            _sweep(tmp_path, tiny_model_dir, executor="ray", gpus_per_run=1, seeds=[7])
+        more_gpus = int(ray.cluster_resources().get("GPU", 0)) + 1
+        with pytest.raises(ValueError, match=f"gpus_per_run={more_gpus} but the Ray cluster at local has"):
+            _sweep(tmp_path, tiny_model_dir, executor="ray", gpus_per_run=more_gpus, seeds=[7])
     finally:
         ray.shutdown()
     assert outcome.status["ran"] == 2 and outcome.status["failed"] == 0, outcome.status
@@ -403,11 +405,15 @@ def test_a_ray_sweep_that_loses_the_server_raises_the_one_message(monkeypatch):
     ray = pytest.importorskip("ray")
     from ray.exceptions import RayTaskError
 
+    awaited = []
+
     def fake_get(ref):
         config, _result = ref
+        awaited.append(config)
         try:
             return _lose_the_server(config)
         except tracking.TrackingServerUnavailableError as cause:
+            cause = pickle.loads(pickle.dumps(cause))  # what a worker's error is after crossing to the driver
             raise RayTaskError("run_configuration", "Traceback ...", cause).as_instanceof_cause() from None
 
     class FakeTask:
@@ -422,6 +428,7 @@ def test_a_ray_sweep_that_loses_the_server_raises_the_one_message(monkeypatch):
     with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
         runner.execute_ray([("finished",), ("in flight",), ("also finished",)], {"gpus_per_run": 0}, context)
     assert failure.value.fix == "start it again" and "did not answer" in failure.value.render()
+    assert awaited == ["finished", "in flight", "also finished"]  # every task in flight ended before the raise
 
 
 def _sweep_project(tmp_path: Path, model_dir: Path) -> Path:

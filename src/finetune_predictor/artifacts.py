@@ -235,10 +235,17 @@ def adopt_unversioned_file(filepath: str | Path) -> Path | None:
         os.replace(filepath, staging)
     except FileNotFoundError:  # another process adopted it first
         return None
+    if not staging.is_file():  # another process had already made filepath its folder of versions: put it back
+        os.replace(staging, filepath)
+        return None
     target = filepath / version / filepath.name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file was written at filepath again in between: leave both where they are
-        return None
+    except FileExistsError:  # a file was written at filepath again in between: the old one keeps a visible name
+        kept = filepath.with_name(f"{filepath.name}.unversioned-{version}")
+        os.replace(staging, kept)
+        fix = f"move {kept.name} into {filepath.name}/<version>/ by hand, or delete it"
+        raise UserFacingError(f"{filepath} was rewritten while its older output was being moved into versions",
+                              str(kept), fix) from None
     os.replace(staging, target)
     return target

@@ -31,7 +31,8 @@ SHAPES = ("pow2", "pow3", "loglinear")  # the curve shapes whose disagreement is
 AUTO = "auto"
 # Where the number of examples each target metric is a mean over is recorded (the interval's scatter floor): the
 # MLflow runs table's column, then the sweep's result rows'.
-EVAL_SIZE_COLUMNS = {"finetuned_primary": ("param_test_size", "test_size"), "validation_primary": ("validation_n",)}
+EVAL_SIZE_COLUMNS = {"finetuned_primary": ("finetuned_n", "param_test_size", "test_size"),
+                     "validation_primary": ("validation_n",)}
 _C_GRID = np.linspace(0.05, 2.0, 40)
 # Configuration params that say which curve a run belongs to (everything but its size and seed).
 CURVE_KEYS = ("task", "model", "dataset_family", "param_test_sha256", "param_learning_rate", "param_lora_r",
@@ -109,10 +110,19 @@ def bounded_score_se(value: np.ndarray, eval_size: float | None) -> np.ndarray:
     return np.sqrt(p * (1 - p) / float(eval_size))
 
 
+def identifiable(family: str, n_sizes: int) -> str:
+    """The family a fit at ``n_sizes`` sizes can pin down: pow3 has three parameters, so at two sizes its exponent
+    is arbitrary and pow2 is fitted instead."""
+    return "pow2" if family == "pow3" and n_sizes < 3 else family
+
+
 def shape_spread(sizes: np.ndarray, values: np.ndarray, targets: Sequence[float], floor: float) -> np.ndarray:
-    """Standard deviation of the :data:`SHAPES` forecasts at ``targets``: how much the answer depends on the
-    curve's assumed shape (near zero inside the fitted sizes, growing with the distance extrapolated)."""
-    predictions = [fit_curve(sizes, values, shape, floor).predict(targets) for shape in SHAPES]
+    """Standard deviation of the :data:`SHAPES` forecasts at ``targets`` (pow3 only where it is identifiable,
+    log-linear clipped at the floor like the others): how much the answer depends on the curve's assumed shape,
+    near zero inside the fitted sizes and growing with the distance extrapolated."""
+    n_sizes = len(np.unique(sizes))
+    shapes = dict.fromkeys(identifiable(shape, n_sizes) for shape in SHAPES)
+    predictions = [np.maximum(fit_curve(sizes, values, shape, floor).predict(targets), floor) for shape in shapes]
     return np.std(np.asarray(predictions), axis=0, ddof=1)
 
 
@@ -126,6 +136,7 @@ def forecast(sizes: Sequence[float], values: Sequence[float], targets: Sequence[
     :func:`bounded_score_se` of ``eval_size`` examples) and the shape uncertainty (:func:`shape_spread`), as
     independent normal parts."""
     n, y = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
+    family = identifiable(family, len(np.unique(n)))
     points = fit_curve(n, y, family, floor).predict(targets)
     rng = np.random.default_rng(seed)
     by_size = [np.flatnonzero(n == size) for size in np.unique(n)]
@@ -174,21 +185,37 @@ def rolling_point_errors(curve: pd.DataFrame, family: str, floor: float, min_siz
     out in turn and forecast from the sizes below it (no interval: cheap enough to compare families)."""
     sizes = sorted(curve["train_size"].unique())
     errors: list[float] = []
-    for held_size in sizes[min_sizes - 1:]:
+    for held_size in sizes[first_held_out(min_sizes):]:
         fitted, held = curve[curve["train_size"] < held_size], curve[curve["train_size"] == held_size]
-        point = fit_curve(fitted["train_size"], fitted["value"], family, floor).predict([held_size])[0]
+        fitted_family = identifiable(family, fitted["train_size"].nunique())
+        point = fit_curve(fitted["train_size"], fitted["value"], fitted_family, floor).predict([held_size])[0]
         errors += np.abs(held["value"].to_numpy() - point).tolist()
     return errors
 
 
+def first_held_out(min_sizes: int) -> int:
+    """Index of the first size a forward check holds out: never before the third, since a forecast needs two
+    fitted sizes."""
+    return max(min_sizes - 1, 2)
+
+
+DATA_KEYS = ("dataset_family", "param_test_sha256", "task")  # curves with these equal share their data
+
+
+def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two curves were trained and scored on the same data (other learning rates of one sweep, say)."""
+    return all(str(a.get(key)) == str(b.get(key)) for key in DATA_KEYS)
+
+
 def choose_family(curves: list[tuple[dict[str, Any], pd.DataFrame]], min_sizes: int = 3,
-                  exclude: int | None = None) -> str:
-    """The saturating family (:data:`FAMILIES`) with the lowest rolling-origin MAE over ``curves`` other than the
-    one at index ``exclude`` (the curve to be forecast never chooses its own family); ``pow2``, the family with
-    fewer parameters, when no other curve has ``min_sizes`` sizes."""
+                  exclude: dict[str, Any] | None = None) -> str:
+    """The saturating family (:data:`FAMILIES`) with the lowest rolling-origin MAE over the ``curves`` not on the
+    same data as the configuration ``exclude``: the curve to be forecast never chooses its own family, nor do
+    its siblings of the same sweep, whose larger sizes a sweep forecasting this one would not have yet. ``pow2``,
+    the family with fewer parameters, when no such curve has ``min_sizes`` sizes."""
     errors: dict[str, list[float]] = {family: [] for family in FAMILIES}
-    for index, (config, curve) in enumerate(curves):
-        if index == exclude or curve["train_size"].nunique() < min_sizes:
+    for config, curve in curves:
+        if (exclude is not None and same_data(config, exclude)) or curve["train_size"].nunique() < min_sizes:
             continue
         for family in FAMILIES:
             errors[family] += rolling_point_errors(curve, family, chance_floor(config.get("task")), min_sizes)
@@ -201,16 +228,16 @@ def forward_in_size(table: pd.DataFrame, family: str = "pow2", target: str = "fi
     """For every curve with ``min_sizes`` sizes or more: hold out the largest size, forecast it from the
     others, and compare with its runs. ``rolling``: every size from the ``min_sizes``-th on is held out in turn
     and forecast from the sizes below it only (rolling origin: more held-out points from the same curves, each
-    forecast as a sweep would have made it then). ``family="auto"``: each curve's family is chosen on the other
-    curves (:func:`choose_family`). One row per held-out run, with the curve's and the baselines' predictions."""
+    forecast as a sweep would have made it then). ``family="auto"``: each curve's family is chosen on the curves of
+    other data (:func:`choose_family`). One row per held-out run, with the curve's and the baselines' predictions."""
     rows = []
     curves = curves_of(table, target)
-    for index, (config, runs) in enumerate(curves):
+    for config, runs in curves:
         sizes = sorted(runs["train_size"].unique())
-        if len(sizes) < min_sizes:
+        if len(sizes) < max(min_sizes, 3):
             continue
-        chosen = choose_family(curves, min_sizes, exclude=index) if family == AUTO else family
-        for held_size in sizes[min_sizes - 1:] if rolling else sizes[-1:]:
+        chosen = choose_family(curves, min_sizes, exclude=config) if family == AUTO else family
+        for held_size in sizes[first_held_out(min_sizes):] if rolling else sizes[-1:]:
             fitted = runs[runs["train_size"] < held_size]
             held = runs[runs["train_size"] == held_size]
             rows += _held_out_rows(config, fitted, held, held_size, chosen, level)
@@ -227,8 +254,9 @@ def _held_out_rows(config: dict[str, Any], fitted: pd.DataFrame, held: pd.DataFr
     baselines = {name: float(fit_curve(fitted["train_size"], fitted["value"], name).predict([held_size])[0])
                  for name in BASELINES}
     fitted_sizes = ",".join(str(int(s)) for s in sorted(fitted["train_size"].unique()))
+    used = identifiable(family, fitted["train_size"].nunique())
     return [{**config, "run_id": run.run_id, "held_out_size": held_size, "fitted_sizes": fitted_sizes,
-             "family": family, "actual": run.value, "predicted": point["predicted"], "lower": point["lower"],
+             "family": used, "actual": run.value, "predicted": point["predicted"], "lower": point["lower"],
              "upper": point["upper"], **{f"baseline_{name}": value for name, value in baselines.items()}}
             for run in held.itertuples(index=False)]
 

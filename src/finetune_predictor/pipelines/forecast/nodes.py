@@ -29,8 +29,9 @@ def evaluate_forward_in_size(runs: pd.DataFrame, forecast: dict[str, Any]) -> tu
     """Hold out the largest size of every curve with ``forecast.min_sizes`` sizes and forecast it from the
     smaller ones, beside carry-forward and log-linear extrapolation (``forward_*``), and the same with every
     size from the third on held out in turn (rolling origin, ``forward_rolling_*``: more points from the same
-    curves); each curve family's rolling MAE too, so the family is chosen by measurement. Printed, and logged."""
-    family, level = str(forecast.get("curve_family", "pow2")), float(forecast.get("interval_level", 0.9))
+    curves); each curve family's rolling MAE too, so the family is chosen by measurement (``auto``: each curve's
+    on the curves of other data). Printed, and logged."""
+    family, level = str(forecast.get("curve_family", learning_curve.AUTO)), float(forecast.get("interval_level", 0.9))
     target, min_sizes = str(forecast.get("target_column", "finetuned_primary")), int(forecast.get("min_sizes", 3))
     results = learning_curve.forward_in_size(runs, family, target, level, min_sizes)
     rolling = learning_curve.forward_in_size(runs, family, target, level, min_sizes, rolling=True)
@@ -43,7 +44,7 @@ def evaluate_forward_in_size(runs: pd.DataFrame, forecast: dict[str, Any]) -> tu
             metrics[f"rolling_forward_mae_{other}"] = learning_curve.forward_metrics(scored)["forward_mae"]
     _print_forward(metrics, min_sizes, level)
     if family == learning_curve.AUTO and not rolling.empty:
-        print("Curve family chosen for each curve on the other curves: "
+        print("Curve family chosen for each curve on the curves of other data: "
               + ", ".join(f"{name} {count}" for name, count in rolling.groupby("family")["run_id"].count().items())
               + " held-out runs")
     table = pd.concat([results.assign(check="largest"), rolling.assign(check="rolling")], ignore_index=True)
@@ -86,8 +87,9 @@ def forecast_sweep_sizes(runs: pd.DataFrame, forecast: dict[str, Any], sensitivi
     mine = runs[(runs["task"] == task) & (runs["dataset_family"] == family)]
     sizes = sorted({float(size) * _strata(task, data, mine) for size in sensitivity["train_per_class"]})
     curve_family = str(forecast.get("curve_family", "auto"))
-    if curve_family == learning_curve.AUTO:  # measured on every curve of the store (none of them is forecast)
-        curve_family = learning_curve.choose_family(learning_curve.curves_of(runs, target),
+    if curve_family == learning_curve.AUTO:  # measured on the store's curves of other data, as the check chose it
+        others = runs[(runs["task"] != task) | (runs["dataset_family"] != family)]
+        curve_family = learning_curve.choose_family(learning_curve.curves_of(others, target),
                                                     int(forecast.get("min_sizes", 3)))
     rows = []
     for config, curve in learning_curve.curves_of(mine, target):
