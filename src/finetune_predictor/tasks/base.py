@@ -118,7 +118,8 @@ def corrupt_labels(labels: Sequence[str], targets: Sequence[str], rate: float, r
 CLASSIFICATION_FEATURES = ("mf_label_balance", "mf_label_cv_balanced_accuracy")
 # The meta-feature that ranks candidate training sets of one classification task with no fitting (higher is
 # better): what the candidate study scores as its no-fitting ranking and rank_datasets shows beside the
-# predictor's. Designed before any study truth was seen (docs/predictor.md, "Ranking candidates").
+# predictor's. Added after the first candidate study's ranking missed label noise, scored once against it, not
+# tuned (docs/predictor.md, "Ranking candidates").
 RANKING_PRIOR_FEATURE = "mf_label_cv_balanced_accuracy"
 
 
