@@ -211,10 +211,10 @@ def _prior_metrics(table: pd.DataFrame) -> dict[str, float]:
 def test_the_no_fitting_prior_ranks_by_the_learnability_feature_alone():
     """With too few candidates for any fitted ranking (the real study: 7 candidates, nothing else in the store),
     the study still scores the ranking by the label-learnability feature itself: no fit, no truth seen."""
-    from finetune_predictor.pipelines.candidate_study.study import PRIOR_FEATURE
+    from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
     table = study_table(other_runs=0)
-    table[PRIOR_FEATURE] = table["param_data_variant"].map(CANDIDATES)  # orders the candidates as the truth does
+    table[RANKING_PRIOR_FEATURE] = table["param_data_variant"].map(CANDIDATES)  # the truth's order
     metrics = _prior_metrics(table)
     assert metrics["rank_spearman_prior"] == pytest.approx(1.0) and metrics["rank_top1_regret_prior"] == 0.0
     # Clean turns out worst, which the feature cannot know: it is still picked first (6 ranks off, the others 1).

@@ -15,6 +15,7 @@ from finetune_predictor import tracking
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines.candidate_study import study
 from finetune_predictor.predictor import POINTS, PredictorSettings, runs_with_features
+from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 
 def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any]) -> pd.DataFrame:
@@ -70,7 +71,7 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         f"{_figure(metrics, 'rank_top1_regret_cold_start', 1)} |",
         f"| baseline: best single feature | {_figure(metrics, 'rank_spearman_best_single_feature')} | "
         f"{_figure(metrics, 'rank_top1_regret_best_single_feature', 1)} |",
-        f"| no fitting: rank by {study.PRIOR_FEATURE} | {_figure(metrics, 'rank_spearman_prior')} | "
+        f"| no fitting: rank by {RANKING_PRIOR_FEATURE} | {_figure(metrics, 'rank_spearman_prior')} | "
         f"{_figure(metrics, 'rank_top1_regret_prior', 1)} |",
         f"| baseline: mean of the other candidates (anti-correlated by construction) | "
         f"{_figure(metrics, 'rank_spearman_mean')} | {_figure(metrics, 'rank_top1_regret_mean', 1)} |",

@@ -26,11 +26,6 @@ from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE = "param_data_variant"
 
-# The no-fitting ranking needs no runs table, which the study's few candidates cannot supply: under
-# leave-one-candidate-out the property that sets a candidate apart (its class imbalance, say) never varies
-# among the others.
-PRIOR_FEATURE = RANKING_PRIOR_FEATURE
-
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(None, index=table.index, dtype=object)
@@ -103,8 +98,10 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
         out["best_single_feature"][rows] = _predict_held_out(table, features, target, held_out, in_study,
                                                              best_single_feature_model, least)
         out["mean"][rows] = _predict_held_out(table, features, target, held_out, in_study, mean_model, least)
-    if PRIOR_FEATURE in study:
-        out["prior"] = study[PRIOR_FEATURE].to_numpy(dtype=float)  # a score to rank by, not a prediction in points
+    # The no-fitting ranking needs no runs table, which the study's few candidates cannot supply: under
+    # leave-one-candidate-out the property that sets a candidate apart (its imbalance, say) never varies.
+    if RANKING_PRIOR_FEATURE in study:  # a score to rank by, not a prediction in points
+        out["prior"] = study[RANKING_PRIOR_FEATURE].to_numpy(dtype=float)
     out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
                                              selected, least)
     return out
