@@ -68,11 +68,12 @@ def test_candidate_study_pipeline_ranks_candidates_leave_one_out(capsys):
     SequentialRunner().run(pipeline, catalog)
     metrics = {key: value["value"] for key, value in catalog.load("candidate_study.tracking.metrics").items()}
     assert metrics["rank_n_candidates"] == 7 and metrics["rank_n_runs"] == 14
-    assert metrics["rank_spearman"] >= 0.8 and metrics["rank_top1_regret"] <= 3
+    assert metrics["rank_spearman"] >= 0.8 and metrics["rank_top1_regret"] <= 3  # shipped: cold start here
+    assert metrics["rank_spearman_loco"] >= 0.8 and metrics["rank_top1_regret_loco"] <= 3
     assert metrics["rank_top1_regret_random"] > metrics["rank_top1_regret"]
     # The mean of the other candidates is anti-correlated with the truth by construction (leave one out): the
     # predictor that learned from the features must be far above it.
-    assert metrics["rank_spearman_mean"] < 0 < metrics["rank_spearman"]
+    assert metrics["rank_spearman_mean"] < 0 < metrics["rank_spearman_loco"]
     for name in ("rank_spearman_cold_start", "rank_spearman_best_single_feature", "rank_seed_ceiling_spearman",
                  "rank_truth_binomial_se"):
         assert name in metrics, name
@@ -217,9 +218,27 @@ def test_the_no_fitting_prior_ranks_by_the_learnability_feature_alone():
     table[RANKING_PRIOR_FEATURE] = table["param_data_variant"].map(CANDIDATES)  # the truth's order
     metrics = _prior_metrics(table)
     assert metrics["rank_spearman_prior"] == pytest.approx(1.0) and metrics["rank_top1_regret_prior"] == 0.0
+    # No other data to fit a cold-start predictor on: what ships (rank_datasets) is the prior's order.
+    assert "rank_spearman_cold_start" not in metrics
+    assert metrics["rank_spearman"] == pytest.approx(1.0) and metrics["rank_top1_regret"] == 0.0
     # Clean turns out worst, which the feature cannot know: it is still picked first (6 ranks off, the others 1).
     clean = table["param_data_variant"] == "clean"
     table.loc[clean, "finetuned_primary"] -= 0.30
     metrics = _prior_metrics(table)
     assert metrics["rank_spearman_prior"] == pytest.approx(1 - 6 * (36 + 6) / (7 * 48), abs=0.01)
     assert metrics["rank_top1_regret_prior"] == pytest.approx(100 * (0.77 - 0.50), abs=1.5)
+    assert metrics["rank_top1_regret"] == metrics["rank_top1_regret_prior"]
+
+
+def test_a_cold_start_predictor_that_ships_the_mean_leaves_the_ranking_to_the_prior():
+    """Other data that says nothing about this study (a constant score): the cold-start fit is the mean, every
+    candidate ties, and the prior ranks them (before, the tie fell to the order of the table)."""
+    from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
+
+    table = study_table(other_runs=24)
+    other = table["param_test_sha256"] != TEST_SHA
+    table.loc[other, "finetuned_primary"] = 0.7
+    table[RANKING_PRIOR_FEATURE] = table["param_data_variant"].map(CANDIDATES).fillna(0.5)
+    metrics = _prior_metrics(table)
+    assert metrics["rank_n_scored_cold_start"] == 7 and "rank_spearman_cold_start" not in metrics  # all tie
+    assert metrics["rank_spearman"] == pytest.approx(1.0) and metrics["rank_top1_regret"] == 0.0

@@ -360,6 +360,18 @@ def predict_with_reasons(table: pd.DataFrame, card: dict[str, Any], features: di
     }
 
 
+def ranking_scores(predicted: Sequence[float], prior: Sequence[float]) -> np.ndarray:
+    """The product's order of candidate training sets as one score each (higher ranks first; NaN where a
+    candidate has no prediction): by the predictor's forecast, ties broken by the no-fitting prior
+    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`). When the shipped predictor is its runs
+    table's mean (it beat no baseline), every candidate ties and the prior alone ranks them, rather than the
+    order the files were listed in. Forecasts equal to 1e-6 points are ties."""
+    forecast = pd.Series(np.asarray(predicted, dtype=float)).round(8)
+    tie_break = pd.Series(np.asarray(prior, dtype=float)).rank(method="dense").fillna(0.0)
+    scores = forecast.rank(method="dense") * (len(forecast) + 1) + tie_break
+    return scores.to_numpy(dtype=float)
+
+
 def metrics_for_mlflow(results: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
     """The named metrics: ``rmse_random``, ``rmse_grouped_<column>`` per group column, ``rmse_grouped`` (the
     first group column's split, the dataset family by default), and ``baseline_<name>_rmse_<split>``."""

@@ -78,7 +78,9 @@ def test_candidates_must_exist(tmp_path):
         candidate_paths({"candidates": str(tmp_path / "*.jsonl")})
 
 
-def test_a_predictor_that_shipped_the_mean_points_to_the_no_fitting_rank(monkeypatch, capsys):
+def test_a_predictor_that_shipped_the_mean_ranks_by_the_no_fitting_prior(monkeypatch, capsys):
+    """Every candidate gets the mean's forecast: the rank is the prior's, not the order the files were listed in
+    (before, a.jsonl, listed first, ranked first)."""
     from finetune_predictor.pipelines.rank_datasets import nodes
 
     monkeypatch.setattr(nodes, "predict_with_reasons", lambda *args, **kwargs: {
@@ -88,4 +90,12 @@ def test_a_predictor_that_shipped_the_mean_points_to_the_no_fitting_rank(monkeyp
     card = {"model": "baseline_mean", "target": "finetuned_primary", "interval_alpha": 0.1}
     ranking, _ = nodes.rank_candidates(features, pd.DataFrame(), card, {})
     assert ranking.set_index("candidate")["prior_rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
-    assert "cannot tell these candidates apart" in capsys.readouterr().out
+    assert ranking.set_index("candidate")["rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
+    assert "ranked by mf_label_cv_balanced_accuracy alone" in capsys.readouterr().out
+
+
+def test_ranking_scores_follow_the_forecast_and_break_ties_by_the_prior():
+    scores = core.ranking_scores([0.7, 0.6, 0.6, np.nan, 0.6], [0.1, 0.9, 0.5, 0.99, np.nan])
+    order = list(np.argsort(-np.nan_to_num(scores, nan=-1.0)))
+    assert order[:4] == [0, 1, 2, 4] and np.isnan(scores[3])  # forecast first, then the prior; no forecast: last
+    assert list(np.argsort(-core.ranking_scores([0.5] * 3, [0.2, 0.8, 0.5]))) == [1, 2, 0]

@@ -31,7 +31,7 @@ def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any])
 def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_study: dict[str, Any],
                 predictor: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], str]:
     """The study's candidates on its test set (``candidate_study.test_sha256``, or the last sweep's test set):
-    their truth beside their leave-one-candidate-out predictions; ``rank_spearman``, ``rank_top1_regret``
+    their truth beside the shipped ranking and every other protocol's; ``rank_spearman``, ``rank_top1_regret``
     with baselines and the noise floor. Printed, logged as metrics and written as a Markdown report."""
     settings = PredictorSettings.from_params(predictor)
     test_sha256 = str(candidate_study.get("test_sha256") or split_summary["test_sha256"])
@@ -62,11 +62,15 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
     lines = [
         "# Candidate study: ranking training sets before training them", "",
         f"{len(ranking)} candidates, {metrics['rank_n_runs']:.0f} fully trained runs (the truth); "
-        f"{other_runs} other runs in the store. Each candidate is ranked from its meta-features by the predictor "
-        "chosen without any run of it on this data (at any size, seeds together: leave-one-candidate-out).", "",
+        f"{other_runs} other runs in the store. The shipped ranking is what rank_datasets gives a team that has "
+        "trained none of them: the predictor chosen on other data only, ties broken by "
+        f"{RANKING_PRIOR_FEATURE} (when the predictor ships the mean, or no other data exists, the prior alone "
+        "ranks).", "",
         "| ranking | Spearman | top-1 regret (points) |", "| --- | --- | --- |",
-        f"| predictor, leave-one-candidate-out | {_figure(metrics, 'rank_spearman')} | "
+        f"| **shipped** (rank_datasets) | {_figure(metrics, 'rank_spearman')} | "
         f"{_figure(metrics, 'rank_top1_regret', 1)} |",
+        f"| predictor, leave-one-candidate-out (the other candidates trained) | "
+        f"{_figure(metrics, 'rank_spearman_loco')} | {_figure(metrics, 'rank_top1_regret_loco', 1)} |",
         f"| predictor, cold start (no run on this data known) | {_figure(metrics, 'rank_spearman_cold_start')} | "
         f"{_figure(metrics, 'rank_top1_regret_cold_start', 1)} |",
         f"| baseline: best single feature | {_figure(metrics, 'rank_spearman_best_single_feature')} | "
@@ -80,7 +84,7 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         "",
         f"Noise floor of each true score: binomial standard error {_figure(metrics, 'rank_truth_binomial_se', 1)} "
         f"points on the test set, seed spread {_figure(metrics, 'rank_truth_seed_sd', 1)} points (mean SD).", "",
-        "| candidate | actual (points) | actual rank | predicted (points) | predicted rank | runs |",
+        "| candidate | actual (points) | actual rank | predicted, leave-one-out (points) | shipped rank | runs |",
         "| --- | --- | --- | --- | --- | --- |",
         *(f"| {row.candidate} | {POINTS * row.actual:.1f} | {row.actual_rank:.0f} | {POINTS * row.predicted:.1f} | "
           f"{row.rank:.0f} | {row.runs} |" for row in ranking.itertuples()),
@@ -91,14 +95,15 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
 
 
 def plot_study(ranking: pd.DataFrame) -> Figure:
-    """Predicted vs actual score per candidate: a good ranking lies on a rising line."""
+    """Shipped rank per candidate against its actual score: a good ranking falls from the top left."""
     figure, axis = plt.subplots(figsize=(6, 5), constrained_layout=True)
-    axis.scatter(ranking["actual"] * POINTS, ranking["predicted"] * POINTS)
+    axis.scatter(ranking["actual"] * POINTS, ranking["rank"])
     for row in ranking.itertuples():
-        axis.annotate(str(row.candidate), (row.actual * POINTS, row.predicted * POINTS), fontsize=8,
+        axis.annotate(str(row.candidate), (row.actual * POINTS, row.rank), fontsize=8,
                       xytext=(3, 3), textcoords="offset points")
+    axis.invert_yaxis()
     axis.set_xlabel("actual fine-tuned score (points, mean over seeds)")
-    axis.set_ylabel("predicted before training (points)")
-    axis.set_title("Candidate study: predicted vs actual")
+    axis.set_ylabel("shipped rank before training (1 = best)")
+    axis.set_title("Candidate study: ranked before training vs actual")
     axis.grid(alpha=0.3)
     return figure

@@ -1,12 +1,12 @@
 """Score a candidate study: several candidate training sets for one task and one test set, each fully trained
-(the truth), ranked by the predictor from meta-features only.
+(the truth), ranked from meta-features only.
 
 The question a team asks is "which of these training sets should we fine-tune on?", before training any.
-So the ranking of a candidate never sees a run of that candidate: each candidate is held out in turn
-(leave-one-candidate-out over the runs table, seed replicates held out together) and predicted from its
-meta-features by the predictor chosen on the remaining runs (the same nested one-standard-error choice that
-ships). A stricter cold-start protocol leaves out every candidate of the study at once (only other studies
-are known). Beside them: the best single feature (a baseline that ships if it wins), a random pick, and the
+The headline ranking (``rank_spearman``, ``rank_top1_regret``) is the one rank_datasets would give that team:
+the predictor chosen on runs of other data only (cold start: nothing on this data is known), ties broken by
+the no-fitting prior, so a predictor that ships the mean leaves the prior to rank. Beside it: the predictor
+under leave-one-candidate-out (the other candidates of this study known, seed replicates held out
+together), the cold-start forecast alone, the prior alone, the best single feature, a random pick, and the
 noise floor of the truth itself (seed-to-seed rank agreement, binomial error of the test set).
 """
 
@@ -21,7 +21,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from finetune_predictor.model_selection import best_single_feature_model, mean_model, selected_model
-from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
+from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table, ranking_scores
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE = "param_data_variant"
@@ -104,7 +104,16 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
         out["prior"] = study[RANKING_PRIOR_FEATURE].to_numpy(dtype=float)
     out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
                                              selected, least)
+    out["shipped"] = shipped_scores(out["cold_start"], out.get("prior"))
     return out
+
+
+def shipped_scores(cold_start: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """The order rank_datasets gives a team that has trained none of the candidates: the cold-start predictor's
+    forecast (fitted on other data only), ties broken by the prior (:func:`ranking_scores`). With no other data
+    to fit on there is no forecast: every candidate ties, as under a predictor that ships the mean."""
+    forecast = np.nan_to_num(cold_start, nan=0.0)
+    return ranking_scores(forecast, prior if prior is not None else np.full(len(forecast), np.nan))
 
 
 
@@ -144,22 +153,23 @@ def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], tar
     table["runs"] = grouped.size()
     table = table.reset_index().rename(columns={CANDIDATE: "candidate"})
     table["predicted"] = table["predicted_loco"]
-    table["rank"] = table["predicted"].rank(ascending=False, method="min")
+    table["rank"] = table["predicted_shipped"].rank(ascending=False, method="min")
     table["actual_rank"] = table["actual"].rank(ascending=False, method="min")
     return table.sort_values("rank").reset_index(drop=True)
 
 
 def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict[str, float]:
-    """``rank_spearman`` / ``rank_top1_regret`` (leave-one-candidate-out, the figure to trust), the same for
-    the cold-start protocol and the best-single-feature baseline, a random pick's expected regret, and the
-    noise floor: the seed-to-seed Spearman of the truth and the binomial standard error of one test score."""
+    """``rank_spearman`` / ``rank_top1_regret`` (the shipped ranking: :func:`shipped_scores`), the same for
+    every other protocol (``_loco``, ``_cold_start``, ``_prior``) and the baselines, a random pick's expected
+    regret, and the noise floor: the seed-to-seed Spearman of the truth and the binomial standard error of
+    one test score."""
     actual = table["actual"]
     metrics = {"rank_n_candidates": float(len(table)), "rank_n_runs": float(len(study)),
                "rank_n_scored_loco": float(table["predicted_loco"].notna().sum()),
                "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
-               "rank_spearman": _spearman(table["predicted_loco"], actual),
-               "rank_top1_regret": _regret(actual, table["predicted_loco"])}
-    for name in ("cold_start", "best_single_feature", "mean", "prior"):
+               "rank_spearman": _spearman(table["predicted_shipped"], actual),
+               "rank_top1_regret": _regret(actual, table["predicted_shipped"])}
+    for name in ("loco", "cold_start", "best_single_feature", "mean", "prior"):
         if f"predicted_{name}" not in table:
             continue
         metrics[f"rank_spearman_{name}"] = _spearman(table[f"predicted_{name}"], actual)

@@ -19,7 +19,7 @@ from finetune_predictor.errors import UserFacingError
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.model_session import open_session
 from finetune_predictor.models import default_cache_dir
-from finetune_predictor.predictor import predict_with_reasons
+from finetune_predictor.predictor import predict_with_reasons, ranking_scores
 from finetune_predictor.records import RecordError
 from finetune_predictor.splits import DataLeakError, InsufficientDataError
 from finetune_predictor.tasks import build_task
@@ -86,16 +86,19 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict
                      "upper": answer["interval"][1], "reasons": reasons,
                      "label_learnability": values.get(RANKING_PRIOR_FEATURE), "error": None})
     table = pd.DataFrame(rows, columns=RANKING_COLUMNS)
-    table = table.sort_values("predicted", ascending=False, na_position="last").reset_index(drop=True)
+    table["_order"] = ranking_scores(table["predicted"], table["label_learnability"])
+    table = table.sort_values("_order", ascending=False, na_position="last").drop(columns="_order")
+    table = table.reset_index(drop=True)
     valid = table["predicted"].notna()
     table.loc[valid, "rank"] = range(1, int(valid.sum()) + 1)
     table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
     print(f"\nCandidate ranking by {card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% "
-          "intervals):")
+          f"intervals; ties broken by {RANKING_PRIOR_FEATURE}):")
     print(table.drop(columns=["reasons"]).round(3).to_string(index=False))
-    if str(card["model"]).startswith("baseline_mean") and table["prior_rank"].notna().any():
-        print(f"The shipped predictor is the mean of its runs table: it cannot tell these candidates apart. Rank by "
-              f"prior_rank ({RANKING_PRIOR_FEATURE}, no fitting; docs/predictor.md, 'Ranking candidates').")
+    if table.loc[valid, "predicted"].round(8).nunique() == 1 and table.loc[valid, "prior_rank"].notna().any():
+        print(f"The shipped predictor ({card['model']}) gives every candidate the same forecast: it cannot tell them "
+              f"apart, so they are ranked by {RANKING_PRIOR_FEATURE} alone (no fitting; docs/predictor.md, "
+              "'Ranking candidates').")
     metrics = {"rank_n_candidates": float(valid.sum()), "rank_n_excluded": float((~valid).sum())}
     return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
 
