@@ -152,3 +152,26 @@ def test_a_folder_another_run_made_in_between_is_put_back_not_buried(tmp_path, m
     assert artifacts.adopt_unversioned_file(path) is None
     assert (path / "2026-01-01T00.00.00.000Z" / "sweep_status.json").read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["sweep_status.json"]
+
+
+def test_a_pipeline_whose_inputs_another_pipeline_makes_is_refused_before_it_starts(tmp_path):
+    """rank_datasets without a trained predictor used to spend its preflight and probes, then stop on a bare
+    DatasetError; now it is refused at once, naming the dataset, its file and the pipeline that makes it."""
+    from kedro_datasets.json import JSONDataset
+
+    from finetune_predictor.errors import UserFacingError
+    from finetune_predictor.hooks import MissingInputsHooks
+
+    card = JSONDataset(filepath=str(tmp_path / "card.json"), version=Version(None, None))
+    catalog = DataCatalog({"predictor.model.card": card, "params:rank": MemoryDataset({})})
+    registered = {"__default__": _pipeline("x", "predictor.model.card"),
+                  "predictor": _pipeline("runs", "predictor.model.card")}
+    ranking = Pipeline([node(lambda c, r: c, ["predictor.model.card", "params:rank"], "ranking")])
+    hooks = MissingInputsHooks(registered)
+    with pytest.raises(UserFacingError) as caught:
+        hooks.before_pipeline_run({"pipeline_names": ["rank_datasets"]}, ranking, catalog)
+    error = caught.value
+    assert "rank_datasets" in error.what and "predictor.model.card" in error.where and "card.json" in error.where
+    assert error.fix == "run `kedro run --pipeline=predictor` first"
+    card.save({"model": "baseline_mean"})
+    hooks.before_pipeline_run({"pipeline_names": ["rank_datasets"]}, ranking, catalog)  # now it exists: runs

@@ -182,6 +182,46 @@ class SettingsCheckHooks:
         check_parameters(catalog.load("parameters"), None if "parameters" in inputs else groups)
 
 
+def producing_pipeline(dataset_name: str, registered: Any = None) -> str | None:
+    """The smallest registered pipeline that makes ``dataset_name`` (``predictor`` for the card), else None."""
+    if registered is None:
+        from kedro.framework.project import pipelines as registered
+    makers = [(len(pipeline.nodes), name) for name, pipeline in registered.items()
+              if name != "__default__" and dataset_name in pipeline.all_outputs()]
+    return min(makers)[1] if makers else None
+
+
+class MissingInputsHooks:
+    """Refuses to start a pipeline whose inputs another pipeline makes (the predictor's card and runs table for
+    predict and rank_datasets, a sweep's split summary for candidate_study) while they do not exist yet. Such
+    a run otherwise spent its preflight and meta-feature probes, then stopped on a bare ``DatasetError``."""
+
+    def __init__(self, registered: Any = None) -> None:
+        self._registered = registered  # None: the project's registered pipelines
+
+    @hook_impl(tryfirst=True)  # before the MLflow hook opens a run for a pipeline that cannot finish
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        from finetune_predictor.errors import UserFacingError
+
+        missing = [name for name in sorted(pipeline.inputs())
+                   if not name.startswith("params:") and name != "parameters" and name in catalog
+                   and not catalog.exists(name)]
+        if not missing:
+            return
+        where = ", ".join(f"{name} ({_expected_path(catalog.get(name))})" for name in missing)
+        makers = sorted({maker for name in missing if (maker := producing_pipeline(name, self._registered))})
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        raise UserFacingError(
+            f"`kedro run --pipeline={','.join(map(str, names))}` reads {len(missing)} dataset(s) that do not exist "
+            "yet", where, "run " + " then ".join(f"`kedro run --pipeline={maker}`" for maker in makers) + " first"
+            if makers else "create them first")
+
+
+def _expected_path(dataset: Any) -> str:
+    filepath = getattr(dataset, "_filepath", None)
+    return str(filepath) if filepath is not None else type(dataset).__name__
+
+
 def pin_load_to_saved_version(dataset: Any) -> bool:
     """Make a versioned dataset load the version it has just saved. Returns whether it was pinned."""
     version = getattr(dataset, "_version", None)

@@ -19,6 +19,7 @@ from kedro.config import OmegaConfigLoader
 from finetune_predictor import tracking, warning_filters
 from finetune_predictor.hooks import (
     AdoptUnversionedOutputsHooks,
+    MissingInputsHooks,
     ReadOwnWritesHooks,
     RedactSecretsHooks,
     RunSummaryHooks,
@@ -35,7 +36,7 @@ from finetune_predictor.run_lifecycle import RunLifecycleHook  # noqa: E402  (ke
 # KILLED), so the plugin's own copy is disabled; registered after the summary hooks, it runs before them
 # (pluggy calls the last registered first), as the plugin did.
 HOOKS = (AdoptUnversionedOutputsHooks(), ReadOwnWritesHooks(), RunSummaryHooks(), RunLifecycleHook(),
-         SettingsCheckHooks(), RedactSecretsHooks())
+         SettingsCheckHooks(), MissingInputsHooks(), RedactSecretsHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
