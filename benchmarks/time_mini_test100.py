@@ -3,6 +3,11 @@ reused), in one process tree, on a fresh copy of the project with its own MLflow
 
     .venv/bin/python benchmarks/time_mini_test100.py                    # fp32, as on CPUs without bf16
     .venv/bin/python benchmarks/time_mini_test100.py --precision auto   # what this CPU would choose
+    .venv/bin/python benchmarks/time_mini_test100.py --cap-isa avx2     # as on a CPU without AVX-512
+
+``--cap-isa avx2`` caps PyTorch's own kernels, oneDNN and MKL at AVX2 (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``): an AVX-512 machine then runs the code paths of an
+AVX2-only CPU of the same clock and cache, which is what the laptops and CI runners without AVX-512 have.
 
 The second run must report every metric the first does (nothing dropped to save time) and must log
 ``baseline_reused=true`` with the first run as its source. Do not run anything else on the machine meanwhile:
@@ -51,7 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", default="fp32", help="training.precision for both runs (default fp32)")
     parser.add_argument("--params", default="", help="more --params for both runs, comma-separated")
+    parser.add_argument("--cap-isa", choices=["avx2"], help="cap the CPU kernels at this instruction set")
     args = parser.parse_args()
+    if args.cap_isa == "avx2":  # inherited by both kedro runs
+        os.environ.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
     params = ",".join(p for p in (f"training.precision={args.precision}", args.params) if p)
     import mlflow
 
@@ -63,7 +71,8 @@ def main() -> None:
                       key=lambda run: run.info.start_time)
     before, after = runs[-2], runs[-1]
     dropped = sorted(set(before.data.metrics) - set(after.data.metrics))
-    print(f"mini_test100, training.precision={args.precision}, {os.cpu_count()} CPUs")
+    print(f"mini_test100, training.precision={args.precision}, {os.cpu_count()} CPUs, "
+          f"CPU kernels capped at: {os.environ.get('ATEN_CPU_CAPABILITY', 'none')}")
     print(f"  first run:  {first:7.1f} s   (baseline_reused={before.data.params.get('baseline_reused')})")
     print(f"  second run: {second:7.1f} s   (baseline_reused={after.data.params.get('baseline_reused')}, source "
           f"{after.data.params.get('baseline_source_run_id', '')[:8]} = first run {before.info.run_id[:8]})")
