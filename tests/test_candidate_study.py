@@ -57,7 +57,7 @@ PREDICTOR = {"n_folds": 3, "candidates": ["ridge_cv"], "lightgbm": {"n_estimator
 STUDY = {"candidates": list(CANDIDATES), "train_size": 64, "test_sha256": None}
 
 
-def test_candidate_study_pipeline_ranks_candidates_leave_one_out(capsys):
+def test_candidate_study_pipeline_scores_the_shipped_ranking_and_leave_one_out(capsys):
     pipeline = create_pipeline().only_nodes("candidate_study.score_study", "candidate_study.plot_study")
     catalog = DataCatalog({
         "candidate_study.model_input.runs_table": MemoryDataset(study_table()),
@@ -242,3 +242,14 @@ def test_a_cold_start_predictor_that_ships_the_mean_leaves_the_ranking_to_the_pr
     metrics = _prior_metrics(table)
     assert metrics["rank_n_scored_cold_start"] == 7 and "rank_spearman_cold_start" not in metrics  # all tie
     assert metrics["rank_spearman"] == pytest.approx(1.0) and metrics["rank_top1_regret"] == 0.0
+    assert metrics["rank_shipped_by_forecast"] == 0.0  # the report says the headline is the prior's
+
+
+def test_a_ranking_that_ties_every_candidate_scores_as_a_random_pick_not_as_the_first_listed():
+    """QA and structured tasks have no prior: with nothing to fit on, every candidate ties. The regret was that
+    of the first row (clean, alphabetically first and the true best: 0 points) for a ranking that chose nothing."""
+    table = study_table(other_runs=0)
+    metrics = _prior_metrics(table)
+    assert "rank_spearman" not in metrics and metrics["rank_shipped_by_forecast"] == 0.0
+    assert metrics["rank_top1_regret"] == pytest.approx(metrics["rank_top1_regret_random"])
+    assert metrics["rank_top1_regret"] > 5

@@ -173,5 +173,11 @@ def test_a_pipeline_whose_inputs_another_pipeline_makes_is_refused_before_it_sta
     error = caught.value
     assert "rank_datasets" in error.what and "predictor.model.card" in error.where and "card.json" in error.where
     assert error.fix == "run `kedro run --pipeline=predictor` first"
+    with pytest.raises(UserFacingError) as caught:  # the study's environment goes into the command to run first
+        hooks.before_pipeline_run({"pipeline_names": ["rank_datasets"], "env": "liar"}, ranking, catalog)
+    assert caught.value.fix == "run `kedro run --pipeline=predictor --env=liar` first"
     card.save({"model": "baseline_mean"})
     hooks.before_pipeline_run({"pipeline_names": ["rank_datasets"]}, ranking, catalog)  # now it exists: runs
+    # An in-memory input another node of a fuller run makes (--from-nodes) is left to Kedro's own message.
+    memory = Pipeline([node(lambda c: c, "preflight.int.passed", "x")])
+    hooks.before_pipeline_run({}, memory, DataCatalog({"preflight.int.passed": MemoryDataset()}))

@@ -205,21 +205,24 @@ class MissingInputsHooks:
 
         missing = [name for name in sorted(pipeline.inputs())
                    if not name.startswith("params:") and name != "parameters" and name in catalog
-                   and not catalog.exists(name)]
+                   and _is_local_file(catalog.get(name)) and not catalog.exists(name)]
         if not missing:
             return
-        where = ", ".join(f"{name} ({_expected_path(catalog.get(name))})" for name in missing)
+        where = ", ".join(f"{name} ({catalog.get(name)._filepath})" for name in missing)
         makers = sorted({maker for name in missing if (maker := producing_pipeline(name, self._registered))})
-        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        env = f" --env={run_params['env']}" if run_params.get("env") not in (None, "", "local") else ""
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
+        command = "kedro run" + (f" --pipeline={','.join(map(str, names))}" if any(names) else "") + env
         raise UserFacingError(
-            f"`kedro run --pipeline={','.join(map(str, names))}` reads {len(missing)} dataset(s) that do not exist "
-            "yet", where, "run " + " then ".join(f"`kedro run --pipeline={maker}`" for maker in makers) + " first"
+            f"`{command}` reads {len(missing)} dataset(s) that do not exist yet", where,
+            "run " + " then ".join(f"`kedro run --pipeline={maker}{env}`" for maker in makers) + " first"
             if makers else "create them first")
 
 
-def _expected_path(dataset: Any) -> str:
-    filepath = getattr(dataset, "_filepath", None)
-    return str(filepath) if filepath is not None else type(dataset).__name__
+def _is_local_file(dataset: Any) -> bool:
+    """A dataset read from a file here: not an in-memory one (Kedro names those itself), nor a kedro-mlflow
+    artifact loaded from another MLflow run (``run_id``), whose local file need not exist."""
+    return getattr(dataset, "_filepath", None) is not None and not getattr(dataset, "run_id", None)
 
 
 def pin_load_to_saved_version(dataset: Any) -> bool:

@@ -42,7 +42,8 @@ def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_st
         raise UserFacingError(f"only {len(found)} of the study's candidates have finished runs with features on test "
                               f"set {test_sha256} (missing: {missing})",
                               "candidate_study.candidates, candidate_study.configuration, candidate_study.test_sha256",
-                              "run `kedro run --pipeline=sensitivity --env=candidate_study` first, or set the "
+                              "train them first (`kedro run --pipeline=sensitivity --env=<the study's environment>`, "
+                              "e.g. candidate_study), or set the "
                               "study's candidates, configuration and test set to those of a sweep that ran")
     predictions = study.predictions_by_protocol(table, in_study, settings)
     runs = table[in_study]
@@ -51,6 +52,10 @@ def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_st
     report = markdown(ranking, metrics, missing, len(table) - len(runs))
     print("\n" + report)
     return ranking.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}, report
+
+
+def _points(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{POINTS * value:.1f}"
 
 
 def _figure(metrics: dict[str, float], key: str, digits: int = 2) -> str:
@@ -84,11 +89,17 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         "",
         f"Noise floor of each true score: binomial standard error {_figure(metrics, 'rank_truth_binomial_se', 1)} "
         f"points on the test set, seed spread {_figure(metrics, 'rank_truth_seed_sd', 1)} points (mean SD).", "",
-        "| candidate | actual (points) | actual rank | predicted, leave-one-out (points) | shipped rank | runs |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {row.candidate} | {POINTS * row.actual:.1f} | {row.actual_rank:.0f} | {POINTS * row.predicted:.1f} | "
-          f"{row.rank:.0f} | {row.runs} |" for row in ranking.itertuples()),
+        "| candidate | actual (points) | actual rank | shipped rank | forecast, cold start (points) | "
+        "leave-one-out (points) | runs |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {row.candidate} | {POINTS * row.actual:.1f} | {row.actual_rank:.0f} | {row.rank:.0f} | "
+          f"{_points(row.predicted_cold_start)} | {_points(row.predicted_loco)} | {row.runs} |"
+          for row in ranking.itertuples()),
     ]
+    if not metrics.get("rank_shipped_by_forecast"):
+        lines[4:4] = [f"No cold-start forecast told the candidates apart (no other data in the store, or the "
+                      f"predictor chosen on it ships the mean): the shipped ranking here is {RANKING_PRIOR_FEATURE}'s "
+                      "alone, so `rank_spearman` equals `rank_spearman_prior`.", ""]
     if missing:
         lines += ["", f"Candidates without finished runs (not ranked): {', '.join(missing)}"]
     return "\n".join(lines) + "\n"

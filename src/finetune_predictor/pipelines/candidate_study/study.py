@@ -104,17 +104,18 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
         out["prior"] = study[RANKING_PRIOR_FEATURE].to_numpy(dtype=float)
     out["cold_start"][:] = _predict_held_out(table, features, target, same_data(table, in_study), in_study,
                                              selected, least)
-    out["shipped"] = shipped_scores(out["cold_start"], out.get("prior"))
     return out
 
 
-def shipped_scores(cold_start: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-    """The order rank_datasets gives a team that has trained none of the candidates: the cold-start predictor's
-    forecast (fitted on other data only), ties broken by the prior (:func:`ranking_scores`). With no other data
-    to fit on there is no forecast: every candidate ties, as under a predictor that ships the mean."""
-    forecast = np.nan_to_num(cold_start, nan=0.0)
-    return ranking_scores(forecast, prior if prior is not None else np.full(len(forecast), np.nan))
-
+def shipped_scores(cold_start: pd.Series, prior: pd.Series | None) -> np.ndarray:
+    """The order rank_datasets gives a team that has trained none of the candidates (one value per candidate):
+    the cold-start predictor's forecast (fitted on other data only), ties broken by the prior
+    (:func:`ranking_scores`). With no other data to fit on there is no forecast at all: every candidate ties,
+    as under a predictor that ships the mean."""
+    forecast = np.asarray(cold_start, dtype=float)
+    if np.isnan(forecast).all():
+        forecast = np.zeros_like(forecast)
+    return ranking_scores(forecast, np.full(len(forecast), np.nan) if prior is None else prior)
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float:
@@ -124,10 +125,13 @@ def _spearman(a: pd.Series, b: pd.Series) -> float:
 
 
 def _regret(actual: pd.Series, predicted: pd.Series) -> float:
-    """Points lost by training the predicted-best candidate instead of the truly best."""
+    """Points lost by training the predicted-best candidate instead of the truly best. Candidates tied at the
+    top are a coin toss among them: their mean regret (a ranking that ties everything scores as a random
+    pick, not as whichever candidate the table happens to list first)."""
     if predicted.isna().all():
         return float("nan")
-    return float((actual.max() - actual[predicted.idxmax()]) * POINTS)
+    top = predicted == predicted.max()
+    return float((actual.max() - actual[top].mean()) * POINTS)
 
 
 def seed_ceiling(study: pd.DataFrame, target: str) -> float:
@@ -152,8 +156,10 @@ def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], tar
     table["actual_seed_sd"] = grouped[target].std(ddof=1)
     table["runs"] = grouped.size()
     table = table.reset_index().rename(columns={CANDIDATE: "candidate"})
-    table["predicted"] = table["predicted_loco"]
-    table["rank"] = table["predicted_shipped"].rank(ascending=False, method="min")
+    # The shipped order is rank_datasets' one row per candidate: forecast and prior averaged over seeds first.
+    table["shipped_score"] = shipped_scores(table["predicted_cold_start"], table.get("predicted_prior"))
+    table["predicted"] = table["predicted_cold_start"]  # the shipped forecast, in points (NaN: no other data)
+    table["rank"] = table["shipped_score"].rank(ascending=False, method="min")
     table["actual_rank"] = table["actual"].rank(ascending=False, method="min")
     return table.sort_values("rank").reset_index(drop=True)
 
@@ -167,8 +173,10 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
     metrics = {"rank_n_candidates": float(len(table)), "rank_n_runs": float(len(study)),
                "rank_n_scored_loco": float(table["predicted_loco"].notna().sum()),
                "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
-               "rank_spearman": _spearman(table["predicted_shipped"], actual),
-               "rank_top1_regret": _regret(actual, table["predicted_shipped"])}
+               "rank_spearman": _spearman(table["shipped_score"], actual),
+               "rank_top1_regret": _regret(actual, table["shipped_score"]),
+               # 0: no cold-start forecast told the candidates apart, so the headline is the prior's ranking.
+               "rank_shipped_by_forecast": float(table["predicted_cold_start"].round(8).nunique() > 1)}
     for name in ("loco", "cold_start", "best_single_feature", "mean", "prior"):
         if f"predicted_{name}" not in table:
             continue

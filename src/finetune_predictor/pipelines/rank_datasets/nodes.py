@@ -87,7 +87,7 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict
                      "label_learnability": values.get(RANKING_PRIOR_FEATURE), "error": None})
     table = pd.DataFrame(rows, columns=RANKING_COLUMNS)
     table["_order"] = ranking_scores(table["predicted"], table["label_learnability"])
-    table = table.sort_values("_order", ascending=False, na_position="last").drop(columns="_order")
+    table = table.sort_values("_order", ascending=False, na_position="last", kind="stable").drop(columns="_order")
     table = table.reset_index(drop=True)
     valid = table["predicted"].notna()
     table.loc[valid, "rank"] = range(1, int(valid.sum()) + 1)
