@@ -360,14 +360,25 @@ def predict_with_reasons(table: pd.DataFrame, card: dict[str, Any], features: di
     }
 
 
-def ranking_scores(predicted: Sequence[float], prior: Sequence[float]) -> np.ndarray:
+def _forecast_ties(predicted: Sequence[float]) -> pd.Series:
+    """Forecasts rounded so that values equal to 1e-6 points compare equal (the mean's are identical)."""
+    return pd.Series(np.asarray(predicted, dtype=float)).round(8)
+
+
+def forecasts_tell_apart(predicted: Sequence[float]) -> bool:
+    """Whether the forecasts order the candidates at all (False: every one ties, as under the mean)."""
+    return bool(_forecast_ties(predicted).nunique() > 1)
+
+
+def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None) -> np.ndarray:
     """The product's order of candidate training sets as one score each (higher ranks first; NaN where a
     candidate has no prediction): by the predictor's forecast, ties broken by the no-fitting prior
-    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`). When the shipped predictor is its runs
-    table's mean (it beat no baseline), every candidate ties and the prior alone ranks them, rather than the
-    order the files were listed in. Forecasts equal to 1e-6 points are ties."""
-    forecast = pd.Series(np.asarray(predicted, dtype=float)).round(8)
-    tie_break = pd.Series(np.asarray(prior, dtype=float)).rank(method="dense").fillna(0.0)
+    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`; None on tasks without it). When the shipped
+    predictor is its runs table's mean (it beat no baseline), every candidate ties and the prior alone ranks
+    them, rather than the order the files were listed in."""
+    forecast = _forecast_ties(predicted)
+    tie_break = (pd.Series(np.asarray(prior, dtype=float)).rank(method="dense").fillna(0.0) if prior is not None
+                 else 0.0)
     scores = forecast.rank(method="dense") * (len(forecast) + 1) + tie_break
     return scores.to_numpy(dtype=float)
 

@@ -21,7 +21,14 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from finetune_predictor.model_selection import best_single_feature_model, mean_model, selected_model
-from finetune_predictor.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table, ranking_scores
+from finetune_predictor.predictor import (
+    POINTS,
+    PredictorSettings,
+    feature_columns,
+    forecasts_tell_apart,
+    groups_of_table,
+    ranking_scores,
+)
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE = "param_data_variant"
@@ -115,7 +122,7 @@ def shipped_scores(cold_start: pd.Series, prior: pd.Series | None) -> np.ndarray
     forecast = np.asarray(cold_start, dtype=float)
     if np.isnan(forecast).all():
         forecast = np.zeros_like(forecast)
-    return ranking_scores(forecast, np.full(len(forecast), np.nan) if prior is None else prior)
+    return ranking_scores(forecast, prior)
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float:
@@ -176,7 +183,7 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
                "rank_spearman": _spearman(table["shipped_score"], actual),
                "rank_top1_regret": _regret(actual, table["shipped_score"]),
                # 0: no cold-start forecast told the candidates apart, so the headline is the prior's ranking.
-               "rank_shipped_by_forecast": float(table["predicted_cold_start"].round(8).nunique() > 1)}
+               "rank_shipped_by_forecast": float(forecasts_tell_apart(table["predicted_cold_start"]))}
     for name in ("loco", "cold_start", "best_single_feature", "mean", "prior"):
         if f"predicted_{name}" not in table:
             continue

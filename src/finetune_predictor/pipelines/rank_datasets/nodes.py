@@ -19,7 +19,7 @@ from finetune_predictor.errors import UserFacingError
 from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.model_session import open_session
 from finetune_predictor.models import default_cache_dir
-from finetune_predictor.predictor import predict_with_reasons, ranking_scores
+from finetune_predictor.predictor import forecasts_tell_apart, predict_with_reasons, ranking_scores
 from finetune_predictor.records import RecordError
 from finetune_predictor.splits import DataLeakError, InsufficientDataError
 from finetune_predictor.tasks import build_task
@@ -95,7 +95,8 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict
     print(f"\nCandidate ranking by {card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% "
           f"intervals; ties broken by {RANKING_PRIOR_FEATURE}):")
     print(table.drop(columns=["reasons"]).round(3).to_string(index=False))
-    if table.loc[valid, "predicted"].round(8).nunique() == 1 and table.loc[valid, "prior_rank"].notna().any():
+    if (valid.any() and not forecasts_tell_apart(table.loc[valid, "predicted"])
+            and table.loc[valid, "prior_rank"].notna().any()):
         print(f"The shipped predictor ({card['model']}) gives every candidate the same forecast: it cannot tell them "
               f"apart, so they are ranked by {RANKING_PRIOR_FEATURE} alone (no fitting; docs/predictor.md, "
               "'Ranking candidates').")
