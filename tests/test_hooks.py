@@ -181,3 +181,26 @@ def test_a_pipeline_whose_inputs_another_pipeline_makes_is_refused_before_it_sta
     # An in-memory input another node of a fuller run makes (--from-nodes) is left to Kedro's own message.
     memory = Pipeline([node(lambda c: c, "preflight.int.passed", "x")])
     hooks.before_pipeline_run({}, memory, DataCatalog({"preflight.int.passed": MemoryDataset()}))
+
+
+def test_an_optional_view_loads_none_until_its_dataset_is_saved_then_the_latest_version(tmp_path):
+    """rank_datasets reads the predictor's card through an optional view: None before any predictor (so the
+    prior ranks, instead of a refusal), the newest saved version after; the missing-inputs check never refuses it."""
+    import yaml
+
+    from finetune_predictor.datasets import AtomicJSONDataset
+    from finetune_predictor.hooks import MissingInputsHooks
+    from tests.conftest import PROJECT_ROOT
+
+    entry = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())["predictor.model.card_if_saved"]
+    entry["dataset"]["filepath"] = str(tmp_path / "card.json")
+    catalog = DataCatalog.from_config({"predictor.model.card_if_saved": entry})
+    assert catalog.load("predictor.model.card_if_saved") is None
+    ranking = Pipeline([node(lambda c: c, "predictor.model.card_if_saved", "ranking")])
+    MissingInputsHooks({}).before_pipeline_run({"pipeline_names": ["rank_datasets"]}, ranking, catalog)
+    for version, model in (("2026-01-01T00.00.00.000Z", "old"), ("2026-02-01T00.00.00.000Z", "new")):
+        AtomicJSONDataset(filepath=str(tmp_path / "card.json"), version=Version(None, version)).save({"model": model})
+    again = DataCatalog.from_config({"predictor.model.card_if_saved": entry})
+    assert again.load("predictor.model.card_if_saved") == {"model": "new"}
+    with pytest.raises(Exception, match="read-only"):
+        again.save("predictor.model.card_if_saved", {"model": "x"})

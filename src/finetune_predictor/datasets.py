@@ -102,6 +102,32 @@ class MlflowRunRecordDataset(AbstractDataset[Any, Any]):
         return {"target": "active MLflow run"}
 
 
+class OptionalDataset(AbstractDataset[None, Any]):
+    """A read-only view of another pipeline's output that a pipeline can do without: loads as ``None`` while the
+    wrapped dataset does not exist yet (rank_datasets ranks by the no-fitting prior before any predictor is
+    saved). An input a pipeline cannot do without stays a plain entry, which ``hooks.MissingInputsHooks`` checks
+    before the run starts. ``versioned: true`` at the top level loads the wrapped dataset's latest version."""
+
+    def __init__(self, dataset: dict[str, Any], version: Version | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        config = {**dataset, "versioned": version is not None}
+        self._wrapped = AbstractDataset.from_config("optional", config, version.load if version else None,
+                                                    version.save if version else None)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        return self._wrapped.load() if self._wrapped.exists() else None
+
+    def save(self, data: None) -> None:
+        raise DatasetError("An optional view is read-only: save through the entry of the pipeline that makes it")
+
+    def _exists(self) -> bool:
+        return True  # absence is a value here (None), never a missing input
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": self._wrapped._describe()}
+
+
 def _artifact_dataset_base() -> type:
     from kedro_mlflow.io.artifacts import MlflowArtifactDataset
 

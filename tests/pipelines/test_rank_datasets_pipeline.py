@@ -50,13 +50,14 @@ def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
         "params:training": MemoryDataset({"per_device_train_batch_size": 4, "precision": "fp32"}),
         "params:meta_features": MemoryDataset({"sample_size": 4, "probe_steps": 2, "knn": 2, "cache": False}),
         "preflight.int.passed": MemoryDataset(True),
-        "predictor.model_input.runs_table": MemoryDataset(runs),
-        "predictor.model.card": MemoryDataset(card),
+        "predictor.model_input.runs_table_if_saved": MemoryDataset(runs),
+        "predictor.model.card_if_saved": MemoryDataset(card),
     })
     for name in pipeline.outputs():
         catalog[name] = MemoryDataset()
     # The plot node is run by hand below: Kedro releases the ranking after its last reader.
-    nodes = pipeline.only_nodes("rank_datasets.candidate_features", "rank_datasets.rank_candidates")
+    nodes = pipeline.only_nodes("rank_datasets.ranking_method", "rank_datasets.candidate_features",
+                                "rank_datasets.rank_candidates")
     SequentialRunner().run(nodes, catalog)
     ranking = catalog.load("rank_datasets.reporting.ranking")
     assert plot_ranking(ranking).axes[0].get_title().startswith("Candidate training sets")
@@ -67,8 +68,56 @@ def test_rank_datasets_pipeline(tiny_model_dir, tmp_path, capsys):
     # Beside the predictor's rank, the no-fitting rank by label learnability (ties share a rank).
     assert ranking["label_learnability"].iloc[:2].between(0, 1).all()
     assert set(ranking["prior_rank"].iloc[:2]) <= {1, 2} and np.isnan(ranking["prior_rank"].iloc[-1])
-    assert catalog.load("rank_datasets.tracking.metrics")["rank_n_candidates"]["value"] == 2
+    metrics = catalog.load("rank_datasets.tracking.metrics")
+    assert metrics["rank_n_candidates"]["value"] == 2 and metrics["rank_by_predictor"]["value"] == 1
     assert "Candidate ranking" in capsys.readouterr().out
+
+
+def _candidates(folder):
+    folder.mkdir()
+    _write(folder / "clean.jsonl", list(iter_articles(60, seed=3)))
+    noisy = list(iter_articles(60, seed=4))
+    for record in noisy[::2]:  # half the labels flipped: nothing left to learn
+        record["output"] = "fake" if record["output"] == "legitimate" else "legitimate"
+    _write(folder / "a_noisy.jsonl", noisy)  # listed first: the rank must not follow the listing
+    return folder
+
+
+def test_with_no_saved_predictor_the_prior_ranks_without_loading_a_model(tmp_path, capsys):
+    """A team with no runs yet (no card, no runs table) used to be refused; now the classification candidates are
+    ranked by the no-fitting prior, with no forecast and no model loaded (the model named here does not exist)."""
+    pipeline = rank_datasets.create_pipeline()
+    catalog = DataCatalog({
+        "params:rank": MemoryDataset({"candidates": str(_candidates(tmp_path / "candidates"))}),
+        "params:data": MemoryDataset({**DATA, "train_per_class": 20}),
+        "params:model": MemoryDataset({"name": str(tmp_path / "no-such-model")}),
+        "params:model_registry": MemoryDataset({}), "params:training": MemoryDataset({}),
+        "params:meta_features": MemoryDataset({"cache": False}), "preflight.int.passed": MemoryDataset(True),
+        "predictor.model_input.runs_table_if_saved": MemoryDataset(None),
+        "predictor.model.card_if_saved": MemoryDataset(None)})
+    for name in pipeline.outputs():
+        catalog[name] = MemoryDataset()
+    SequentialRunner().run(pipeline.only_nodes("rank_datasets.ranking_method", "rank_datasets.candidate_features",
+                                               "rank_datasets.rank_candidates"), catalog)
+    ranking = catalog.load("rank_datasets.reporting.ranking")
+    assert [name.split("/")[-1] for name in ranking["candidate"]] == ["clean.jsonl", "a_noisy.jsonl"]
+    assert ranking["rank"].tolist() == [1, 2] and ranking["prior_rank"].tolist() == [1, 2]
+    assert ranking["predicted"].isna().all() and ranking["lower"].isna().all()
+    metrics = catalog.load("rank_datasets.tracking.metrics")
+    assert metrics["rank_n_candidates"]["value"] == 2 and metrics["rank_by_predictor"]["value"] == 0
+    assert "ranked by mf_label_cv_balanced_accuracy alone" in capsys.readouterr().out
+    axis = plot_ranking(ranking).axes[0]  # the prior drawn, not an empty plot of missing forecasts
+    assert axis.get_xlabel().startswith("mf_label_cv_balanced_accuracy") and len(axis.lines[0].get_xdata()) == 2
+
+
+def test_an_open_task_with_no_saved_predictor_is_refused_before_any_candidate_is_measured():
+    from finetune_predictor.pipelines.rank_datasets import nodes
+
+    with pytest.raises(UserFacingError) as caught:
+        nodes.ranking_method(None, None, {"task": "qa"})
+    assert "no saved predictor to rank qa candidates" in caught.value.what
+    assert "kedro run --pipeline=predictor" in caught.value.fix
+    assert nodes.ranking_method({"model": "ridge_cv"}, pd.DataFrame(), {"task": "qa"}) == "predictor"
 
 
 def test_candidates_must_exist(tmp_path):

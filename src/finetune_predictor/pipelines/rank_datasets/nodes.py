@@ -16,16 +16,17 @@ from matplotlib.figure import Figure
 
 from finetune_predictor import task_data
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
+from finetune_predictor.meta_features import ProbeSettings, compute_meta_features, task_features
 from finetune_predictor.model_session import open_session
 from finetune_predictor.models import default_cache_dir
 from finetune_predictor.predictor import forecasts_tell_apart, predict_with_reasons, ranking_scores
 from finetune_predictor.records import RecordError
 from finetune_predictor.splits import DataLeakError, InsufficientDataError
-from finetune_predictor.tasks import build_task
+from finetune_predictor.tasks import TASK_TYPES, build_task, task_type
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+BY_PREDICTOR, BY_PRIOR = "predictor", "prior"
 RANKING_COLUMNS = ["candidate", "predicted", "lower", "upper", "rank", "reasons", "label_learnability", "prior_rank",
                    "error"]
 
@@ -45,13 +46,32 @@ def candidate_paths(rank: dict[str, Any]) -> list[str]:
     return found
 
 
+def ranking_method(card: dict[str, Any] | None, runs_table: pd.DataFrame | None, data: dict[str, Any]) -> str:
+    """How the candidates are ranked, settled before any is measured: by the saved predictor (``predictor``)
+    once `kedro run --pipeline=predictor` has saved one; before that (a team with no runs yet) by the no-fitting
+    prior (``prior``), which classification tasks have. An open task without a predictor is refused here."""
+    if card is not None and runs_table is not None:
+        return BY_PREDICTOR
+    name = task_type(data)
+    if RANKING_PRIOR_FEATURE in TASK_TYPES[name].feature_names:
+        print(f"No saved predictor (data/06_models/predictor/card.json): the candidates are ranked by "
+              f"{RANKING_PRIOR_FEATURE} alone, with no forecast or interval; the model probes are skipped. "
+              "`kedro run --pipeline=predictor` on finished fine-tunes adds both (docs/predictor.md).")
+        return BY_PRIOR
+    raise UserFacingError(f"no saved predictor to rank {name} candidates with", "data/06_models/predictor/card.json",
+                          "run `kedro run --pipeline=predictor` on a runs table of finished fine-tunes first; the "
+                          f"ranking that needs none ({RANKING_PRIOR_FEATURE}) exists for classification tasks only")
+
+
 def candidate_features(rank: dict[str, Any], data: dict[str, Any], model: dict[str, Any],
                        model_registry: dict[str, Any], training: dict[str, Any], meta_features: dict[str, Any],
-                       preflight_passed: bool = True) -> pd.DataFrame:
+                       method: str = BY_PREDICTOR, preflight_passed: bool = True) -> pd.DataFrame:
     """One row per candidate: its ``mf_*`` features on the training subset it would give (same sizes, same test
-    set and same model session as a fine-tune), or the validation error that excludes it. Runs after the
-    preflight gate (model, memory, settings)."""
-    session = open_session(model, model_registry, "probe", str(training.get("precision", "auto")))
+    set and same model session as a fine-tune), or the validation error that excludes it. Ranked by the prior
+    (``method``), only the task's own features are measured: no model is loaded. Runs after the preflight gate
+    (model, memory, settings)."""
+    session = open_session(model, model_registry, "probe", str(training.get("precision", "auto"))) \
+        if method == BY_PREDICTOR else None
     cache_dir = Path(meta_features.get("cache_dir") or default_cache_dir() / "meta_features")
     rows = []
     for path in candidate_paths(rank):
@@ -63,16 +83,19 @@ def candidate_features(rank: dict[str, Any], data: dict[str, Any], model: dict[s
             print(f"  candidate {path}: excluded: {error}")
             rows.append({"candidate": path, "error": str(error)})
             continue
-        features = compute_meta_features(train, session, build_task(params, train["output"]), training,
-                                         ProbeSettings.from_params(meta_features), cache_dir)
+        task = build_task(params, train["output"])
+        features = (compute_meta_features(train, session, task, training, ProbeSettings.from_params(meta_features),
+                                          cache_dir) if session is not None
+                    else task_features(task, train.to_dict("records")))
         rows.append({"candidate": path, "error": None, **features})
     return pd.DataFrame(rows)
 
 
-def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict[str, Any],
+def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame | None, card: dict[str, Any] | None,
                     rank: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The saved predictor's forecast for every valid candidate with its conformal interval and top SHAP
-    reasons, ranked best first (excluded candidates last, with their error); printed and logged."""
+    reasons, ranked best first, ties broken by the prior; with no saved predictor (``card`` None), the prior's
+    order alone. Excluded candidates come last, with their error; printed and logged."""
     top = int(rank.get("top_reasons", 3))
     rows = []
     for row in features.to_dict("records"):
@@ -80,40 +103,59 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame, card: dict
             rows.append({"candidate": row["candidate"], "error": row["error"]})
             continue
         values = {k: v for k, v in row.items() if k.startswith("mf_") and isinstance(v, float) and math.isfinite(v)}
-        answer = predict_with_reasons(runs_table, card, values, top=top, family=Path(row["candidate"]).stem)
+        answer = (predict_with_reasons(runs_table, card, values, top=top, family=Path(row["candidate"]).stem)
+                  if card is not None else {"predicted": math.nan, "interval": (math.nan, math.nan), "reasons": []})
         reasons = "; ".join(f"{r['feature']}={r['value']:.3g} ({100 * r['shap']:+.1f} pts)" for r in answer["reasons"])
         rows.append({"candidate": row["candidate"], "predicted": answer["predicted"], "lower": answer["interval"][0],
                      "upper": answer["interval"][1], "reasons": reasons,
-                     "label_learnability": values.get(RANKING_PRIOR_FEATURE), "error": None})
-    table = pd.DataFrame(rows, columns=RANKING_COLUMNS)
-    table["_order"] = ranking_scores(table["predicted"], table["label_learnability"])
-    table = table.sort_values("_order", ascending=False, na_position="last", kind="stable").drop(columns="_order")
-    table = table.reset_index(drop=True)
-    valid = table["predicted"].notna()
-    table.loc[valid, "rank"] = range(1, int(valid.sum()) + 1)
-    table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
-    print(f"\nCandidate ranking by {card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% "
-          f"intervals; ties broken by {RANKING_PRIOR_FEATURE}):")
+                     "label_learnability": values.get(RANKING_PRIOR_FEATURE, math.nan), "error": None})
+    table = _ranked(pd.DataFrame(rows, columns=RANKING_COLUMNS), by_prior=card is None)
+    valid = table["rank"].notna()
+    by = (f"{card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% intervals; ties broken by "
+          f"{RANKING_PRIOR_FEATURE})" if card is not None else f"{RANKING_PRIOR_FEATURE} (no saved predictor)")
+    print(f"\nCandidate ranking by {by}:")
     print(table.drop(columns=["reasons"]).round(3).to_string(index=False))
-    if (valid.any() and not forecasts_tell_apart(table.loc[valid, "predicted"])
+    if (card is not None and valid.any() and not forecasts_tell_apart(table.loc[valid, "predicted"])
             and table.loc[valid, "prior_rank"].notna().any()):
         print(f"The shipped predictor ({card['model']}) gives every candidate the same forecast: it cannot tell them "
               f"apart, so they are ranked by {RANKING_PRIOR_FEATURE} alone (no fitting; docs/predictor.md, "
               "'Ranking candidates').")
-    metrics = {"rank_n_candidates": float(valid.sum()), "rank_n_excluded": float((~valid).sum())}
+    metrics = {"rank_n_candidates": float(valid.sum()), "rank_n_excluded": float((~valid).sum()),
+               "rank_by_predictor": float(card is not None)}
     return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
 
 
+def _ranked(table: pd.DataFrame, by_prior: bool) -> pd.DataFrame:
+    """Best first by :func:`ranking_scores` (the forecast, ties by the prior; the prior alone when ``by_prior``),
+    stable, so candidates still tied keep the order their files were listed in; unranked rows last."""
+    # With no forecast, every valid candidate gets the same one, so the prior breaks the tie.
+    forecast = table["error"].isna().map({True: 0.0, False: math.nan}) if by_prior else table["predicted"]
+    table["_order"] = ranking_scores(forecast, table["label_learnability"])
+    table = table.sort_values("_order", ascending=False, na_position="last", kind="stable")
+    ranked = table["_order"].notna()
+    table = table.drop(columns="_order").reset_index(drop=True)
+    ranked = ranked.reset_index(drop=True)
+    table.loc[ranked, "rank"] = range(1, int(ranked.sum()) + 1)
+    table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
+    return table
+
+
 def plot_ranking(ranking: pd.DataFrame) -> Figure:
-    """Predicted score per candidate with its interval, best at the top."""
-    valid = ranking[ranking["predicted"].notna()].iloc[::-1]
+    """Predicted score per candidate with its interval, best at the top; the prior per candidate where no
+    predictor was saved (no forecast to draw)."""
+    by_prior = ranking["predicted"].isna().all() and ranking["rank"].notna().any()
+    valid = ranking[ranking["rank"].notna()].sort_values("rank", ascending=False)
     figure, axis = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(valid))), constrained_layout=True)
     names = [Path(str(c)).name for c in valid["candidate"]]
-    axis.errorbar(valid["predicted"], range(len(valid)), xerr=[valid["predicted"] - valid["lower"],
-                                                               valid["upper"] - valid["predicted"]],
-                  fmt="o", capsize=3)
+    if by_prior:
+        axis.plot(valid["label_learnability"], range(len(valid)), "o")
+        axis.set_xlabel(f"{RANKING_PRIOR_FEATURE} (no saved predictor: no forecast)")
+    else:
+        axis.errorbar(valid["predicted"], range(len(valid)), xerr=[valid["predicted"] - valid["lower"],
+                                                                   valid["upper"] - valid["predicted"]],
+                      fmt="o", capsize=3)
+        axis.set_xlabel("predicted fine-tuned score (interval)")
     axis.set_yticks(range(len(valid)), names)
-    axis.set_xlabel("predicted fine-tuned score (interval)")
     axis.set_title("Candidate training sets, ranked before training")
     axis.grid(alpha=0.3)
     return figure
