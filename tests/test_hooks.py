@@ -155,7 +155,7 @@ def test_a_folder_another_run_made_in_between_is_put_back_not_buried(tmp_path, m
 
 
 def test_a_pipeline_whose_inputs_another_pipeline_makes_is_refused_before_it_starts(tmp_path):
-    """rank_datasets without a trained predictor used to spend its preflight and probes, then stop on a bare
+    """predict without a trained predictor used to spend its preflight and probes, then stop on a bare
     DatasetError; now it is refused at once, naming the dataset, its file and the pipeline that makes it."""
     from kedro_datasets.json import JSONDataset
 

@@ -193,8 +193,9 @@ def producing_pipeline(dataset_name: str, registered: Any = None) -> str | None:
 
 class MissingInputsHooks:
     """Refuses to start a pipeline whose inputs another pipeline makes (the predictor's card and runs table for
-    predict and rank_datasets, a sweep's split summary for candidate_study) while they do not exist yet. Such
-    a run otherwise spent its preflight and meta-feature probes, then stopped on a bare ``DatasetError``."""
+    predict, a sweep's split summary for candidate_study) while they do not exist yet. Such a run otherwise
+    spent its preflight and meta-feature probes, then stopped on a bare ``DatasetError``. Inputs a pipeline can
+    do without are read through ``datasets.OptionalDataset`` (rank_datasets' view of the card) and never refused."""
 
     def __init__(self, registered: Any = None) -> None:
         self._registered = registered  # None: the project's registered pipelines

@@ -118,6 +118,22 @@ def test_an_open_task_with_no_saved_predictor_is_refused_before_any_candidate_is
     assert "no saved predictor to rank qa candidates" in caught.value.what
     assert "kedro run --pipeline=predictor" in caught.value.fix
     assert nodes.ranking_method({"model": "ridge_cv"}, pd.DataFrame(), {"task": "qa"}) == "predictor"
+    # A card without the runs table it is refitted from used to pass as "no predictor", then crash in the ranking.
+    with pytest.raises(UserFacingError, match="the saved predictor is incomplete") as caught:
+        nodes.ranking_method({"model": "ridge_cv"}, None, DATA)
+    assert caught.value.where == "predictor.model_input.runs_table"
+
+
+def test_in_prior_mode_a_candidate_without_a_prior_stays_unranked():
+    from finetune_predictor.pipelines.rank_datasets import nodes
+
+    features = pd.DataFrame([{"candidate": "a.jsonl", "error": None, "mf_label_cv_balanced_accuracy": np.nan},
+                             {"candidate": "b.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.7},
+                             {"candidate": "c.jsonl", "error": "missing field 'output'"}])
+    ranking, metrics = nodes.rank_candidates(features, None, None, {})
+    assert ranking["candidate"].tolist() == ["b.jsonl", "a.jsonl", "c.jsonl"]
+    assert ranking["rank"].tolist()[0] == 1 and ranking["rank"].iloc[1:].isna().all()
+    assert metrics["rank_n_candidates"]["value"] == 1
 
 
 def test_candidates_must_exist(tmp_path):

@@ -49,16 +49,21 @@ def candidate_paths(rank: dict[str, Any]) -> list[str]:
 def ranking_method(card: dict[str, Any] | None, runs_table: pd.DataFrame | None, data: dict[str, Any]) -> str:
     """How the candidates are ranked, settled before any is measured: by the saved predictor (``predictor``)
     once `kedro run --pipeline=predictor` has saved one; before that (a team with no runs yet) by the no-fitting
-    prior (``prior``), which classification tasks have. An open task without a predictor is refused here."""
-    if card is not None and runs_table is not None:
+    prior (``prior``), which classification tasks have. An open task without a predictor is refused here, and so
+    is a card without the runs table it is refitted from."""
+    if (card is None) != (runs_table is None):
+        raise UserFacingError("the saved predictor is incomplete: its card and its runs table are saved together",
+                              "predictor.model.card" if card is None else "predictor.model_input.runs_table",
+                              "run `kedro run --pipeline=predictor` again")
+    if card is not None:
         return BY_PREDICTOR
     name = task_type(data)
     if RANKING_PRIOR_FEATURE in TASK_TYPES[name].feature_names:
-        print(f"No saved predictor (data/06_models/predictor/card.json): the candidates are ranked by "
-              f"{RANKING_PRIOR_FEATURE} alone, with no forecast or interval; the model probes are skipped. "
-              "`kedro run --pipeline=predictor` on finished fine-tunes adds both (docs/predictor.md).")
+        print(f"No saved predictor: the candidates are ranked by {RANKING_PRIOR_FEATURE} alone, with no forecast or "
+              "interval, and the model probes are skipped. `kedro run --pipeline=predictor` on finished fine-tunes "
+              "adds both (docs/predictor.md, 'Ranking candidates').")
         return BY_PRIOR
-    raise UserFacingError(f"no saved predictor to rank {name} candidates with", "data/06_models/predictor/card.json",
+    raise UserFacingError(f"no saved predictor to rank {name} candidates with", "predictor.model.card",
                           "run `kedro run --pipeline=predictor` on a runs table of finished fine-tunes first; the "
                           f"ranking that needs none ({RANKING_PRIOR_FEATURE}) exists for classification tasks only")
 
@@ -128,8 +133,10 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame | None, car
 def _ranked(table: pd.DataFrame, by_prior: bool) -> pd.DataFrame:
     """Best first by :func:`ranking_scores` (the forecast, ties by the prior; the prior alone when ``by_prior``),
     stable, so candidates still tied keep the order their files were listed in; unranked rows last."""
-    # With no forecast, every valid candidate gets the same one, so the prior breaks the tie.
-    forecast = table["error"].isna().map({True: 0.0, False: math.nan}) if by_prior else table["predicted"]
+    # With no forecast, every valid candidate with a prior gets the same one, so the prior alone orders them; a
+    # candidate whose prior could not be measured stays unranked rather than last in file order.
+    measured = table["error"].isna() & table["label_learnability"].notna()
+    forecast = measured.map({True: 0.0, False: math.nan}) if by_prior else table["predicted"]
     table["_order"] = ranking_scores(forecast, table["label_learnability"])
     table = table.sort_values("_order", ascending=False, na_position="last", kind="stable")
     ranked = table["_order"].notna()
