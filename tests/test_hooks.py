@@ -204,3 +204,19 @@ def test_an_optional_view_loads_none_until_its_dataset_is_saved_then_the_latest_
     assert again.load("predictor.model.card_if_saved") == {"model": "new"}
     with pytest.raises(Exception, match="read-only"):
         again.save("predictor.model.card_if_saved", {"model": "x"})
+
+
+def test_the_next_steps_point_the_mlflow_ui_at_the_store_the_run_wrote_to(tmp_path, capsys, monkeypatch):
+    """With MLFLOW_TRACKING_URI naming another store, the printed `mlflow ui` command used to open the project's
+    mlflow.db, where the run is not."""
+    import mlflow
+    from kedro_datasets.text import TextDataset
+
+    report = tmp_path / "report.md"
+    report.write_text("x")
+    catalog = DataCatalog({"x.reporting.report": TextDataset(filepath=str(report), metadata={"summary": "report"})})
+    store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: store)
+    RunSummaryHooks().after_pipeline_run({}, {}, Pipeline([node(lambda: "x", None, "x.reporting.report")]), catalog)
+    out = capsys.readouterr().out
+    assert f"--backend-store-uri {store} " in out and "sqlite:///mlflow.db" not in out

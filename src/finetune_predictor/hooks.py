@@ -113,14 +113,16 @@ class RunSummaryHooks:
         print("\nfinetune-predictor: run finished. Outputs:")
         print("\n".join(lines))
         print("Next:")
+        import mlflow
+
         from finetune_predictor.tracking import tracking_server_url
 
         server = tracking_server_url()
         if server:  # a shared tracking server serves its own UI
             print(f"  compare runs in the MLflow UI:  open {server}")
-        else:
+        else:  # the store this run wrote to (MLFLOW_TRACKING_URI may name another than the project's mlflow.db)
             print(f"  compare runs in the MLflow UI:  cd {project} && .venv/bin/mlflow ui "
-                  "--backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)")
+                  f"--backend-store-uri {mlflow.get_tracking_uri()}   (then open http://127.0.0.1:5000)")
         print('  run on your own data:           kedro run --pipeline=mini_test100 --params '
               '"data.path=my.jsonl,data.label_positive=fake,data.label_negative=legitimate"')
         print("  inspect the pipelines:          kedro viz  (pip install -e '.[viz]')\n")
