@@ -61,7 +61,7 @@ def test_candidate_study_pipeline_scores_the_shipped_ranking_and_leave_one_out(c
     pipeline = create_pipeline().only_nodes("candidate_study.score_study", "candidate_study.plot_study")
     catalog = DataCatalog({
         "candidate_study.model_input.runs_table": MemoryDataset(study_table()),
-        "sensitivity.reporting.split_summary": MemoryDataset({"test_sha256": TEST_SHA}),
+        "sensitivity.reporting.split_summary_if_saved": MemoryDataset({"test_sha256": TEST_SHA}),
         "params:candidate_study": MemoryDataset(STUDY), "params:predictor": MemoryDataset(PREDICTOR)})
     for name in pipeline.all_outputs():
         catalog[name] = KeptDataset()
@@ -81,6 +81,20 @@ def test_candidate_study_pipeline_scores_the_shipped_ranking_and_leave_one_out(c
     assert ranking["candidate"].iloc[0] == "clean"
     assert set(ranking.columns) >= {"candidate", "predicted", "rank", "actual", "actual_rank"}
     assert "leave-one-candidate-out" in capsys.readouterr().out
+
+
+def test_a_study_needs_no_sweep_here_when_its_test_set_is_named(tmp_path):
+    """candidate_study read the last sweep's split summary even with candidate_study.test_sha256 set, so a store
+    copied from elsewhere (no sweep run here) was refused; now the named test set is enough, and with neither the
+    one message says what to set."""
+    from finetune_predictor.errors import UserFacingError
+    from finetune_predictor.pipelines.candidate_study.nodes import score_study
+
+    _, metrics, _ = score_study(study_table(), None, {**STUDY, "test_sha256": TEST_SHA}, PREDICTOR)
+    assert metrics["rank_n_candidates"]["value"] == 7
+    with pytest.raises(UserFacingError, match="no test set to score the study on") as caught:
+        score_study(study_table(), None, STUDY, PREDICTOR)
+    assert caught.value.where == "candidate_study.test_sha256"
 
 
 def test_a_candidate_is_never_predicted_from_its_own_runs(monkeypatch):

@@ -195,9 +195,11 @@ def producing_pipeline(dataset_name: str, registered: Any = None) -> str | None:
 
 class MissingInputsHooks:
     """Refuses to start a pipeline whose inputs another pipeline makes (the predictor's card and runs table for
-    predict, a sweep's split summary for candidate_study) while they do not exist yet. Such a run otherwise
-    spent its preflight and meta-feature probes, then stopped on a bare ``DatasetError``. Inputs a pipeline can
-    do without are read through ``datasets.OptionalDataset`` (rank_datasets' view of the card) and never refused."""
+    predict) while they do not exist yet. Such a run otherwise spent its preflight and meta-feature probes, then
+    stopped on a bare ``DatasetError``. Inputs a pipeline can do without are read through
+    ``datasets.OptionalDataset`` and never refused (rank_datasets' view of the card, which ranks by the prior
+    without one; candidate_study's view of the last sweep's split summary, which candidate_study.test_sha256
+    replaces)."""
 
     def __init__(self, registered: Any = None) -> None:
         self._registered = registered  # None: the project's registered pipelines

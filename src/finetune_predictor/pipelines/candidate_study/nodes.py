@@ -28,12 +28,18 @@ def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any])
     return runs_with_features(table, settings)
 
 
-def score_study(table: pd.DataFrame, split_summary: dict[str, Any], candidate_study: dict[str, Any],
+def score_study(table: pd.DataFrame, split_summary: dict[str, Any] | None, candidate_study: dict[str, Any],
                 predictor: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], str]:
-    """The study's candidates on its test set (``candidate_study.test_sha256``, or the last sweep's test set):
-    their truth beside the shipped ranking and every other protocol's; ``rank_spearman``, ``rank_top1_regret``
-    with baselines and the noise floor. Printed, logged as metrics and written as a Markdown report."""
+    """The study's candidates on its test set (``candidate_study.test_sha256``, or the last sweep's test set;
+    ``split_summary`` None: no sweep ran here): their truth beside the shipped ranking and every other
+    protocol's; ``rank_spearman``, ``rank_top1_regret`` with baselines and the noise floor. Printed, logged as
+    metrics and written as a Markdown report."""
     settings = PredictorSettings.from_params(predictor)
+    if not candidate_study.get("test_sha256") and split_summary is None:
+        raise UserFacingError("no test set to score the study on: candidate_study.test_sha256 is not set and no "
+                              "sweep has saved its split summary here", "candidate_study.test_sha256",
+                              "set it to the study's test set (param_test_sha256 of its runs in MLflow), or run "
+                              "`kedro run --pipeline=sensitivity --env=<the study's environment>` first")
     test_sha256 = str(candidate_study.get("test_sha256") or split_summary["test_sha256"])
     in_study = study.study_runs(table, candidate_study, test_sha256)
     found = sorted(table.loc[in_study, study.CANDIDATE].unique())

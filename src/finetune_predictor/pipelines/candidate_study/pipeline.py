@@ -13,7 +13,7 @@ RANKING = "candidate_study.reporting.ranking"
 def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
         node(nodes.load_study_table, ["params:candidate_study", "params:predictor"], TABLE, name="load_study_table"),
-        node(nodes.score_study, [TABLE, "sensitivity.reporting.split_summary", "params:candidate_study",
+        node(nodes.score_study, [TABLE, "sensitivity.reporting.split_summary_if_saved", "params:candidate_study",
                                  "params:predictor"],
              [RANKING, "candidate_study.tracking.metrics", "candidate_study.reporting.report"], name="score_study"),
         node(nodes.plot_study, RANKING, "candidate_study.reporting.plot", name="plot_study", tags=["reporting"]),
