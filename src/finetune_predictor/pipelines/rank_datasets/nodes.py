@@ -138,10 +138,8 @@ def _ranked(table: pd.DataFrame, by_prior: bool) -> pd.DataFrame:
     measured = table["error"].isna() & table["label_learnability"].notna()
     forecast = measured.map({True: 0.0, False: math.nan}) if by_prior else table["predicted"]
     table["_order"] = ranking_scores(forecast, table["label_learnability"])
-    table = table.sort_values("_order", ascending=False, na_position="last", kind="stable")
-    ranked = table["_order"].notna()
-    table = table.drop(columns="_order").reset_index(drop=True)
-    ranked = ranked.reset_index(drop=True)
+    table = table.sort_values("_order", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    ranked = table.pop("_order").notna()
     table.loc[ranked, "rank"] = range(1, int(ranked.sum()) + 1)
     table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
     return table
