@@ -62,7 +62,8 @@ def test_candidate_study_pipeline_scores_the_shipped_ranking_and_leave_one_out(c
     catalog = DataCatalog({
         "candidate_study.model_input.runs_table": MemoryDataset(study_table()),
         "sensitivity.reporting.split_summary_if_saved": MemoryDataset({"test_sha256": TEST_SHA}),
-        "params:candidate_study": MemoryDataset(STUDY), "params:predictor": MemoryDataset(PREDICTOR)})
+        "params:candidate_study": MemoryDataset(STUDY), "params:predictor": MemoryDataset(PREDICTOR),
+        "params:rank": MemoryDataset({"order_by": "predictor"})})
     for name in pipeline.all_outputs():
         catalog[name] = KeptDataset()
     SequentialRunner().run(pipeline, catalog)
@@ -90,10 +91,10 @@ def test_a_study_needs_no_sweep_here_when_its_test_set_is_named(tmp_path):
     from finetune_predictor.errors import UserFacingError
     from finetune_predictor.pipelines.candidate_study.nodes import score_study
 
-    _, metrics, _ = score_study(study_table(), None, {**STUDY, "test_sha256": TEST_SHA}, PREDICTOR)
+    _, metrics, _ = score_study(study_table(), None, {**STUDY, "test_sha256": TEST_SHA}, PREDICTOR, {})
     assert metrics["rank_n_candidates"]["value"] == 7
     with pytest.raises(UserFacingError, match="no test set to score the study on") as caught:
-        score_study(study_table(), None, STUDY, PREDICTOR)
+        score_study(study_table(), None, STUDY, PREDICTOR, {})
     assert caught.value.where == "candidate_study.test_sha256"
 
 

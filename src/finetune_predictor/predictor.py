@@ -370,16 +370,27 @@ def forecasts_tell_apart(predicted: Sequence[float]) -> bool:
     return bool(_forecast_ties(predicted).nunique() > 1)
 
 
-def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None) -> np.ndarray:
+RANK_ORDERS = ("auto", "predictor")
+
+
+def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None, order_by: str = "auto") -> np.ndarray:
     """The product's order of candidate training sets as one score each (higher ranks first; NaN where a
-    candidate has no prediction): by the predictor's forecast, ties broken by the no-fitting prior
-    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`; None on tasks without it). When the shipped
-    predictor is its runs table's mean (it beat no baseline), every candidate ties and the prior alone ranks
-    them, rather than the order the files were listed in."""
+    candidate is unranked). ``auto``: by the no-fitting prior
+    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`), ties broken by the predictor's forecast, on
+    tasks that have the prior; by the forecast on tasks without it. ``predictor``: by the forecast, ties broken by
+    the prior. With no forecast (no saved predictor, or one that ships its runs table's mean) the prior alone
+    ranks, rather than the order the files were listed in."""
+    if order_by not in RANK_ORDERS:
+        raise ValueError(f"rank.order_by must be one of {RANK_ORDERS}, not {order_by!r}")
     forecast = _forecast_ties(predicted)
-    tie_break = (pd.Series(np.asarray(prior, dtype=float)).rank(method="dense").fillna(0.0) if prior is not None
-                 else 0.0)
-    scores = forecast.rank(method="dense") * (len(forecast) + 1) + tie_break
+    learnability = pd.Series(np.asarray(prior, dtype=float)) if prior is not None else None
+    # Every candidate study measured so far ranked better by the prior than by a forecast fitted on other runs
+    # (docs/predictor.md, 'Ranking candidates'): the forecast leads only where asked to, or where no prior exists.
+    by_forecast = learnability is None or learnability.isna().all() or (
+        order_by == "predictor" and forecasts_tell_apart(forecast))
+    primary, secondary = (forecast, learnability) if by_forecast else (learnability, forecast)
+    tie_break = secondary.rank(method="dense").fillna(0.0) if secondary is not None else 0.0
+    scores = primary.rank(method="dense") * (len(primary) + 1) + tie_break
     return scores.to_numpy(dtype=float)
 
 

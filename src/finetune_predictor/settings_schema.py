@@ -448,6 +448,7 @@ class RankSettings(_Group):
     PREFIX: typing.ClassVar[str] = "rank"
     candidates: str | None = None
     top_reasons: int = field(default=3, metadata=at_least(1))
+    order_by: str = field(default="auto", metadata=choices("finetune_predictor.predictor", "RANK_ORDERS"))
 
 
 @dataclass(frozen=True)

@@ -153,14 +153,40 @@ def test_a_predictor_that_shipped_the_mean_ranks_by_the_no_fitting_prior(monkeyp
     features = pd.DataFrame([{"candidate": "a.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.55},
                              {"candidate": "b.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.80}])
     card = {"model": "baseline_mean", "target": "finetuned_primary", "interval_alpha": 0.1}
-    ranking, _ = nodes.rank_candidates(features, pd.DataFrame(), card, {})
+    ranking, _ = nodes.rank_candidates(features, pd.DataFrame(), card, {"order_by": "predictor"})
     assert ranking.set_index("candidate")["prior_rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
     assert ranking.set_index("candidate")["rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
     assert "ranked by mf_label_cv_balanced_accuracy alone" in capsys.readouterr().out
 
 
-def test_ranking_scores_follow_the_forecast_and_break_ties_by_the_prior():
-    scores = core.ranking_scores([0.7, 0.6, 0.6, np.nan, 0.6], [0.1, 0.9, 0.5, 0.99, np.nan])
+def test_by_default_the_prior_ranks_and_a_cross_family_forecast_is_shown_beside_it(monkeypatch, capsys):
+    """The forecast of a predictor fitted on other runs put the worst LIAR candidate first (Spearman -0.40 vs the
+    prior's 0.40): by default (rank.order_by auto) the rank follows the prior on a task that has it, and the
+    forecast, its interval and its own rank are shown beside it."""
+    from finetune_predictor.pipelines.rank_datasets import nodes
+
+    forecasts = iter([0.70, 0.60])  # the forecast prefers a.jsonl, the prior b.jsonl
+    monkeypatch.setattr(nodes, "predict_with_reasons", lambda *args, **kwargs: {
+        "predicted": next(forecasts), "interval": (0.5, 0.8), "reasons": []})
+    features = pd.DataFrame([{"candidate": "a.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.55},
+                             {"candidate": "b.jsonl", "error": None, "mf_label_cv_balanced_accuracy": 0.80}])
+    card = {"model": "ridge_cv", "target": "finetuned_primary", "interval_alpha": 0.1}
+    ranking, _ = nodes.rank_candidates(features, pd.DataFrame(), card, {"order_by": "auto"})
+    table = ranking.set_index("candidate")
+    assert table["rank"].to_dict() == {"a.jsonl": 2.0, "b.jsonl": 1.0}
+    assert table["forecast_rank"].to_dict() == {"a.jsonl": 1.0, "b.jsonl": 2.0}
+    assert "ties broken by the forecast" in capsys.readouterr().out
+
+
+def test_ranking_scores_lead_with_the_prior_by_default_and_with_the_forecast_when_asked():
+    auto = core.ranking_scores([0.7, 0.6, 0.65, np.nan, 0.6], [0.1, 0.9, 0.9, 0.99, np.nan])
+    order = list(np.argsort(-np.nan_to_num(auto, nan=-1.0), kind="stable"))
+    assert order[:4] == [3, 2, 1, 0] and np.isnan(auto[4])  # prior first, then the forecast; no prior: unranked
+    # A task without the prior (QA, structured): the forecast ranks.
+    assert list(np.argsort(-core.ranking_scores([0.2, 0.8, 0.5], None))) == [1, 2, 0]
+    with pytest.raises(ValueError, match=r"rank\.order_by"):
+        core.ranking_scores([0.5], [0.5], "prior_only")
+    scores = core.ranking_scores([0.7, 0.6, 0.6, np.nan, 0.6], [0.1, 0.9, 0.5, 0.99, np.nan], "predictor")
     order = list(np.argsort(-np.nan_to_num(scores, nan=-1.0)))
     assert order[:4] == [0, 1, 2, 4] and np.isnan(scores[3])  # forecast first, then the prior; no forecast: last
     assert list(np.argsort(-core.ranking_scores([0.5] * 3, [0.2, 0.8, 0.5]))) == [1, 2, 0]

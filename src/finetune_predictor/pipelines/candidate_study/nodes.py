@@ -29,11 +29,12 @@ def load_study_table(candidate_study: dict[str, Any], predictor: dict[str, Any])
 
 
 def score_study(table: pd.DataFrame, split_summary: dict[str, Any] | None, candidate_study: dict[str, Any],
-                predictor: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], str]:
+                predictor: dict[str, Any], rank: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], str]:
     """The study's candidates on its test set (``candidate_study.test_sha256``, or the last sweep's test set;
     ``split_summary`` None: no sweep ran here): their truth beside the shipped ranking and every other
     protocol's; ``rank_spearman``, ``rank_top1_regret`` with baselines and the noise floor. Printed, logged as
-    metrics and written as a Markdown report."""
+    metrics and written as a Markdown report; the shipped ranking orders as ``rank.order_by`` does in
+    rank_datasets."""
     settings = PredictorSettings.from_params(predictor)
     if not candidate_study.get("test_sha256") and split_summary is None:
         raise UserFacingError("no test set to score the study on: candidate_study.test_sha256 is not set and no "
@@ -53,8 +54,9 @@ def score_study(table: pd.DataFrame, split_summary: dict[str, Any] | None, candi
                               "study's candidates, configuration and test set to those of a sweep that ran")
     predictions = study.predictions_by_protocol(table, in_study, settings)
     runs = table[in_study]
-    ranking = study.candidate_table(runs, predictions, settings.target_column)
-    metrics = study.study_metrics(ranking, runs, settings.target_column)
+    order_by = str(rank.get("order_by", "auto"))
+    ranking = study.candidate_table(runs, predictions, settings.target_column, order_by)
+    metrics = study.study_metrics(ranking, runs, settings.target_column, order_by)
     report = markdown(ranking, metrics, missing, len(table) - len(runs))
     print("\n" + report)
     return ranking.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}, report
@@ -74,9 +76,9 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
         "# Candidate study: ranking training sets before training them", "",
         f"{len(ranking)} candidates, {metrics['rank_n_runs']:.0f} fully trained runs (the truth); "
         f"{other_runs} other runs in the store. The shipped ranking is what rank_datasets gives a team that has "
-        "trained none of them: the predictor chosen on other data only, ties broken by "
-        f"{RANKING_PRIOR_FEATURE} (when the predictor ships the mean, or no other data exists, the prior alone "
-        "ranks).", "",
+        f"trained none of them. By default (rank.order_by auto) that is {RANKING_PRIOR_FEATURE}'s order, ties "
+        "broken by the forecast of the predictor chosen on other data only; with rank.order_by predictor, the "
+        "forecast's order, ties broken by the prior (which alone ranks when the forecast ties everything).", "",
         "| ranking | Spearman | top-1 regret (points) |", "| --- | --- | --- |",
         f"| **shipped** (rank_datasets) | {_figure(metrics, 'rank_spearman')} | "
         f"{_figure(metrics, 'rank_top1_regret', 1)} |",
@@ -103,9 +105,9 @@ def markdown(ranking: pd.DataFrame, metrics: dict[str, float], missing: list[str
           for row in ranking.itertuples()),
     ]
     if not metrics.get("rank_shipped_by_forecast"):
-        lines[4:4] = [f"No cold-start forecast told the candidates apart (no other data in the store, or the "
-                      f"predictor chosen on it ships the mean): the shipped ranking here is {RANKING_PRIOR_FEATURE}'s "
-                      "alone, so `rank_spearman` equals `rank_spearman_prior`.", ""]
+        lines[4:4] = [f"The shipped ranking here is {RANKING_PRIOR_FEATURE}'s (rank.order_by auto, or no cold-start "
+                      "forecast told the candidates apart), so `rank_spearman` equals `rank_spearman_prior` unless "
+                      "the forecast broke a tie in the prior.", ""]
     if missing:
         lines += ["", f"Candidates without finished runs (not ranked): {', '.join(missing)}"]
     return "\n".join(lines) + "\n"

@@ -114,17 +114,6 @@ def predictions_by_protocol(table: pd.DataFrame, in_study: pd.Series, settings: 
     return out
 
 
-def shipped_scores(cold_start: pd.Series, prior: pd.Series | None) -> np.ndarray:
-    """The order rank_datasets gives a team that has trained none of the candidates (one value per candidate):
-    the cold-start predictor's forecast (fitted on other data only), ties broken by the prior
-    (:func:`ranking_scores`). With no other data to fit on there is no forecast at all: every candidate ties,
-    as under a predictor that ships the mean."""
-    forecast = np.asarray(cold_start, dtype=float)
-    if np.isnan(forecast).all():
-        forecast = np.zeros_like(forecast)
-    return ranking_scores(forecast, prior)
-
-
 def _spearman(a: pd.Series, b: pd.Series) -> float:
     if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
         return float("nan")
@@ -152,9 +141,12 @@ def seed_ceiling(study: pd.DataFrame, target: str) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], target: str) -> pd.DataFrame:
+def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], target: str,
+                    order_by: str = "auto") -> pd.DataFrame:
     """One row per candidate: its true score (mean over seeds, with the seed spread), the predictions under
-    every protocol, and the predicted and true ranks."""
+    every protocol, and the predicted and true ranks. The shipped rank is the one rank_datasets would give a
+    team that has trained none of the candidates (:func:`ranking_scores` of the cold-start forecast, fitted on
+    other data only, and the prior, as ``rank.order_by`` says)."""
     frame = study[[CANDIDATE, target]].copy()
     for name, values in predictions.items():
         frame[f"predicted_{name}"] = values
@@ -164,15 +156,25 @@ def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], tar
     table["runs"] = grouped.size()
     table = table.reset_index().rename(columns={CANDIDATE: "candidate"})
     # The shipped order is rank_datasets' one row per candidate: forecast and prior averaged over seeds first.
-    table["shipped_score"] = shipped_scores(table["predicted_cold_start"], table.get("predicted_prior"))
+    # With no other data to fit on there is no forecast at all: scored as a ranking that ties every candidate (a
+    # random pick), as under a predictor that ships the mean, where a task has no prior to fall back on.
+    forecast = table["predicted_cold_start"].fillna(0.0) if table["predicted_cold_start"].isna().all() \
+        else table["predicted_cold_start"]
+    table["shipped_score"] = ranking_scores(forecast, table.get("predicted_prior"), order_by)
     table["predicted"] = table["predicted_cold_start"]  # the shipped forecast, in points (NaN: no other data)
     table["rank"] = table["shipped_score"].rank(ascending=False, method="min")
     table["actual_rank"] = table["actual"].rank(ascending=False, method="min")
     return table.sort_values("rank").reset_index(drop=True)
 
 
-def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict[str, float]:
-    """``rank_spearman`` / ``rank_top1_regret`` (the shipped ranking: :func:`shipped_scores`), the same for
+def _shipped_by_forecast(table: pd.DataFrame, order_by: str) -> bool:
+    prior = table.get("predicted_prior")
+    has_prior = prior is not None and bool(prior.notna().any())
+    return forecasts_tell_apart(table["predicted_cold_start"]) and (order_by == "predictor" or not has_prior)
+
+
+def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str, order_by: str = "auto") -> dict[str, float]:
+    """``rank_spearman`` / ``rank_top1_regret`` (the shipped ranking: :func:`candidate_table`), the same for
     every other protocol (``_loco``, ``_cold_start``, ``_prior``) and the baselines, a random pick's expected
     regret, and the noise floor: the seed-to-seed Spearman of the truth and the binomial standard error of
     one test score."""
@@ -182,8 +184,9 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str) -> dict
                "rank_n_scored_cold_start": float(table["predicted_cold_start"].notna().sum()),
                "rank_spearman": _spearman(table["shipped_score"], actual),
                "rank_top1_regret": _regret(actual, table["shipped_score"]),
-               # 0: no cold-start forecast told the candidates apart, so the headline is the prior's ranking.
-               "rank_shipped_by_forecast": float(forecasts_tell_apart(table["predicted_cold_start"]))}
+               # 0: the headline is the prior's ranking (rank.order_by auto on a task with the prior, or no
+               # cold-start forecast told the candidates apart).
+               "rank_shipped_by_forecast": float(_shipped_by_forecast(table, order_by))}
     for name in ("loco", "cold_start", "best_single_feature", "mean", "prior"):
         if f"predicted_{name}" not in table:
             continue

@@ -28,7 +28,7 @@ from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 CANDIDATE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 BY_PREDICTOR, BY_PRIOR = "predictor", "prior"
 RANKING_COLUMNS = ["candidate", "predicted", "lower", "upper", "rank", "reasons", "label_learnability", "prior_rank",
-                   "error"]
+                   "forecast_rank", "error"]
 
 
 def candidate_paths(rank: dict[str, Any]) -> list[str]:
@@ -114,14 +114,13 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame | None, car
         rows.append({"candidate": row["candidate"], "predicted": answer["predicted"], "lower": answer["interval"][0],
                      "upper": answer["interval"][1], "reasons": reasons,
                      "label_learnability": values.get(RANKING_PRIOR_FEATURE, math.nan), "error": None})
-    table = _ranked(pd.DataFrame(rows, columns=RANKING_COLUMNS), by_prior=card is None)
+    order_by = str(rank.get("order_by", "auto"))
+    table = _ranked(pd.DataFrame(rows, columns=RANKING_COLUMNS), order_by)
     valid = table["rank"].notna()
-    by = (f"{card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% intervals; ties broken by "
-          f"{RANKING_PRIOR_FEATURE})" if card is not None else f"{RANKING_PRIOR_FEATURE} (no saved predictor)")
-    print(f"\nCandidate ranking by {by}:")
+    print(f"\nCandidate ranking by {_ranked_by(card, order_by, table.loc[valid, 'label_learnability'])}:")
     print(table.drop(columns=["reasons"]).round(3).to_string(index=False))
-    if (card is not None and valid.any() and not forecasts_tell_apart(table.loc[valid, "predicted"])
-            and table.loc[valid, "prior_rank"].notna().any()):
+    tied = valid.any() and not forecasts_tell_apart(table.loc[valid, "predicted"])
+    if card is not None and order_by == "predictor" and tied and table.loc[valid, "prior_rank"].notna().any():
         print(f"The shipped predictor ({card['model']}) gives every candidate the same forecast: it cannot tell them "
               f"apart, so they are ranked by {RANKING_PRIOR_FEATURE} alone (no fitting; docs/predictor.md, "
               "'Ranking candidates').")
@@ -130,19 +129,27 @@ def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame | None, car
     return table.round(4), {key: {"value": value, "step": 0} for key, value in metrics.items()}
 
 
-def _ranked(table: pd.DataFrame, by_prior: bool) -> pd.DataFrame:
-    """Best first by :func:`ranking_scores` (the forecast, ties by the prior; the prior alone when ``by_prior``),
-    stable, so candidates still tied keep the order their files were listed in; unranked rows last."""
-    # With no forecast, every valid candidate with a prior gets the same one, so the prior alone orders them; a
-    # candidate whose prior could not be measured stays unranked rather than last in file order.
-    measured = table["error"].isna() & table["label_learnability"].notna()
-    forecast = measured.map({True: 0.0, False: math.nan}) if by_prior else table["predicted"]
-    table["_order"] = ranking_scores(forecast, table["label_learnability"])
+def _ranked(table: pd.DataFrame, order_by: str) -> pd.DataFrame:
+    """Best first by :func:`ranking_scores` (``rank.order_by``), stable, so candidates still tied keep the order
+    their files were listed in; unranked rows (excluded, or with nothing to rank them by) last."""
+    table["_order"] = ranking_scores(table["predicted"], table["label_learnability"], order_by)
     table = table.sort_values("_order", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     ranked = table.pop("_order").notna()
     table.loc[ranked, "rank"] = range(1, int(ranked.sum()) + 1)
     table["prior_rank"] = table["label_learnability"].rank(ascending=False, method="min")
+    table["forecast_rank"] = table["predicted"].rank(ascending=False, method="min")
     return table
+
+
+def _ranked_by(card: dict[str, Any] | None, order_by: str, prior: pd.Series) -> str:
+    """What the printed rank follows, in words."""
+    if card is None:
+        return f"{RANKING_PRIOR_FEATURE} (no saved predictor)"
+    forecast = f"{card['model']} ({card['target']}, {100 * (1 - card['interval_alpha']):.0f}% intervals)"
+    if order_by == "auto" and prior.notna().any():
+        return (f"{RANKING_PRIOR_FEATURE}, ties broken by the forecast of {forecast}: the prior ranked candidates "
+                "better in every candidate study (rank.order_by=predictor ranks by the forecast)")
+    return f"the forecast of {forecast}, ties broken by {RANKING_PRIOR_FEATURE}"
 
 
 def plot_ranking(ranking: pd.DataFrame) -> Figure:
