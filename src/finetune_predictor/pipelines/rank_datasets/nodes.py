@@ -99,8 +99,8 @@ def candidate_features(rank: dict[str, Any], data: dict[str, Any], model: dict[s
 def rank_candidates(features: pd.DataFrame, runs_table: pd.DataFrame | None, card: dict[str, Any] | None,
                     rank: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The saved predictor's forecast for every valid candidate with its conformal interval and top SHAP
-    reasons, ranked best first, ties broken by the prior; with no saved predictor (``card`` None), the prior's
-    order alone. Excluded candidates come last, with their error; printed and logged."""
+    reasons, ranked best first as ``rank.order_by`` says (:func:`ranking_scores`); with no saved predictor
+    (``card`` None), the prior's order alone. Excluded candidates come last, with their error; printed and logged."""
     top = int(rank.get("top_reasons", 3))
     rows = []
     for row in features.to_dict("records"):
