@@ -373,6 +373,15 @@ def forecasts_tell_apart(predicted: Sequence[float]) -> bool:
 RANK_ORDERS = ("auto", "predictor")
 
 
+def forecast_leads(predicted: Sequence[float], prior: Sequence[float] | None, order_by: str) -> bool:
+    """Whether :func:`ranking_scores` orders by the forecast rather than the prior: only where the forecasts tell
+    the candidates apart and either ``order_by`` is ``predictor`` or the task has no prior. Every candidate study
+    measured so far ranked better by the prior than by a forecast fitted on other runs (docs/predictor.md,
+    'Ranking candidates')."""
+    has_prior = prior is not None and bool(np.isfinite(np.asarray(prior, dtype=float)).any())
+    return forecasts_tell_apart(predicted) and (order_by == "predictor" or not has_prior)
+
+
 def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None, order_by: str = "auto") -> np.ndarray:
     """The product's order of candidate training sets as one score each (higher ranks first; NaN where a
     candidate is unranked). ``auto``: by the no-fitting prior
@@ -384,10 +393,7 @@ def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None, or
         raise ValueError(f"rank.order_by must be one of {RANK_ORDERS}, not {order_by!r}")
     forecast = _forecast_ties(predicted)
     learnability = pd.Series(np.asarray(prior, dtype=float)) if prior is not None else None
-    # Every candidate study measured so far ranked better by the prior than by a forecast fitted on other runs
-    # (docs/predictor.md, 'Ranking candidates'): the forecast leads only where asked to, or where no prior exists.
-    by_forecast = learnability is None or learnability.isna().all() or (
-        order_by == "predictor" and forecasts_tell_apart(forecast))
+    by_forecast = learnability is None or learnability.isna().all() or forecast_leads(predicted, prior, order_by)
     primary, secondary = (forecast, learnability) if by_forecast else (learnability, forecast)
     tie_break = secondary.rank(method="dense").fillna(0.0) if secondary is not None else 0.0
     scores = primary.rank(method="dense") * (len(primary) + 1) + tie_break

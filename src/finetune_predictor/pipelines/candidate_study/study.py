@@ -25,7 +25,7 @@ from finetune_predictor.predictor import (
     POINTS,
     PredictorSettings,
     feature_columns,
-    forecasts_tell_apart,
+    forecast_leads,
     groups_of_table,
     ranking_scores,
 )
@@ -167,12 +167,6 @@ def candidate_table(study: pd.DataFrame, predictions: dict[str, np.ndarray], tar
     return table.sort_values("rank").reset_index(drop=True)
 
 
-def _shipped_by_forecast(table: pd.DataFrame, order_by: str) -> bool:
-    prior = table.get("predicted_prior")
-    has_prior = prior is not None and bool(prior.notna().any())
-    return forecasts_tell_apart(table["predicted_cold_start"]) and (order_by == "predictor" or not has_prior)
-
-
 def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str, order_by: str = "auto") -> dict[str, float]:
     """``rank_spearman`` / ``rank_top1_regret`` (the shipped ranking: :func:`candidate_table`), the same for
     every other protocol (``_loco``, ``_cold_start``, ``_prior``) and the baselines, a random pick's expected
@@ -186,7 +180,8 @@ def study_metrics(table: pd.DataFrame, study: pd.DataFrame, target: str, order_b
                "rank_top1_regret": _regret(actual, table["shipped_score"]),
                # 0: the headline is the prior's ranking (rank.order_by auto on a task with the prior, or no
                # cold-start forecast told the candidates apart).
-               "rank_shipped_by_forecast": float(_shipped_by_forecast(table, order_by))}
+               "rank_shipped_by_forecast": float(forecast_leads(table["predicted_cold_start"],
+                                                                 table.get("predicted_prior"), order_by))}
     for name in ("loco", "cold_start", "best_single_feature", "mean", "prior"):
         if f"predicted_{name}" not in table:
             continue
