@@ -15,6 +15,7 @@ import click
 from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import CONTEXT_SETTINGS, KedroCliError
 
+from finetune_predictor import meta_dataset
 from finetune_predictor.errors import EXIT_CODE, VERBOSE_ENV, find_user_error, install_log_filter, verbose_requested
 from finetune_predictor.redaction import redact, redact_exception
 
@@ -55,3 +56,50 @@ run = click.Command(
     context_settings=CONTEXT_SETTINGS,
 )
 cli.add_command(run)
+
+
+@cli.command("meta-dataset")
+@click.option("--chunk", "chunk_names", multiple=True,
+              help="A chunk of conf/meta_dataset/meta_dataset.yml (repeatable).")
+@click.option("--list", "list_only", is_flag=True, help="List the chunks, their sweeps and run counts; run nothing.")
+@click.option("--env", default=meta_dataset.ENV, show_default=True, help="The environment that holds the study.")
+def meta_dataset_command(chunk_names: tuple[str, ...], list_only: bool, env: str) -> None:
+    """Run chunks of the meta-dataset study (resumable), then append their runs to the runs archive."""
+    from pathlib import Path
+
+    install_log_filter()
+    project_path = Path.cwd()
+    try:
+        chunks, sensitivity = meta_dataset.load_study(project_path, env)
+        selected = {name: meta_dataset.chunk_sweeps(chunks, name) for name in (chunk_names or chunks)}
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None or verbose_requested():
+            raise
+        click.echo(redact(user_error.render()), err=True)
+        raise click.exceptions.Exit(EXIT_CODE) from None
+    if list_only or not chunk_names:
+        for name, sweeps in selected.items():
+            total = sum(meta_dataset.sweep_size(sweep, sensitivity) for sweep in sweeps)
+            click.echo(f"{name}: {len(sweeps)} sweeps, {total} runs")
+            for sweep in sweeps:
+                click.echo(f"  {meta_dataset.sweep_size(sweep, sensitivity):3d}  {meta_dataset.describe(sweep)}")
+        return
+    failed = []
+    for name, sweeps in selected.items():
+        for index, sweep in enumerate(sweeps, start=1):
+            label = f"{name} sweep {index}/{len(sweeps)}: {meta_dataset.describe(sweep)}"
+            click.echo(f"meta-dataset {label}")
+            try:
+                meta_dataset.run_sweep(project_path, sweep, env)
+            except Exception as error:  # one sweep's failure must not cost the chunk's other sweeps
+                user_error = find_user_error(error)
+                if user_error is None and verbose_requested():
+                    raise
+                click.echo(redact(user_error.render() if user_error else repr(error)), err=True)
+                failed.append(label)
+    meta_dataset.archive(project_path, env)
+    if failed:
+        click.echo("Sweeps that did not finish (run the chunk again to resume them):\n  " + "\n  ".join(failed),
+                   err=True)
+        raise click.exceptions.Exit(EXIT_CODE)

@@ -49,6 +49,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+        "meta_dataset": ["meta_dataset*"],  # conf/meta_dataset/meta_dataset.yml: the study's chunks
     },
     # conf/base/mlflow.yml's ${tracking_uri_or:...}: MLFLOW_TRACKING_URI when set. Kedro's oc.env would read any
     # variable (a token) into any config file; this reads that one.

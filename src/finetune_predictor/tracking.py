@@ -31,6 +31,8 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor.errors import UserFacingError
+from finetune_predictor.models import folder_sha256
+from finetune_predictor.provenance import run_provenance
 from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import DEFAULT_TASK, TASK_TYPES
@@ -151,12 +153,21 @@ def build_run_record(split_summary: Mapping[str, Any], training_summary: Mapping
         "adapter_sha256": training_summary["adapter_sha256"]["adapter_model.safetensors"],
         **resume_provenance(training_summary),
         **memory_provenance(training_summary, settings),
+        **model_provenance(training_summary),
+        **run_provenance(),
     }
     name = run_name(model["name"], split_summary["source"], split_summary["train_size"], settings,
                     variant["data_variant"])
     return RunRecord(name, configuration, settings.seed, provenance,
                      run_metrics(training_summary, metrics["baseline"], metrics["finetuned"], metrics.get("classical"),
                                  metrics.get("validation")))
+
+
+def model_provenance(training_summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The base model's content hash (weights, config, tokenizer): two runs of one model name on different
+    weights are different base models in the runs archive. Hashes are cached, so this reads no weights twice."""
+    path = training_summary.get("model_path")
+    return {"model_sha256": folder_sha256(path) if path and Path(path).is_dir() else "unknown"}
 
 
 def memory_provenance(training_summary: Mapping[str, Any], settings: TrainingSettings) -> dict[str, Any]:
