@@ -24,13 +24,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from finetune_predictor import task_data
-from finetune_predictor.evaluation import metrics_of, predict
-from finetune_predictor.hardware import release_accelerator_memory
-from finetune_predictor.model_session import open_session, resolve_model
-from finetune_predictor.scoring import vllm_available
+from finetune_predictor.data import task_data
+from finetune_predictor.modeling.evaluation import metrics_of, predict
+from finetune_predictor.modeling.hardware import release_accelerator_memory
+from finetune_predictor.modeling.model_session import open_session, resolve_model
+from finetune_predictor.modeling.scoring import vllm_available
+from finetune_predictor.modeling.training import StepTimer, fine_tune
 from finetune_predictor.tasks import build_task
-from finetune_predictor.training import StepTimer, fine_tune
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune_predictor import task_data
-from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
-from finetune_predictor.model_session import open_session
+from finetune_predictor.data import task_data
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.training import StepTimer, fine_tune
+from finetune_predictor.prediction.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.tasks import build_task
-from finetune_predictor.training import StepTimer, fine_tune
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "test_per_class": 100, "seed": 42,

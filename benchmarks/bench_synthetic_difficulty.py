@@ -11,8 +11,8 @@ import re
 
 import pandas as pd
 
-from finetune_predictor.classical import classical_metrics
-from finetune_predictor.synthetic_news import DIFFICULTIES, bayes_ceiling, iter_articles
+from finetune_predictor.data.synthetic_news import DIFFICULTIES, bayes_ceiling, iter_articles
+from finetune_predictor.modeling.classical import classical_metrics
 from finetune_predictor.tasks import build_task
 
 KEYWORDS = re.compile(r"insiders|whispering|shared|anonymous")

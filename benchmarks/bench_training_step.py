@@ -20,12 +20,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.hardware import cpu_has_native_bf16
-from finetune_predictor.model_session import ModelSession, open_session
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling.chat_format import PromptFormatter
+from finetune_predictor.modeling.hardware import cpu_has_native_bf16
+from finetune_predictor.modeling.model_session import ModelSession, open_session
+from finetune_predictor.modeling.training import StepTimer, build_training_rows, train_lora
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import StepTimer, build_training_rows, train_lora
 
 
 class StepEnds(TrainerCallback):

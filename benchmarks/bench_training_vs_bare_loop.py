@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from bench_training_step import equal_length_rows, project_step_intervals
 
-from finetune_predictor.batching import LeftPadCollator, answer_window
-from finetune_predictor.model_session import ModelSession, open_session
+from finetune_predictor.modeling.batching import LeftPadCollator, answer_window
+from finetune_predictor.modeling.model_session import ModelSession, open_session
+from finetune_predictor.modeling.training import seed_everything
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.training import seed_everything
 
 
 def bare_step_intervals(session: ModelSession, rows: list[dict[str, list[int]]],

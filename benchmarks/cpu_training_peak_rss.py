@@ -41,9 +41,9 @@ def main() -> None:
     import peft  # noqa: F401
     import trl  # noqa: F401
 
-    from finetune_predictor.model_session import open_session
-    from finetune_predictor.task_data import bundled_records
-    from finetune_predictor.training import build_training_rows, train_lora
+    from finetune_predictor.data.task_data import bundled_records
+    from finetune_predictor.modeling.model_session import open_session
+    from finetune_predictor.modeling.training import build_training_rows, train_lora
 
     registry = yaml.safe_load(REGISTRY.read_text())["model_registry"]
     session = open_session({"name": "SmolLM2-135M-Instruct", "max_length": 512}, registry, "train", args.precision)

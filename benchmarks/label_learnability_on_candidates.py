@@ -14,7 +14,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from scipy.stats import spearmanr
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
 from finetune_predictor.pipelines.sensitivity.grid import expand_grid
 from finetune_predictor.pipelines.sensitivity.runner import SweepData
 from finetune_predictor.tasks.base import classification_features

@@ -16,9 +16,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.evaluation import LABEL_SCORING, label_scores
-from finetune_predictor.model_session import open_session
-from finetune_predictor.scoring import score_candidates
+from finetune_predictor.modeling.evaluation import LABEL_SCORING, label_scores
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.scoring import score_candidates
 from finetune_predictor.tasks import build_task
 
 

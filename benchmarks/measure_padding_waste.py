@@ -18,12 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune_predictor import task_data
-from finetune_predictor.batching import length_grouped_batches, padding_share
-from finetune_predictor.model_session import open_session
+from finetune_predictor.data import task_data
+from finetune_predictor.modeling.batching import length_grouped_batches, padding_share
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.training import _build_trainer, build_training_rows
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import build_task
-from finetune_predictor.training import _build_trainer, build_training_rows
 
 LIAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "liar"
 DATASETS: dict[str, dict[str, Any]] = {

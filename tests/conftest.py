@@ -36,14 +36,14 @@ def copy_project(project: Path, with_source: bool = True) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model():
     """The embedded SmolLM2-135M-Instruct, converted to an HF folder once (cached between runs)."""
-    from finetune_predictor.model_session import resolve_model
+    from finetune_predictor.modeling.model_session import resolve_model
 
     return resolve_model("SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_model):
-    from finetune_predictor.model_session import load_tokenizer
+    from finetune_predictor.modeling.model_session import load_tokenizer
 
     return load_tokenizer(embedded_model.path)
 
@@ -86,7 +86,7 @@ def squad_file() -> Path:
 @pytest.fixture(scope="session")
 def tiny_session(tiny_model_dir):
     """The tiny Llama's model session (fp32, 256-token prompts), as training opens it."""
-    from finetune_predictor.model_session import open_session
+    from finetune_predictor.modeling.model_session import open_session
 
     return open_session({"name": str(tiny_model_dir), "max_length": 256}, {}, "train", "fp32")
 

@@ -9,12 +9,12 @@ import mlflow
 import pandas as pd
 import pytest
 
-from finetune_predictor import evaluation, model_session, models
 from finetune_predictor import tracking as run_tracking
-from finetune_predictor.evaluation import baseline_key, metrics_of
-from finetune_predictor.model_session import load_causal_lm, open_session
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling import evaluation, model_session, models
+from finetune_predictor.modeling.evaluation import baseline_key, metrics_of
+from finetune_predictor.modeling.model_session import load_causal_lm, open_session
 from finetune_predictor.pipelines.evaluation import nodes
-from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import build_task
 from tests.test_sweep import _sweep, tracking  # noqa: F401 (tracking: the fixture with a fresh MLflow store)
 

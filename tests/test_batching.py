@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune_predictor.batching import (
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling.batching import (
     IGNORE_INDEX,
     LeftPadCollator,
     answer_window,
     left_pad,
     position_ids_of,
 )
-from finetune_predictor.hardware import choose_compute_plan
-from finetune_predictor.model_session import load_causal_lm
+from finetune_predictor.modeling.hardware import choose_compute_plan
+from finetune_predictor.modeling.model_session import load_causal_lm
+from finetune_predictor.modeling.training import build_training_rows, train_lora
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import build_training_rows, train_lora
 
 
 def test_left_pad_and_positions():
@@ -85,7 +85,7 @@ def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_session, tmp_
 
 def _trainer_batches(session, rows, tmp_path, grouped: bool) -> list[dict[str, torch.Tensor]]:
     """One epoch of batches as the project's trainer builds them (its sampler and collator)."""
-    from finetune_predictor.training import _build_trainer
+    from finetune_predictor.modeling.training import _build_trainer
 
     settings = TrainingSettings.from_params({"per_device_train_batch_size": 4, "precision": "fp32",
                                              "num_train_epochs": 1, "group_by_length": grouped})
@@ -120,7 +120,7 @@ def test_length_grouped_batches_pad_less_and_keep_every_answer_only_loss_mask(ti
 
 
 def test_padding_share_counts_the_padded_positions_of_a_left_padded_batch():
-    from finetune_predictor.batching import padding_share
+    from finetune_predictor.modeling.batching import padding_share
 
     assert padding_share([[1, 2, 3], [4]]) == pytest.approx(2 / 6)
     assert padding_share([[1, 2], [3, 4]]) == 0.0 and padding_share([]) == 0.0

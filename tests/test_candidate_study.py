@@ -10,12 +10,12 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
+from finetune_predictor.data.splits import normalised_text
 from finetune_predictor.pipelines.candidate_study import create_pipeline
 from finetune_predictor.pipelines.candidate_study.study import study_runs
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, SweepConfig, expand_grid
 from finetune_predictor.pipelines.sensitivity.runner import SweepData
-from finetune_predictor.splits import normalised_text
 from finetune_predictor.tasks import build_task
 from tests.conftest import PROJECT_ROOT
 from tests.pipelines.test_predictor_pipeline import KeptDataset
@@ -102,7 +102,7 @@ def test_a_candidate_is_never_predicted_from_its_own_runs(monkeypatch):
     """Every fit that predicts a candidate saw none of that candidate's runs (seeds together); the cold-start
     fit saw no run of the study at all."""
     from finetune_predictor.pipelines.candidate_study import study
-    from finetune_predictor.predictor import PredictorSettings
+    from finetune_predictor.prediction.predictor import PredictorSettings
 
     table = study_table()
     in_study = study_runs(table, STUDY, TEST_SHA)
@@ -199,7 +199,7 @@ def test_too_few_runs_to_learn_from_are_not_scored_rather_than_crash():
     """The cold start learns from other data only: with a handful of runs the nested choice cannot form its
     inner folds (LightGBM was handed an empty fold); such a protocol is reported as not scored."""
     from finetune_predictor.pipelines.candidate_study import study
-    from finetune_predictor.predictor import PredictorSettings
+    from finetune_predictor.prediction.predictor import PredictorSettings
 
     table = study_table(other_runs=3)
     in_study = study_runs(table, STUDY, TEST_SHA)
@@ -216,7 +216,7 @@ def _prior_metrics(table: pd.DataFrame) -> dict[str, float]:
         predictions_by_protocol,
         study_metrics,
     )
-    from finetune_predictor.predictor import PredictorSettings
+    from finetune_predictor.prediction.predictor import PredictorSettings
 
     in_study = study_runs(table, STUDY, TEST_SHA)
     predictions = predictions_by_protocol(table, in_study, PredictorSettings.from_params(PREDICTOR))

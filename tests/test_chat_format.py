@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.records import SourceSpec, read_records
-from finetune_predictor.synthetic_events import iter_events
-from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import build_training_rows
+from finetune_predictor.data.records import SourceSpec, read_records
+from finetune_predictor.data.synthetic_events import iter_events
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling.chat_format import PromptFormatter
+from finetune_predictor.modeling.training import build_training_rows
 
 
 def _supervised_text(tokenizer, row) -> str:

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from kedro.framework.cli.project import run as kedro_run
 
 from finetune_predictor import cli
+from finetune_predictor.data.records import RecordError
 from finetune_predictor.errors import VERBOSE_ENV, HideUserErrorEchoes, UserFacingError, find_user_error
-from finetune_predictor.records import RecordError
 from finetune_predictor.settings_schema import SettingsError
 from tests.conftest import copy_project
 
@@ -149,7 +149,7 @@ def test_render_has_what_where_fix():
 
 
 def test_a_missing_model_is_a_user_error(monkeypatch):
-    from finetune_predictor.models import ModelNotFoundError
+    from finetune_predictor.modeling.models import ModelNotFoundError
 
     result = _invoke(monkeypatch, ModelNotFoundError("model.name='org/nowhere' was not found on this machine"))
     assert result.exit_code == 1 and not isinstance(result.exception, ModelNotFoundError)

@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from finetune_predictor import task_data, tracking
-from finetune_predictor.records import content_sha256
+from finetune_predictor import tracking
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import content_sha256
 from tests.conftest import PROJECT_ROOT, copy_project
 from tests.reliability import record_fault
 
@@ -417,7 +418,7 @@ def test_runs_started_together_open_a_new_store_one_after_the_other(tmp_path, mo
     from filelock import FileLock, Timeout
     from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-    from finetune_predictor.run_lifecycle import RunLifecycleHook
+    from finetune_predictor.tracking.lifecycle import RunLifecycleHook
 
     monkeypatch.setenv("FINETUNE_PREDICTOR_CACHE", str(tmp_path))
     held = []

@@ -138,7 +138,7 @@ def test_causal_lm_weights_are_loaded_in_one_module():
     """One model session decides device, precision and quantization: no other module loads weights."""
     loaders = {path.relative_to(PROJECT_ROOT).as_posix() for path in _python_files()
                if re.search(r"ForCausalLM\.from_pretrained", path.read_text())}
-    assert loaders == {"src/finetune_predictor/model_session.py"}
+    assert loaders == {"src/finetune_predictor/modeling/model_session.py"}
 
 
 def test_each_parameter_file_holds_the_one_group_it_is_named_after():

@@ -120,9 +120,9 @@ def test_the_evaluation_size_widens_the_stopping_forecast_and_reaches_it_through
     (``validation_n``, ``test_size``), and a curve that looked hopeless on 1,000 examples is kept on 50."""
     from types import SimpleNamespace
 
-    from finetune_predictor.learning_curve import eval_size_of
     from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
     from finetune_predictor.pipelines.sensitivity.runner import result_row
+    from finetune_predictor.prediction.learning_curve import eval_size_of
 
     configs = expand_grid({**SWEEP, "learning_rates": [1e-3, 2e-3]}, "m")
     rows = pd.DataFrame([{"config": c, "train_size": c.train_per_class, "validation_primary":

@@ -50,7 +50,7 @@ def test_unversioned_and_unknown_datasets_are_left_alone(tmp_path):
 
 
 def test_headline_says_the_result_first():
-    from finetune_predictor.evaluation import headline
+    from finetune_predictor.modeling.evaluation import headline
 
     metrics = {"baseline": {"accuracy": 0.5, "primary": 0.5, "auc": 0.514},
                "finetuned": {"accuracy": 0.8, "primary": 0.8, "auc": 0.888}, "classical": {"primary": 0.77}}
@@ -130,7 +130,7 @@ def test_a_file_written_before_its_dataset_was_versioned_becomes_its_latest_vers
 
 
 def test_a_versioned_folder_and_an_unversioned_dataset_are_not_touched(tmp_path):
-    from finetune_predictor.artifacts import adopt_unversioned_file
+    from finetune_predictor.modeling.artifacts import adopt_unversioned_file
 
     assert adopt_unversioned_file(tmp_path / "missing.csv") is None
     folder = tmp_path / "versions.csv"
@@ -141,7 +141,7 @@ def test_a_versioned_folder_and_an_unversioned_dataset_are_not_touched(tmp_path)
 def test_a_folder_another_run_made_in_between_is_put_back_not_buried(tmp_path, monkeypatch):
     """Two runs adopting at once: the second finds a folder (the first's versions) where it saw a file; it must
     put that folder back rather than nest it under a version of its own."""
-    from finetune_predictor import artifacts
+    from finetune_predictor.modeling import artifacts
 
     path = tmp_path / "sweep_status.json"
     (path / "2026-01-01T00.00.00.000Z").mkdir(parents=True)

@@ -9,7 +9,8 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor.learning_curve import (
+from finetune_predictor.pipelines.forecast import create_pipeline
+from finetune_predictor.prediction.learning_curve import (
     bounded_score_se,
     choose_family,
     curves_of,
@@ -20,7 +21,6 @@ from finetune_predictor.learning_curve import (
     seed_spread,
     shape_spread,
 )
-from finetune_predictor.pipelines.forecast import create_pipeline
 
 SIZES = [32, 64, 128, 256, 512]
 

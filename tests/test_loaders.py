@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetune_predictor.records import CANONICAL_COLUMNS, RecordError, SourceSpec, read_records
-from finetune_predictor.splits import DataLeakError, InsufficientDataError, deduplicate, remove_test_overlap
+from finetune_predictor.data.records import CANONICAL_COLUMNS, RecordError, SourceSpec, read_records
+from finetune_predictor.data.splits import DataLeakError, InsufficientDataError, deduplicate, remove_test_overlap
 
 LABELS = ["fake", "legitimate"]
 GOOD = {"instruction": "Is this news fake or legitimate?", "input": "The council opened a bridge.", "output": "fake"}
@@ -222,7 +222,7 @@ def test_test_text_in_training_is_an_error_under_the_strict_policy():
 
 
 def test_too_few_for_a_balanced_sample_says_how_many():
-    from finetune_predictor.splits import nested_balanced_subset
+    from finetune_predictor.data.splits import nested_balanced_subset
 
     with pytest.raises(InsufficientDataError, match="asks for 3 examples of label 'legitimate' but only 1 exist"):
         nested_balanced_subset(_frame(["a", "b", "c", "d"], ["fake"] * 3 + ["legitimate"]), LABELS, 3, 0)

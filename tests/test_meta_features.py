@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune_predictor.meta_features import (
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.prediction.meta_features import (
     ProbeSettings,
     cache_key,
     compute_meta_features,
@@ -20,7 +21,6 @@ from finetune_predictor.meta_features import (
     outlier_ratio,
     special_char_ratio,
 )
-from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import build_task
 from finetune_predictor.tasks.base import label_balance
 
@@ -101,7 +101,7 @@ def test_features_on_a_tiny_model_are_complete_deterministic_and_cached(tiny_ses
 def test_task_features_give_every_task_the_same_columns():
     """One predictor learns across tasks: every run has every task's indicator and features, NaN where a
     feature means nothing for its task, and those NaNs are not counted as failed measurements."""
-    from finetune_predictor.meta_features import _not_applicable, task_features
+    from finetune_predictor.prediction.meta_features import _not_applicable, task_features
     from finetune_predictor.tasks import QATask
 
     classification = task_features(build_task(DATA), [{"instruction": "i", "input": "t", "output": "fake"},
@@ -138,7 +138,7 @@ def _news(n_per_class: int, seed: int = 0) -> tuple[list[dict], list[str]]:
 
 
 def test_label_learnability_falls_with_label_noise_and_duplicates_do_not_inflate_it():
-    from finetune_predictor.classical import label_learnability
+    from finetune_predictor.modeling.classical import label_learnability
 
     records, labels = _news(40)
     clean = label_learnability(records, labels)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune_predictor import task_data
-from finetune_predictor.evaluation import metrics_of, predict
+from finetune_predictor.data import task_data
+from finetune_predictor.modeling.evaluation import metrics_of, predict
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant
 from finetune_predictor.tasks import MulticlassClassificationTask, build_task, declared_labels
 

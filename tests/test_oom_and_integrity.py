@@ -24,8 +24,12 @@ import yaml
 from kedro.io.core import DatasetError, Version
 from transformers import TrainerCallback
 
-from finetune_predictor import memory_fallback, model_session, preflight, tracking
-from finetune_predictor.artifacts import (
+from finetune_predictor import preflight, tracking
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.datasets import AdapterDataset, AtomicCSVDataset, AtomicTextDataset
+from finetune_predictor.errors import UserFacingError, find_user_error
+from finetune_predictor.modeling import memory_fallback, model_session
+from finetune_predictor.modeling.artifacts import (
     MANIFEST_NAME,
     ArtifactIntegrityError,
     atomic_directory,
@@ -33,17 +37,19 @@ from finetune_predictor.artifacts import (
     verify_manifest,
     write_manifest,
 )
-from finetune_predictor.datasets import AdapterDataset, AtomicCSVDataset, AtomicTextDataset
-from finetune_predictor.errors import UserFacingError, find_user_error
-from finetune_predictor.evaluation import predict
-from finetune_predictor.hardware import ComputePlan
-from finetune_predictor.memory_fallback import Attempt, OutOfMemoryFallbackError, apply_rung, smaller_micro_batch
+from finetune_predictor.modeling.evaluation import predict
+from finetune_predictor.modeling.hardware import ComputePlan
+from finetune_predictor.modeling.memory_fallback import (
+    Attempt,
+    OutOfMemoryFallbackError,
+    apply_rung,
+    smaller_micro_batch,
+)
+from finetune_predictor.modeling.training import SAVED_ADAPTER_FILES, build_training_rows, fine_tune, train_lora
 from finetune_predictor.pipelines.preflight.nodes import enforce_verdict
 from finetune_predictor.preflight import FAIL, PreflightError, run_checks
 from finetune_predictor.settings_schema import SettingsError, TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import build_task
-from finetune_predictor.training import SAVED_ADAPTER_FILES, build_training_rows, fine_tune, train_lora
 from tests.conftest import PROJECT_ROOT
 from tests.reliability import record_fault
 
@@ -245,7 +251,7 @@ def test_the_cpu_preflight_refuses_a_training_step_that_cannot_fit(tiny_model_di
 _KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from finetune_predictor.artifacts import atomic_directory
+from finetune_predictor.modeling.artifacts import atomic_directory
 with atomic_directory(Path(sys.argv[1])) as staging:
     (staging / "adapter_config.json").write_text("{}")
     with open(staging / "adapter_model.safetensors", "wb") as handle:

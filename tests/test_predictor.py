@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune_predictor.model_selection import select_by_shap
-from finetune_predictor.predictor import (
+from finetune_predictor.prediction.model_selection import select_by_shap
+from finetune_predictor.prediction.predictor import (
     PredictorSettings,
     conservative_quantile,
     evaluate,
@@ -242,8 +242,8 @@ def test_results_do_not_depend_on_the_column_order_mlflow_returns():
 def test_every_shippable_model_can_explain_a_prediction(name):
     """predict and the beeswarm explain whichever model won; LightGBM refuses contributions of linear
     trees, so those (and the blend) go through the permutation explainer."""
-    from finetune_predictor.model_selection import all_models, contributions
-    from finetune_predictor.predictor import groups_of_table
+    from finetune_predictor.prediction.model_selection import all_models, contributions
+    from finetune_predictor.prediction.predictor import groups_of_table
 
     table = synthetic_runs(40)
     features = [c for c in table if c.startswith("mf_")]
@@ -262,7 +262,7 @@ def test_a_single_configuration_has_no_replicate_folds():
 
 
 def test_one_standard_error_rule_prefers_the_simpler_model_within_noise():
-    from finetune_predictor.model_selection import one_standard_error_choice
+    from finetune_predictor.prediction.model_selection import one_standard_error_choice
 
     folds = {"lightgbm_linear_tree": np.array([0.09, 0.11, 0.10, 0.10]),   # best mean 0.100, se 0.0041
              "baseline_best_single_feature": np.array([0.10, 0.105, 0.10, 0.10]),  # 0.101: within noise
@@ -277,8 +277,8 @@ def test_ridge_cv_chooses_its_penalty_by_squared_error_on_one_run_folds():
     (a warning per fold, thousands per predictor run, and the penalty chosen among NaN scores)."""
     import warnings
 
-    from finetune_predictor.model_selection import ridge_cv_model
-    from finetune_predictor.predictor import groups_of_table
+    from finetune_predictor.prediction.model_selection import ridge_cv_model
+    from finetune_predictor.prediction.predictor import groups_of_table
 
     table = synthetic_runs(6)
     x, y = table[["mf_log_size", "mf_initial_loss"]], table["finetuned_primary"].to_numpy()

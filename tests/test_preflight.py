@@ -12,9 +12,9 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor.hardware import ComputePlan
-from finetune_predictor.model_session import resolve_model
-from finetune_predictor.models import ModelEntry, ModelNotFoundError
+from finetune_predictor.modeling.hardware import ComputePlan
+from finetune_predictor.modeling.model_session import resolve_model
+from finetune_predictor.modeling.models import ModelEntry, ModelNotFoundError
 from finetune_predictor.pipelines.preflight import create_pipeline
 from finetune_predictor.preflight import (
     FAIL,

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune_predictor import task_data
-from finetune_predictor.classical import window_answer
-from finetune_predictor.evaluation import metrics_of
-from finetune_predictor.records import RecordError, SourceSpec, read_records
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import RecordError, SourceSpec, read_records
+from finetune_predictor.modeling.classical import window_answer
+from finetune_predictor.modeling.evaluation import metrics_of
 from finetune_predictor.tasks import QATask, build_task
 from finetune_predictor.tasks.qa import exact_match, squad_normalise, token_f1
 

@@ -8,10 +8,10 @@ import logging
 import pandas as pd
 import pytest
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import RecordError, SourceSpec, content_sha256, read_records
+from finetune_predictor.data.splits import InsufficientDataError
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.records import RecordError, SourceSpec, content_sha256, read_records
-from finetune_predictor.splits import InsufficientDataError
 
 GOOD = {"instruction": "Is it fake?", "input": "Some article.", "output": "fake"}
 
@@ -145,7 +145,7 @@ def test_a_test_file_equal_to_the_training_file_names_the_overlap(tmp_path, capl
     path = _jsonl(tmp_path, "same.jsonl", [_story(i) for i in range(20)])
     data = {**DATA, "path": str(path), "test_path": str(path)}
     records, _, summary = task_data.load_task_records(data)
-    with caplog.at_level(logging.INFO, logger="finetune_predictor.task_data"), \
+    with caplog.at_level(logging.INFO, logger="finetune_predictor.data.task_data"), \
             pytest.raises(InsufficientDataError) as info:
         task_data.split_train_test(records, summary, data)
     message = str(info.value)
@@ -158,7 +158,7 @@ def test_quarantined_records_and_duplicates_are_counted_on_the_console(tmp_path,
     rows = [_story(i) for i in range(30)] + [_story(0), _story(1, "maybe")]
     path = _jsonl(tmp_path, "mixed.jsonl", rows)
     data = {**DATA, "path": str(path), "on_invalid": "quarantine"}
-    with caplog.at_level(logging.INFO, logger="finetune_predictor.task_data"):
+    with caplog.at_level(logging.INFO, logger="finetune_predictor.data.task_data"):
         records, rejects, summary = task_data.load_task_records(data)
         train, _, split = task_data.split_train_test(records, summary, data)
     assert f"data.path={path}: 1 record(s) quarantined (unknown label 'maybe': 1; the first at line 32)" \

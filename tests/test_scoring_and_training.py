@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from finetune_predictor.hardware import choose_compute_plan
-from finetune_predictor.model_session import load_causal_lm
-from finetune_predictor.scoring import generate_answers, score_candidates
-from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import (
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling.hardware import choose_compute_plan
+from finetune_predictor.modeling.model_session import load_causal_lm
+from finetune_predictor.modeling.scoring import generate_answers, score_candidates
+from finetune_predictor.modeling.training import (
     AdapterNotTrainedError,
     build_training_rows,
     train_lora,
     verify_adapter,
 )
+from finetune_predictor.settings_schema import TrainingSettings
 
 CANDIDATES = ["fake", "legitimate"]
 
@@ -92,7 +92,7 @@ def test_training_saves_a_non_zero_adapter(tiny_session, tmp_path):
 def test_training_leaves_no_model_behind(tiny_session, tmp_path, monkeypatch):
     """The Trainer and PEFT hold reference cycles: without a collection, a sweep's next configuration
     starts with the last model still on the GPU (seen on an H100 with a 6.7B model)."""
-    from finetune_predictor import model_session
+    from finetune_predictor.modeling import model_session
 
     loaded = []
 
@@ -135,7 +135,7 @@ def test_training_settings_reject_unknown_keys():
 
 
 def test_compute_plan_on_cpu(monkeypatch):
-    import finetune_predictor.hardware as hardware
+    import finetune_predictor.modeling.hardware as hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
@@ -153,7 +153,7 @@ def test_compute_plan_on_cpu(monkeypatch):
 def test_label_scoring_rules(tiny, tiny_session):
     """sum favours short labels; mean divides by the label's token count; calibrated removes the model's
     prior for each label, measured after a content-free input with the same instruction."""
-    from finetune_predictor.evaluation import CONTENT_FREE_INPUT, label_scores
+    from finetune_predictor.modeling.evaluation import CONTENT_FREE_INPUT, label_scores
 
     model, formatter = tiny
     records = list(iter_articles(4, seed=3))
@@ -172,7 +172,7 @@ def test_label_scoring_rules(tiny, tiny_session):
 
 
 def test_metrics_report_the_share_of_each_predicted_label():
-    from finetune_predictor.evaluation import metrics_of
+    from finetune_predictor.modeling.evaluation import metrics_of
     from finetune_predictor.tasks import build_task
 
     task = build_task({"label_positive": "fake", "label_negative": "legitimate"})
@@ -205,7 +205,7 @@ def test_length_grouped_generation_equals_the_input_order_batches(tiny):
 
 
 def test_length_grouped_batches_cover_every_row_once_longest_first():
-    from finetune_predictor.batching import length_grouped_batches
+    from finetune_predictor.modeling.batching import length_grouped_batches
 
     batches = length_grouped_batches([3, 9, 1, 9, 5], 2)
     assert batches == [[1, 3], [4, 0], [2]]  # stable: equal lengths keep their order
@@ -215,7 +215,7 @@ def test_length_grouped_batches_cover_every_row_once_longest_first():
 def test_classification_budget_is_the_longest_label_plus_end_of_turn(tiny_session):
     """A null evaluation.max_new_tokens gives a label task the tokens of its longest label and one more for
     the end-of-turn token; an explicit budget and an open task's own budget are kept."""
-    from finetune_predictor.evaluation import max_new_tokens
+    from finetune_predictor.modeling.evaluation import max_new_tokens
     from finetune_predictor.tasks import build_task
 
     formatter = tiny_session.formatter

@@ -146,10 +146,10 @@ def _expand_grid_known_keys() -> set[str]:
 
 def test_schemas_agree_with_the_code_that_reads_the_groups():
     """Keys the sweep grid, the probes and the predictor accept are the keys their schemas accept."""
-    from finetune_predictor.learning_curve import AUTO, BASELINES, FAMILIES
-    from finetune_predictor.meta_features import ProbeSettings
     from finetune_predictor.pipelines.sensitivity.runner import EXECUTORS, STRATEGIES
-    from finetune_predictor.predictor import PredictorSettings
+    from finetune_predictor.prediction.learning_curve import AUTO, BASELINES, FAMILIES
+    from finetune_predictor.prediction.meta_features import ProbeSettings
+    from finetune_predictor.prediction.predictor import PredictorSettings
 
     assert {f.name for f in dataclasses.fields(SensitivityParams)} == _expand_grid_known_keys()
     assert {f.name for f in dataclasses.fields(ProbeSettings)} | {"cache_dir"} == {

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from finetune_predictor.classical import nearest_target
-from finetune_predictor.synthetic_events import SCHEMA, generate_event, iter_events
+from finetune_predictor.data.synthetic_events import SCHEMA, generate_event, iter_events
+from finetune_predictor.modeling.classical import nearest_target
 from finetune_predictor.tasks import StructuredTask, build_task
 from finetune_predictor.tasks.structured import first_json_object, infer_schema, object_complete
 
@@ -79,7 +79,7 @@ def test_retrieval_baseline_returns_training_targets():
 
 
 def test_generation_stops_at_the_end_of_the_object(tiny_session):
-    from finetune_predictor.scoring import generate_answers
+    from finetune_predictor.modeling.scoring import generate_answers
 
     model = tiny_session.load_model()
     records = [{"instruction": "x", "input": "y"}] * 2

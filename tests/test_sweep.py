@@ -9,11 +9,11 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import CANONICAL_COLUMNS
 from finetune_predictor.pipelines.sensitivity import create_pipeline, runner
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.report import analyse, gain_per_doubling, knee_point, markdown_report
-from finetune_predictor.records import CANONICAL_COLUMNS
 from finetune_predictor.tasks import BinaryClassificationTask
 from finetune_predictor.tracking import CONFIG_KEY_TAG, build_run_record, runs_table
 

@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from finetune_predictor.splits import InsufficientDataError, nested_balanced_subset
-from finetune_predictor.synthetic_news import bayes_ceiling, generate_article, iter_articles
-from finetune_predictor.task_data import dataset_family, load_task_records, split_train_test
+from finetune_predictor.data.splits import InsufficientDataError, nested_balanced_subset
+from finetune_predictor.data.synthetic_news import bayes_ceiling, generate_article, iter_articles
+from finetune_predictor.data.task_data import dataset_family, load_task_records, split_train_test
 
 DATA = {"task": "binary_classification", "path": None, "test_path": None, "label_positive": "fake",
         "label_negative": "legitimate", "train_per_class": 20, "test_per_class": 10, "seed": 1,

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 
 from finetune_predictor import tracking
-from finetune_predictor.run_lifecycle import RunLifecycleHook, readable_run_params
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling.training import build_training_rows, train_lora
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
 from finetune_predictor.tasks import BinaryClassificationTask
 from finetune_predictor.tasks.multiclass_classification import MulticlassClassificationTask
-from finetune_predictor.training import build_training_rows, train_lora
+from finetune_predictor.tracking.lifecycle import RunLifecycleHook, readable_run_params
 from tests.conftest import copy_project
 
 TAG_COLUMNS = {"task", "family", "n", "lr", "r", "variant", "seed"}
@@ -252,7 +252,7 @@ def test_held_out_loss_curve_does_not_change_what_is_trained(tiny_session, tmp_p
 def test_adapter_config_names_a_portable_base(tiny_model_dir, tmp_path):
     """PEFT writes the folder the base was loaded from (a cache path of the training machine); the adapter
     must name the registry's hub id, and the project must still load it onto its own base."""
-    from finetune_predictor.model_session import open_session
+    from finetune_predictor.modeling.model_session import open_session
 
     registry = {"tiny": {"path": str(tiny_model_dir), "hf_id": "org/tiny"}}
     session = open_session({"name": "tiny", "max_length": 256}, registry, "train", "fp32")
@@ -285,7 +285,7 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     script = textwrap.dedent(f"""
         import os, signal, time, mlflow
-        from finetune_predictor.run_lifecycle import RunLifecycleHook
+        from finetune_predictor.tracking.lifecycle import RunLifecycleHook
         mlflow.set_tracking_uri({uri!r})
         run = mlflow.start_run(experiment_id=mlflow.set_experiment("finetune_predictor").experiment_id)
         hook = RunLifecycleHook()

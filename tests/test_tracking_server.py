@@ -371,7 +371,7 @@ def test_http_retry_defaults_are_bounded_and_yield_to_the_user(monkeypatch):
 
 def test_a_failed_kedro_run_keeps_its_own_error_when_the_server_is_gone(monkeypatch, caplog):
     """Ending the kedro run FAILED needs the server too: its connection error used to replace the run's own."""
-    from finetune_predictor.run_lifecycle import RunLifecycleHook
+    from finetune_predictor.tracking.lifecycle import RunLifecycleHook
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

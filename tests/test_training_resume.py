@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from finetune_predictor import checkpoints
+from finetune_predictor.data.synthetic_news import iter_articles
+from finetune_predictor.modeling import checkpoints
+from finetune_predictor.modeling.training import build_training_rows, train_lora
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.synthetic_news import iter_articles
-from finetune_predictor.training import build_training_rows, train_lora
 from tests.conftest import PROJECT_ROOT
 from tests.reliability import record_fault
 
@@ -201,7 +201,8 @@ def test_a_checkpoint_of_another_training_is_never_resumed(tiny_session, rows, u
     folder = tmp_path / "checkpoints"
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_session, rows, tmp_path / "first", folder, callbacks=[Interrupt(5)])
-    with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"), pytest.raises(KeyboardInterrupt):
+    with (caplog.at_level(logging.WARNING, logger="finetune_predictor.modeling.checkpoints"),
+          pytest.raises(KeyboardInterrupt)):
         _train(tiny_session, rows, tmp_path / "other", folder, learning_rate=5e-3, callbacks=[Interrupt(1)])
     assert caplog.text.count("was written by another training") == 2  # checkpoint-2 and checkpoint-4
     assert _steps(folder) == [2, 4]  # kept
@@ -248,7 +249,7 @@ def test_a_folder_in_use_by_another_process_is_left_alone(tiny_session, rows, tm
     held = FileLock(str(folder / ".lock"))
     held.acquire()
     try:
-        with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"):
+        with caplog.at_level(logging.WARNING, logger="finetune_predictor.modeling.checkpoints"):
             result = _train(tiny_session, rows, tmp_path / "work", folder, max_steps=2)
         checkpoints.discard(folder)  # this process did not use it: the other one's folder stays
         assert folder.is_dir()
@@ -325,7 +326,7 @@ SWEEP_SCRIPT = textwrap.dedent('''
     import mlflow
     from transformers import TrainerCallback
 
-    from finetune_predictor import task_data
+    from finetune_predictor.data import task_data
     from finetune_predictor.pipelines.sensitivity import runner
 
     model_dir, store, output, kill_step, signal_name = sys.argv[1:6]
@@ -454,7 +455,7 @@ def test_a_failure_while_building_the_trainer_frees_the_checkpoint_folder(tiny_s
     """An out-of-memory error loading the model (the ladder's usual case) happens after the folder is locked and
     before training starts: the next rung, in the same process, must find the folder free, not train without
     checkpoints as if another process held it."""
-    from finetune_predictor import training
+    from finetune_predictor.modeling import training
 
     real, calls = training._build_trainer, []
 
@@ -469,7 +470,8 @@ def test_a_failure_while_building_the_trainer_frees_the_checkpoint_folder(tiny_s
     # The error is still held (as a ladder's except block holds it) while the next rung starts.
     with pytest.raises(torch.OutOfMemoryError) as failed:
         _train(tiny_session, rows, tmp_path / "first", folder)
-    with caplog.at_level(logging.WARNING, logger="finetune_predictor.checkpoints"), pytest.raises(KeyboardInterrupt):
+    with (caplog.at_level(logging.WARNING, logger="finetune_predictor.modeling.checkpoints"),
+          pytest.raises(KeyboardInterrupt)):
         _train(tiny_session, rows, tmp_path / "second", folder, callbacks=[Interrupt(5)])
     assert "Another process is training" not in caplog.text
     assert _steps(folder) == [2, 4] and failed.traceback

@@ -15,8 +15,8 @@ import click
 from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import CONTEXT_SETTINGS, KedroCliError
 
-from finetune_predictor import meta_dataset
 from finetune_predictor.errors import EXIT_CODE, VERBOSE_ENV, find_user_error, install_log_filter, verbose_requested
+from finetune_predictor.prediction import meta_dataset
 from finetune_predictor.redaction import redact, redact_exception
 
 

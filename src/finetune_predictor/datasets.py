@@ -15,7 +15,7 @@ from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from kedro_datasets.pandas import JSONDataset as PandasJSONDataset
 from kedro_datasets.text import TextDataset
 
-from finetune_predictor.artifacts import (
+from finetune_predictor.modeling.artifacts import (
     MANIFEST_NAME,
     AtomicSaveMixin,
     atomic_directory,

@@ -83,7 +83,7 @@ class RunSummaryHooks:
     def after_pipeline_run(self, run_params: dict[str, Any], run_result: dict[str, Any], pipeline: Any,
                            catalog: Any) -> None:
         if METRICS in pipeline.all_outputs():
-            from finetune_predictor.evaluation import headline  # torch-heavy: only for runs that evaluated
+            from finetune_predictor.modeling.evaluation import headline  # torch-heavy: only for runs that evaluated
 
             try:
                 metrics = catalog.load(METRICS)
@@ -144,7 +144,7 @@ class RunSummaryHooks:
     def _print_split(split: str, pipeline: Any, catalog: Any) -> None:
         """The data line: train/test counts and what was removed on the way (and, when this run trained,
         how many training prompts were cut to model.max_length)."""
-        from finetune_predictor.task_data import split_headline
+        from finetune_predictor.data.task_data import split_headline
 
         try:
             summary = catalog.load(split)
@@ -277,7 +277,7 @@ class AdoptUnversionedOutputsHooks:
     def after_catalog_created(self, catalog: Any) -> None:
         import logging
 
-        from finetune_predictor.artifacts import adopt_unversioned_file
+        from finetune_predictor.modeling.artifacts import adopt_unversioned_file
 
         for name in list(catalog):
             try:

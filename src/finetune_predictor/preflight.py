@@ -20,16 +20,16 @@ from typing import Any
 
 import pandas as pd
 
+from finetune_predictor.data.records import RecordError, SourceSpec, read_records
+from finetune_predictor.data.splits import deduplicate
+from finetune_predictor.data.synthetic_events import iter_events
+from finetune_predictor.data.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
 from finetune_predictor.errors import UserFacingError, verbose_requested
-from finetune_predictor.hardware import ComputePlan
-from finetune_predictor.model_session import ModelSession, compute_plan, open_session
-from finetune_predictor.models import ModelEntry, ModelNotFoundError, ResolvedModel
-from finetune_predictor.records import RecordError, SourceSpec, read_records
+from finetune_predictor.modeling.hardware import ComputePlan
+from finetune_predictor.modeling.model_session import ModelSession, compute_plan, open_session
+from finetune_predictor.modeling.models import ModelEntry, ModelNotFoundError, ResolvedModel
 from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings, parameter_problems
-from finetune_predictor.splits import deduplicate
-from finetune_predictor.synthetic_events import iter_events
-from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, bayes_ceiling
 from finetune_predictor.tasks import OPEN_TASKS, declared_labels, task_type
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -221,7 +221,7 @@ def training_records(data: dict[str, Any]) -> pd.DataFrame | None:
     """The training source's records, read once for the template and memory checks (records with problems
     are set aside here; the dataset check reports them under the run's own data.on_invalid). The bundled
     corpus is represented by its first rows; None when there is nothing to read."""
-    from finetune_predictor.task_data import bundled_records
+    from finetune_predictor.data.task_data import bundled_records
 
     try:
         if data.get("path"):

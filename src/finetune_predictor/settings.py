@@ -30,7 +30,7 @@ warning_filters.install()
 # MLflow's HTTP retries and time-outs bounded for every run against a tracking server (tracking.HTTP_REQUEST_DEFAULTS).
 tracking.use_http_request_defaults()
 
-from finetune_predictor.run_lifecycle import RunLifecycleHook  # noqa: E402  (kedro-mlflow warns on import)
+from finetune_predictor.tracking.lifecycle import RunLifecycleHook  # noqa: E402  (kedro-mlflow warns on import)
 
 # RunLifecycleHook is kedro-mlflow's MlflowHook (settings logged once at the start, interrupted runs ended
 # KILLED), so the plugin's own copy is disabled; registered after the summary hooks, it runs before them

@@ -279,7 +279,8 @@ class TrainingSettings(_Group):
     weight_decay: float = field(default=0.0, metadata=at_least(0.0))
     lr_scheduler_type: str = "linear"
     seed: int = 42
-    precision: str = field(default="auto", metadata=choices("finetune_predictor.hardware", "PRECISION_CHOICES"))
+    precision: str = field(default="auto",
+                           metadata=choices("finetune_predictor.modeling.hardware", "PRECISION_CHOICES"))
     logging_steps: int = field(default=1, metadata=at_least(1))
     # TRL turns this on by default; it re-runs the forward pass and only pays off when memory is short.
     gradient_checkpointing: bool = False
@@ -303,7 +304,8 @@ class TrainingSettings(_Group):
     # On CUDA out of memory, retry with each rung in turn, on top of the ones before (memory_fallback.py):
     # half_batch (same effective batch), gradient_checkpointing, 4bit (QLoRA; only when listed). [] = fail at once.
     oom_fallback: tuple[str, ...] = field(default=("half_batch", "gradient_checkpointing"),
-                                          metadata=choices("finetune_predictor.memory_fallback", "OOM_FALLBACKS"))
+                                          metadata=choices("finetune_predictor.modeling.memory_fallback",
+                                                           "OOM_FALLBACKS"))
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -349,7 +351,7 @@ class QASettings(_Group):
     PREFIX: typing.ClassVar[str] = "data.qa"
     include_unanswerable: bool = False
     no_answer: str = "unanswerable"
-    group_by: str = field(default="article", metadata=choices("finetune_predictor.records", "QA_GROUPS"))
+    group_by: str = field(default="article", metadata=choices("finetune_predictor.data.records", "QA_GROUPS"))
 
 
 @dataclass(frozen=True)
@@ -357,7 +359,8 @@ class SyntheticSettings(_Group):
     PREFIX: typing.ClassVar[str] = "data.synthetic"
     num_records: int = field(default=24000, metadata=at_least(2))
     seed: int = 7
-    difficulty: str = field(default="standard", metadata=choices("finetune_predictor.synthetic_news", "DIFFICULTIES"))
+    difficulty: str = field(default="standard",
+                            metadata=choices("finetune_predictor.data.synthetic_news", "DIFFICULTIES"))
 
 
 @dataclass(frozen=True)
@@ -366,7 +369,7 @@ class DataSettings(_Group):
     task: str = field(default="binary_classification", metadata=choices("finetune_predictor.tasks", "TASK_TYPES"))
     path: str | None = None
     test_path: str | None = None
-    format: str = field(default="auto", metadata=choices("finetune_predictor.records", "FORMATS"))
+    format: str = field(default="auto", metadata=choices("finetune_predictor.data.records", "FORMATS"))
     columns: ColumnsSettings = field(default_factory=ColumnsSettings)
     header: bool = True
     instruction: str | None = None
@@ -374,9 +377,9 @@ class DataSettings(_Group):
     split: str = "train"
     group: str | None = None
     family: str | None = None
-    on_invalid: str = field(default="error", metadata=choices("finetune_predictor.records", "INVALID_POLICIES"))
-    duplicates: str = field(default="drop", metadata=choices("finetune_predictor.splits", "DUPLICATE_POLICIES"))
-    test_overlap: str = field(default="drop", metadata=choices("finetune_predictor.splits", "OVERLAP_POLICIES"))
+    on_invalid: str = field(default="error", metadata=choices("finetune_predictor.data.records", "INVALID_POLICIES"))
+    duplicates: str = field(default="drop", metadata=choices("finetune_predictor.data.splits", "DUPLICATE_POLICIES"))
+    test_overlap: str = field(default="drop", metadata=choices("finetune_predictor.data.splits", "OVERLAP_POLICIES"))
     label_positive: str = "fake"
     label_negative: str = "legitimate"
     labels: tuple[str, ...] | None = None
@@ -400,7 +403,8 @@ class ModelSettings(_Group):
     PREFIX: typing.ClassVar[str] = "model"
     name: str = "SmolLM2-135M-Instruct"
     cache_dir: str | None = None
-    quantization: str = field(default="none", metadata=choices("finetune_predictor.hardware", "QUANTIZATION_CHOICES"))
+    quantization: str = field(default="none",
+                              metadata=choices("finetune_predictor.modeling.hardware", "QUANTIZATION_CHOICES"))
     max_length: int = field(default=512, metadata=at_least(16))
     system_prompt: str | None = None
 
@@ -411,9 +415,10 @@ class EvaluationSettings(_Group):
     batch_size: int = field(default=16, metadata=at_least(1))
     generation: bool = True
     max_new_tokens: int | None = field(default=None, metadata=at_least(1))
-    engine: str = field(default="auto", metadata=choices("finetune_predictor.evaluation", "ENGINES"))
+    engine: str = field(default="auto", metadata=choices("finetune_predictor.modeling.evaluation", "ENGINES"))
     max_lora_rank: int | None = field(default=None, metadata=at_least(1))
-    label_scoring: str = field(default="sum", metadata=choices("finetune_predictor.evaluation", "LABEL_SCORING"))
+    label_scoring: str = field(default="sum",
+                               metadata=choices("finetune_predictor.modeling.evaluation", "LABEL_SCORING"))
     reuse_baseline: bool = True
 
 
@@ -448,7 +453,7 @@ class RankSettings(_Group):
     PREFIX: typing.ClassVar[str] = "rank"
     candidates: str | None = None
     top_reasons: int = field(default=3, metadata=at_least(1))
-    order_by: str = field(default="auto", metadata=choices("finetune_predictor.predictor", "RANK_ORDERS"))
+    order_by: str = field(default="auto", metadata=choices("finetune_predictor.prediction.predictor", "RANK_ORDERS"))
 
 
 @dataclass(frozen=True)
@@ -527,7 +532,7 @@ GROUPS: dict[str, type] = {"data": DataSettings, "model": ModelSettings, "traini
 
 
 def _registry_problems(registry: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    from finetune_predictor.models import ModelEntry
+    from finetune_predictor.modeling.models import ModelEntry
 
     problems = []
     for name in registry or {}:

@@ -9,9 +9,9 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from finetune_predictor.data.synthetic_events import iter_events
+from finetune_predictor.data.synthetic_news import iter_articles
 from finetune_predictor.pipelines import evaluation, meta_features, sft_training
-from finetune_predictor.synthetic_events import iter_events
-from finetune_predictor.synthetic_news import iter_articles
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate"}
 

@@ -11,11 +11,11 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from finetune_predictor import predictor as core
+from finetune_predictor.data.synthetic_news import iter_articles
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines import rank_datasets
 from finetune_predictor.pipelines.rank_datasets.nodes import candidate_paths, plot_ranking
-from finetune_predictor.synthetic_news import iter_articles
+from finetune_predictor.prediction import predictor as core
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate",
         "train_per_class": 4, "test_per_class": 3, "seed": 1}

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from finetune_predictor.modeling.classical import label_learnability
+
 
 class Task(Protocol):
     """A task: what the model is asked, which answer is right, how to read and score answers.
@@ -126,8 +128,7 @@ RANKING_PRIOR_FEATURE = "mf_label_cv_balanced_accuracy"
 def classification_features(targets: Sequence[str], records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """A classification training set's own meta-features: label balance (normalised entropy of its labels) and
     label learnability (the classical classifier's cross-validated balanced accuracy on it, which falls with
-    label noise and with a harder source: :func:`finetune_predictor.classical.label_learnability`)."""
-    from finetune_predictor.classical import label_learnability  # classical.py imports the tasks package
+    label noise and with a harder source: :func:`finetune_predictor.modeling.classical.label_learnability`)."""
 
     return {"mf_label_balance": label_balance(targets),
             "mf_label_cv_balanced_accuracy": label_learnability(list(records), list(targets))}

@@ -4,7 +4,6 @@ under the SQuAD answer normalisation, each the maximum over a question's referen
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,17 +11,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+from finetune_predictor.data.records import squad_normalise
+
 _PREFIX = re.compile(r"^\s*(?:the answer is|answer)\s*[:\-]?\s*", re.IGNORECASE)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>|</?s>")
 DEFAULT_NO_ANSWER = "unanswerable"
-
-
-def squad_normalise(text: str) -> str:
-    """The SQuAD evaluation's normalisation: lower case, punctuation and the articles a/an/the removed,
-    whitespace collapsed."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
 
 
 def exact_match(prediction: str, reference: str) -> float:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from finetune_predictor import tracking
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines.candidate_study import study
-from finetune_predictor.predictor import POINTS, PredictorSettings, runs_with_features
+from finetune_predictor.prediction.predictor import POINTS, PredictorSettings, runs_with_features
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from finetune_predictor.model_selection import best_single_feature_model, mean_model, selected_model
-from finetune_predictor.predictor import (
+from finetune_predictor.prediction.model_selection import best_single_feature_model, mean_model, selected_model
+from finetune_predictor.prediction.predictor import (
     POINTS,
     PredictorSettings,
     feature_columns,

@@ -1,4 +1,4 @@
-"""Nodes of the data_engineering pipeline: thin wrappers over :mod:`finetune_predictor.task_data`."""
+"""Nodes of the data_engineering pipeline: thin wrappers over :mod:`finetune_predictor.data.task_data`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
 
 
 def load_task_records(data: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -8,9 +8,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from finetune_predictor import tracking
-from finetune_predictor.classical import classical_metrics
-from finetune_predictor.evaluation import baseline_predictions, metrics_of, predict
-from finetune_predictor.model_session import open_session
+from finetune_predictor.modeling.classical import classical_metrics
+from finetune_predictor.modeling.evaluation import baseline_predictions, metrics_of, predict
+from finetune_predictor.modeling.model_session import open_session
 from finetune_predictor.pipelines.evaluation import plots
 from finetune_predictor.tasks import build_task
 from finetune_predictor.tasks.base import label_key, label_roles

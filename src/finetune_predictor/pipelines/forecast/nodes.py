@@ -1,4 +1,4 @@
-"""Nodes of the forecast pipeline: thin wrappers over :mod:`finetune_predictor.learning_curve`."""
+"""Nodes of the forecast pipeline: thin wrappers over :mod:`finetune_predictor.prediction.learning_curve`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor import learning_curve, tracking
+from finetune_predictor import tracking
+from finetune_predictor.data.task_data import dataset_family
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.task_data import dataset_family
+from finetune_predictor.prediction import learning_curve
 from finetune_predictor.tasks import OPEN_TASKS, task_type
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
-from finetune_predictor.model_session import open_session
-from finetune_predictor.models import default_cache_dir
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.models import default_cache_dir
+from finetune_predictor.prediction.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.tasks import build_task
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.predictor import predict_with_reasons, to_json
-from finetune_predictor.task_data import bundled_source, dataset_family
+from finetune_predictor.data.task_data import bundled_source, dataset_family
+from finetune_predictor.prediction.predictor import predict_with_reasons, to_json
 
 
 def predict_candidate(features: dict[str, float], runs_table: pd.DataFrame, card: dict[str, Any],

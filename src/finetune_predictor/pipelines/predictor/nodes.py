@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_predictor import predictor as core
 from finetune_predictor import tracking
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.model_selection import contributions
+from finetune_predictor.prediction import predictor as core
+from finetune_predictor.prediction.model_selection import contributions
 
 
 def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:

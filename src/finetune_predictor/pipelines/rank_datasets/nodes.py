@@ -14,14 +14,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import RecordError
+from finetune_predictor.data.splits import DataLeakError, InsufficientDataError
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.meta_features import ProbeSettings, compute_meta_features, task_features
-from finetune_predictor.model_session import open_session
-from finetune_predictor.models import default_cache_dir
-from finetune_predictor.predictor import forecasts_tell_apart, predict_with_reasons, ranking_scores
-from finetune_predictor.records import RecordError
-from finetune_predictor.splits import DataLeakError, InsufficientDataError
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.models import default_cache_dir
+from finetune_predictor.prediction.meta_features import ProbeSettings, compute_meta_features, task_features
+from finetune_predictor.prediction.predictor import forecasts_tell_apart, predict_with_reasons, ranking_scores
 from finetune_predictor.tasks import TASK_TYPES, build_task, task_type
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.records import canonical
+from finetune_predictor.data.records import canonical
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import Task
 from finetune_predictor.tracking import run_name

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.learning_curve import chance_floor, eval_size_of, forecast
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
+from finetune_predictor.prediction.learning_curve import chance_floor, eval_size_of, forecast
 
 STRATEGIES = ("grid", "forecast")
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_predictor import task_data
+from finetune_predictor.data import task_data
 from finetune_predictor.pipelines.sensitivity import report
 from finetune_predictor.pipelines.sensitivity.grid import expand_grid
 from finetune_predictor.pipelines.sensitivity.runner import SweepData, run_sweep

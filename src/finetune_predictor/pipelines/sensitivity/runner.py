@@ -29,20 +29,22 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor import checkpoints, task_data, tracking
-from finetune_predictor.classical import classical_metrics
+from finetune_predictor import tracking
+from finetune_predictor.data import task_data
+from finetune_predictor.data.records import content_sha256
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.evaluation import baseline_predictions, metrics_of, predict
-from finetune_predictor.hardware import release_accelerator_memory
-from finetune_predictor.meta_features import ProbeSettings, compute_meta_features
-from finetune_predictor.model_session import keep_base_models, open_session
+from finetune_predictor.modeling import checkpoints
+from finetune_predictor.modeling.classical import classical_metrics
+from finetune_predictor.modeling.evaluation import baseline_predictions, metrics_of, predict
+from finetune_predictor.modeling.hardware import release_accelerator_memory
+from finetune_predictor.modeling.model_session import keep_base_models, open_session
+from finetune_predictor.modeling.training import fine_tune
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.halving import STRATEGIES, run_by_forecast, stopping_regret
-from finetune_predictor.records import content_sha256
+from finetune_predictor.prediction.meta_features import ProbeSettings, compute_meta_features
 from finetune_predictor.redaction import install_filter, redact
 from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
 from finetune_predictor.tasks import TASK_TYPES, Task, build_task, task_type
-from finetune_predictor.training import fine_tune
 
 logger = logging.getLogger(__name__)
 

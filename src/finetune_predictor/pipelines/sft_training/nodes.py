@@ -10,12 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor import checkpoints
-from finetune_predictor.model_session import open_session
-from finetune_predictor.records import content_sha256
+from finetune_predictor.data.records import content_sha256
+from finetune_predictor.modeling import checkpoints
+from finetune_predictor.modeling.model_session import open_session
+from finetune_predictor.modeling.training import SAVED_ADAPTER_FILES, fine_tune
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import build_task
-from finetune_predictor.training import SAVED_ADAPTER_FILES, fine_tune
 
 
 def train_adapter(train: pd.DataFrame, test: pd.DataFrame, model: dict[str, Any], model_registry: dict[str, Any],

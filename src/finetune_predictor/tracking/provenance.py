@@ -61,7 +61,7 @@ def gpu_name() -> str:
 @lru_cache(maxsize=1)
 def git_sha() -> str:
     """The project checkout's commit (``+dirty`` when tracked files differ from it); ``unknown`` outside git."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()

@@ -36,15 +36,21 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from transformers import TrainerCallback
 
-from finetune_predictor.artifacts import atomic_write_text
-from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, attention_mask_of, left_pad, position_ids_of
-from finetune_predictor.hardware import release_accelerator_memory
-from finetune_predictor.model_session import ModelSession
-from finetune_predictor.records import content_sha256
+from finetune_predictor.data.records import content_sha256
+from finetune_predictor.data.splits import deduplicate
+from finetune_predictor.modeling.artifacts import atomic_write_text
+from finetune_predictor.modeling.batching import (
+    IGNORE_INDEX,
+    LeftPadCollator,
+    attention_mask_of,
+    left_pad,
+    position_ids_of,
+)
+from finetune_predictor.modeling.hardware import release_accelerator_memory
+from finetune_predictor.modeling.model_session import ModelSession
+from finetune_predictor.modeling.training import build_training_rows, train_lora
 from finetune_predictor.settings_schema import UNKEYED_TRAINING_SETTINGS, TrainingSettings
-from finetune_predictor.splits import deduplicate
 from finetune_predictor.tasks import TASK_TYPES, Task
-from finetune_predictor.training import build_training_rows, train_lora
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,15 @@ from typing import Any
 
 import torch
 
-from finetune_predictor.artifacts import ArtifactIntegrityError, atomic_directory, read_manifest, verify_manifest
-from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.hardware import ComputePlan, choose_compute_plan
-from finetune_predictor.models import ModelEntry, ResolvedModel, locate_model
+from finetune_predictor.modeling.artifacts import (
+    ArtifactIntegrityError,
+    atomic_directory,
+    read_manifest,
+    verify_manifest,
+)
+from finetune_predictor.modeling.chat_format import PromptFormatter
+from finetune_predictor.modeling.hardware import ComputePlan, choose_compute_plan
+from finetune_predictor.modeling.models import ModelEntry, ResolvedModel, locate_model
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from finetune_predictor import checkpoints, memory_fallback, warning_filters
-from finetune_predictor.artifacts import MANIFEST_NAME, atomic_directory, write_manifest
-from finetune_predictor.batching import IGNORE_INDEX, LeftPadCollator, answer_window
-from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.hardware import ComputePlan, release_accelerator_memory
-from finetune_predictor.model_session import ModelSession
-from finetune_predictor.models import sha256_file
+from finetune_predictor import warning_filters
+from finetune_predictor.modeling import checkpoints, memory_fallback
+from finetune_predictor.modeling.artifacts import MANIFEST_NAME, atomic_directory, write_manifest
+from finetune_predictor.modeling.batching import IGNORE_INDEX, LeftPadCollator, answer_window
+from finetune_predictor.modeling.chat_format import PromptFormatter
+from finetune_predictor.modeling.hardware import ComputePlan, release_accelerator_memory
+from finetune_predictor.modeling.model_session import ModelSession
+from finetune_predictor.modeling.models import sha256_file
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import Task
 
@@ -294,7 +295,7 @@ def train_with_oom_fallback(
     (``memory_fallback``). Returns the result, the attempt that finished (its settings and session are what the
     run trained with) and the number of retries. Each retry builds its trainer on the session's base model
     again, with fresh LoRA weights and the same seed, after the last attempt's memory was released; when
-    every rung runs out of memory, one :class:`~finetune_predictor.memory_fallback.OutOfMemoryFallbackError`
+    every rung runs out of memory, one :class:`~finetune_predictor.modeling.memory_fallback.OutOfMemoryFallbackError`
     names what was tried and what to set."""
     attempt = memory_fallback.Attempt(settings, session)
     rungs, tried, skipped = iter(settings.oom_fallback), [], []

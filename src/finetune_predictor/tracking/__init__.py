@@ -31,11 +31,11 @@ from typing import Any
 import pandas as pd
 
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.models import folder_sha256
-from finetune_predictor.provenance import run_provenance
+from finetune_predictor.modeling.models import folder_sha256
 from finetune_predictor.redaction import redact
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import DEFAULT_TASK, TASK_TYPES
+from finetune_predictor.tracking.provenance import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ def store_setup_lock(timeout_s: float = 600) -> Any:
     it at once; held for that moment only, so runs started together open the store one after the other."""
     from filelock import FileLock
 
-    from finetune_predictor.models import default_cache_dir
+    from finetune_predictor.modeling.models import default_cache_dir
 
     folder = default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -589,7 +589,7 @@ def settings_params(parameters: Mapping[str, Any], with_record: bool) -> dict[st
     = auto beside the record's ``precision`` = fp32)."""
     from dataclasses import asdict
 
-    from finetune_predictor.models import ModelEntry
+    from finetune_predictor.modeling.models import ModelEntry
 
     values = {key: value for key, value in parameters.items() if key != "model_registry"}
     flat = _flatten(values)
@@ -618,7 +618,7 @@ def log_dataset(run_id: str, frame: pd.DataFrame, source: str, suffix: str, cont
     import mlflow
     from mlflow.entities import DatasetInput, InputTag
 
-    from finetune_predictor.records import content_sha256
+    from finetune_predictor.data.records import content_sha256
 
     name, digest = f"{dataset_label(source)}_{suffix}", digest or content_sha256(frame)
 

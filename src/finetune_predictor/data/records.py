@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import re
+import string
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,17 @@ import pandas as pd
 
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.settings_schema import SettingsError
-from finetune_predictor.tasks.qa import squad_normalise
+
+# SQuAD's answer normalisation (its evaluation script's): the reader drops answers it leaves empty, the QA task
+# compares answers under it.
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def squad_normalise(text: str) -> str:
+    """The SQuAD evaluation's normalisation: lower case, punctuation and the articles a/an/the removed,
+    whitespace collapsed."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
 
 CANONICAL_COLUMNS = ["id", "instruction", "input", "output", "source", "group", "references"]
 TEXT_FIELDS = ("instruction", "input", "output")

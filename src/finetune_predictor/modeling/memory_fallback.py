@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.model_session import ModelSession
+from finetune_predictor.modeling.model_session import ModelSession
 from finetune_predictor.settings_schema import TrainingSettings
 
 OOM_FALLBACKS = ("half_batch", "gradient_checkpointing", "4bit")

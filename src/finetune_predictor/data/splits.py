@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from finetune_predictor.data.records import exact_text, normalised_text
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.records import exact_text, normalised_text
 from finetune_predictor.settings_schema import SettingsError
 
 DUPLICATE_POLICIES = ("drop", "keep", "error")

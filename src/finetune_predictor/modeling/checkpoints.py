@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from finetune_predictor.artifacts import atomic_write_text
+from finetune_predictor.modeling.artifacts import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def fingerprint(session: Any, rows: Sequence[dict[str, list[int]]], settings: An
     import transformers
     import trl
 
-    from finetune_predictor.models import folder_sha256
+    from finetune_predictor.modeling.models import folder_sha256
 
     record = {key: value for key, value in session.record().items() if key not in ("model_path", "precision_reason")}
     payload = {

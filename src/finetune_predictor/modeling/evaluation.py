@@ -13,12 +13,17 @@ import pandas as pd
 from scipy.special import softmax
 
 from finetune_predictor import tracking
-from finetune_predictor.chat_format import PromptFormatter
-from finetune_predictor.hardware import release_accelerator_memory
-from finetune_predictor.model_session import ModelSession
-from finetune_predictor.models import folder_sha256
-from finetune_predictor.records import content_sha256, reference_lists
-from finetune_predictor.scoring import generate_answers, generate_answers_vllm, score_candidates, vllm_available
+from finetune_predictor.data.records import content_sha256, reference_lists
+from finetune_predictor.modeling.chat_format import PromptFormatter
+from finetune_predictor.modeling.hardware import release_accelerator_memory
+from finetune_predictor.modeling.model_session import ModelSession
+from finetune_predictor.modeling.models import folder_sha256
+from finetune_predictor.modeling.scoring import (
+    generate_answers,
+    generate_answers_vllm,
+    score_candidates,
+    vllm_available,
+)
 from finetune_predictor.tasks import Task
 from finetune_predictor.tasks.base import label_key, label_roles
 

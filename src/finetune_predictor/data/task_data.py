@@ -13,15 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from finetune_predictor.records import (
+from finetune_predictor.data.records import (
     ReadResult,
     SourceSpec,
     canonical,
     content_sha256,
     read_records,
 )
-from finetune_predictor.settings_schema import SettingsError
-from finetune_predictor.splits import (
+from finetune_predictor.data.splits import (
     InsufficientDataError,
     assert_disjoint,
     deduplicate,
@@ -30,9 +29,10 @@ from finetune_predictor.splits import (
     select_test_groups,
     select_test_set,
 )
-from finetune_predictor.synthetic_events import SOURCE as EVENTS_SOURCE
-from finetune_predictor.synthetic_events import iter_events
-from finetune_predictor.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
+from finetune_predictor.data.synthetic_events import SOURCE as EVENTS_SOURCE
+from finetune_predictor.data.synthetic_events import iter_events
+from finetune_predictor.data.synthetic_news import DEFAULT_DIFFICULTY, iter_articles
+from finetune_predictor.settings_schema import SettingsError
 from finetune_predictor.tasks import OPEN_TASKS, build_task, declared_labels, task_type, test_split
 
 logger = logging.getLogger(__name__)

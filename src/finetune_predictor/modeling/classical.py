@@ -11,13 +11,15 @@ something that costs nothing:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from finetune_predictor.records import reference_lists
-from finetune_predictor.tasks import Task
+from finetune_predictor.data.records import reference_lists
+
+if TYPE_CHECKING:  # type hints only: the tasks import classical (their ranking prior is its learnability)
+    from finetune_predictor.tasks import Task
 
 _WORD = re.compile(r"\w+")
 _QUESTION_CONTEXT = re.compile(r"Question:\s*(?P<question>.*?)\s*\n\s*\nContext:\s*(?P<context>.*)", re.S)

@@ -8,7 +8,7 @@ Honest by construction:
 - the shipped model (``selected``) is chosen by nested cross-validation among LightGBM on SHAP-selected
   features, LightGBM with linear trees, ridge and elastic-net on scaled features, a stacked blend, *and*
   the baselines (mean, best single feature, ridge, early stopping): it is never a model that loses to a
-  baseline inside the training folds (:mod:`finetune_predictor.model_selection`);
+  baseline inside the training folds (:mod:`finetune_predictor.prediction.model_selection`);
 - intervals: split-conformal with the finite-sample conservative rank, calibrated on replicate-grouped
   folds for a known family and on leave-one-family-out folds for a new one.
 
@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.model_selection import (
+from finetune_predictor.prediction.model_selection import (
     CANDIDATES,
     FitFunction,
     GroupsOf,

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from finetune_predictor.batching import attention_mask_of, left_pad, length_grouped_batches, position_ids_of
-from finetune_predictor.chat_format import PromptFormatter
+from finetune_predictor.modeling.batching import attention_mask_of, left_pad, length_grouped_batches, position_ids_of
+from finetune_predictor.modeling.chat_format import PromptFormatter
 
 
 def _device_of(model: Any) -> torch.device:

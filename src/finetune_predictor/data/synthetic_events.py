@@ -2,7 +2,7 @@
 article as a JSON object.
 
 Every template here is written for this project (the places, people and topics come from
-:mod:`finetune_predictor.synthetic_news`). An article reports one figure about one topic in one place, from
+:mod:`finetune_predictor.data.synthetic_news`). An article reports one figure about one topic in one place, from
 one source, in sentences whose order and phrasing vary; it also names a neighbouring place and a date whose
 number is not the figure, so that copying the first place or the first number is not enough. The target is
 ``{"topic": str, "place": str, "figure": int, "source": str}``; ``source`` is ``"unnamed"`` when the article
@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Iterator
 
-from finetune_predictor.synthetic_news import TOPICS, person_name, place_name
+from finetune_predictor.data.synthetic_news import TOPICS, person_name, place_name
 
 INSTRUCTION = ("Extract the event record of the news article as a JSON object with the keys topic, place, "
                "figure (a whole number) and source (\"unnamed\" if no one is named).")

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from finetune_predictor.errors import UserFacingError
-from finetune_predictor.models import sha256_file
+from finetune_predictor.modeling.models import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

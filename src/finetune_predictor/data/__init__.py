@@ -1,0 +1,1 @@
+"""Records, readers, splits, the task data and the bundled generators."""
