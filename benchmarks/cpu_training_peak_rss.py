@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune_predictor.preflight import GIB, estimate_training_memory, model_shape
+from finetune_predictor.modeling.memory_estimate import GIB, estimate_training_memory, model_shape
 from finetune_predictor.settings_schema import TrainingSettings
 
 REGISTRY = Path(__file__).resolve().parents[1] / "conf/base/parameters_model_registry.yml"

@@ -2,7 +2,7 @@
 
 For the bundled task and LIAR (``../shared/data/liar``, skipped when absent), the training subset that
 ``mini_test100`` trains on is tokenised by the model session's formatter, the project's trainer is built
-(``training._build_trainer``: TRL's SFTTrainer, its sampler and the left-padding collator), and every batch of
+(``sft_trainer.build_trainer``: TRL's SFTTrainer, its sampler and the left-padding collator), and every batch of
 ``training.num_train_epochs`` epochs of its dataloader is counted: padding share = padded positions /
 (rows x batch width). Printed with ``training.group_by_length`` off (random batches) and on (the HF
 length-grouped sampler). The test set's prompt batches of label scoring and generation are counted the same
@@ -21,7 +21,8 @@ from typing import Any
 from finetune_predictor.data import task_data
 from finetune_predictor.modeling.batching import length_grouped_batches, padding_share
 from finetune_predictor.modeling.model_session import open_session
-from finetune_predictor.modeling.training import _build_trainer, build_training_rows
+from finetune_predictor.modeling.sft_trainer import build_trainer
+from finetune_predictor.modeling.training import build_training_rows
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import build_task
 
@@ -59,7 +60,7 @@ def trainer_padding_share(session: Any, rows: list[dict[str, list[int]]],
     """Padding share over every batch of the trainer's dataloader for the settings' epochs, and the batches."""
     padded = computed = batches = 0
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = _build_trainer(session, rows, settings, Path(workdir))
+        trainer = build_trainer(session, rows, settings, Path(workdir))
         for epoch in range(max(1, int(settings.num_train_epochs))):
             loader = trainer.get_train_dataloader()
             if hasattr(loader, "set_epoch"):

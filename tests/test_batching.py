@@ -85,11 +85,11 @@ def test_answer_window_and_stock_trl_give_the_same_first_loss(tiny_session, tmp_
 
 def _trainer_batches(session, rows, tmp_path, grouped: bool) -> list[dict[str, torch.Tensor]]:
     """One epoch of batches as the project's trainer builds them (its sampler and collator)."""
-    from finetune_predictor.modeling.training import _build_trainer
+    from finetune_predictor.modeling.sft_trainer import build_trainer
 
     settings = TrainingSettings.from_params({"per_device_train_batch_size": 4, "precision": "fp32",
                                              "num_train_epochs": 1, "group_by_length": grouped})
-    trainer = _build_trainer(session, rows, settings, tmp_path / str(grouped))
+    trainer = build_trainer(session, rows, settings, tmp_path / str(grouped))
     return list(trainer.get_train_dataloader())
 
 

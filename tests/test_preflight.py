@@ -13,19 +13,11 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from finetune_predictor.modeling.hardware import ComputePlan
+from finetune_predictor.modeling.memory_estimate import estimate_training_memory, model_shape
 from finetune_predictor.modeling.model_session import resolve_model
 from finetune_predictor.modeling.models import ModelEntry, ModelNotFoundError
 from finetune_predictor.pipelines.preflight import create_pipeline
-from finetune_predictor.preflight import (
-    FAIL,
-    PASS,
-    SKIP,
-    PreflightError,
-    estimate_training_memory,
-    format_verdict,
-    model_shape,
-    run_checks,
-)
+from finetune_predictor.preflight import FAIL, PASS, SKIP, PreflightError, format_verdict, run_checks
 from finetune_predictor.settings_schema import TrainingSettings
 from tests.conftest import PROJECT_ROOT
 

@@ -457,7 +457,7 @@ def test_a_failure_while_building_the_trainer_frees_the_checkpoint_folder(tiny_s
     checkpoints as if another process held it."""
     from finetune_predictor.modeling import training
 
-    real, calls = training._build_trainer, []
+    real, calls = training.build_trainer, []
 
     def out_of_memory_once(*args, **kwargs):
         calls.append(1)
@@ -465,7 +465,7 @@ def test_a_failure_while_building_the_trainer_frees_the_checkpoint_folder(tiny_s
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_build_trainer", out_of_memory_once)
+    monkeypatch.setattr(training, "build_trainer", out_of_memory_once)  # looked up in training by train_lora
     folder = tmp_path / "checkpoints"
     # The error is still held (as a ladder's except block holds it) while the next rung starts.
     with pytest.raises(torch.OutOfMemoryError) as failed:

@@ -1,30 +1,32 @@
-"""LoRA / QLoRA supervised fine-tuning with TRL's SFTTrainer on answer-only loss."""
+"""LoRA / QLoRA supervised fine-tuning with TRL's SFTTrainer on answer-only loss.
+
+:func:`fine_tune` is the one path of a configuration's fine-tune: training rows, :func:`train_lora` (retried down
+the out-of-memory ladder by :func:`train_with_oom_fallback`), the adapter saved and checked. The trainer itself
+(LoRA config, answer-window loss, arguments, callbacks) is built in ``sft_trainer.py``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
-from finetune_predictor import warning_filters
 from finetune_predictor.modeling import checkpoints, memory_fallback
 from finetune_predictor.modeling.artifacts import MANIFEST_NAME, atomic_directory, write_manifest
-from finetune_predictor.modeling.batching import IGNORE_INDEX, LeftPadCollator, answer_window
+from finetune_predictor.modeling.batching import IGNORE_INDEX
 from finetune_predictor.modeling.chat_format import PromptFormatter
 from finetune_predictor.modeling.hardware import ComputePlan, release_accelerator_memory
 from finetune_predictor.modeling.model_session import ModelSession
 from finetune_predictor.modeling.models import sha256_file
+from finetune_predictor.modeling.sft_trainer import build_trainer
 from finetune_predictor.settings_schema import TrainingSettings
 from finetune_predictor.tasks import Task
 
@@ -106,37 +108,6 @@ class StepTimer(TrainerCallback):
         self.durations.append(time.perf_counter() - self._started)
 
 
-def _without_touching_randomness(evaluate: Any) -> Any:
-    """``evaluate`` with every random generator restored afterwards. Evaluating draws from the global RNGs
-    (the held-out dataloader), and LoRA dropout masks come from them: without this, turning the held-out curve
-    on changed the losses and the adapter that training produced."""
-    import random
-
-    import numpy as np
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        try:
-            return evaluate(*args, **kwargs)
-        finally:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
-            if states[3] is not None:
-                torch.cuda.set_rng_state_all(states[3])
-
-    return wrapped
-
-
-class _EvaluateAtEnd(TrainerCallback):
-    """Evaluate after the last step too, so the held-out curve ends where training ends."""
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == state.max_steps:
-            control.should_evaluate = True
-
-
 def shareable_base_name(session: ModelSession) -> str:
     """The base model as another machine can name it: the registry's HF id, else the name the run was given
     (a registry name, an HF id, or a local path the user typed), never this machine's converted or cached copy."""
@@ -157,50 +128,6 @@ def record_base_model(adapter_dir: Path, base_name: str) -> None:
     card = adapter_dir / "README.md"
     if local and local != base_name and card.is_file():
         card.write_text(card.read_text().replace(str(local), base_name))
-
-
-class _LossLogger(TrainerCallback):
-    """Progress through the logging module (the Trainer's printer writes raw dicts to stdout)."""
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
-            logger.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
-
-
-def warmup_steps(settings: TrainingSettings, num_rows: int) -> int:
-    """Warm-up steps, rounded down: HF rounds the ratio up, which gives a one-step run a learning rate
-    of zero on its only step (and an adapter that learned nothing)."""
-    if settings.max_steps > 0:
-        total = settings.max_steps
-    else:
-        per_epoch = math.ceil(num_rows / (settings.per_device_train_batch_size * settings.gradient_accumulation_steps))
-        total = math.ceil(per_epoch * settings.num_train_epochs)
-    return int(settings.warmup_ratio * total)
-
-
-@lru_cache(maxsize=1)
-def answer_window_trainer_class() -> type:
-    """TRL's ``SFTTrainer`` whose loss projects only the trailing answer window onto the vocabulary.
-
-    Batches come left-padded from :class:`LeftPadCollator`, so every answer ends at the last column. The
-    loss is the model's own causal-LM loss (normalised by ``num_items_in_batch`` exactly as the HF Trainer
-    does), computed from ``logits_to_keep`` trailing columns with the labels cut to the same columns.
-    This is the same loss as TRL's full-sequence path (a unit test checks it) at a fraction of the cost
-    on CPUs, where TRL's fused head still projects every position.
-    """
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class AnswerWindowSFTTrainer(SFTTrainer):
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            labels = inputs["labels"]
-            keep = answer_window(labels)
-            windowed = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep, "use_cache": False}
-            return Trainer.compute_loss(self, model, windowed, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return AnswerWindowSFTTrainer
 
 
 def train_lora(
@@ -231,8 +158,8 @@ def train_lora(
     evaluate = bool(eval_rows) and settings.eval_steps > 0
     folder = _checkpoint_folder(session, rows, settings, eval_rows if evaluate else None, checkpoint_dir)
     try:
-        trainer = _build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None,
-                                 folder.folder if folder else None)
+        trainer = build_trainer(session, rows, settings, output_dir, eval_rows if evaluate else None,
+                                folder.folder if folder else None)
     except BaseException:
         # An out-of-memory error loading the model is the ladder's usual case: its next rung must find the
         # folder free (checkpoints.train releases it once training has started).
@@ -316,41 +243,6 @@ def train_with_oom_fallback(
         release_accelerator_memory()
 
 
-def _build_trainer(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
-                   output_dir: Path, eval_rows: list[dict[str, list[int]]] | None = None,
-                   checkpoint_dir: Path | None = None) -> Any:
-    """TRL's SFTTrainer (answer-window loss unless ``training.loss_window=full``) on the session's base model."""
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTTrainer
-
-    lora = settings.lora
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=session.lora_target_modules(lora.target_modules), task_type="CAUSAL_LM")
-    warning_filters.install()
-    if settings.loss_window == "answer":
-        trainer_class: type = answer_window_trainer_class()
-        collator: Any = LeftPadCollator(session.tokenizer.pad_token_id)
-    else:
-        trainer_class, collator = SFTTrainer, None  # TRL's own collator and loss
-    trainer = trainer_class(
-        model=session.load_model(),
-        args=_sft_config(settings, session.plan, output_dir, len(rows), evaluate=bool(eval_rows),
-                         checkpoint_dir=checkpoint_dir),
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=session.tokenizer,
-        peft_config=peft_config,
-        data_collator=collator,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_LossLogger())
-    if eval_rows:
-        trainer.add_callback(_EvaluateAtEnd())
-        trainer.evaluate = _without_touching_randomness(trainer.evaluate)  # the Trainer's loop calls self.evaluate
-    return trainer
-
-
 def _checkpoint_folder(session: ModelSession, rows: list[dict[str, list[int]]], settings: TrainingSettings,
                        eval_rows: list[dict[str, list[int]]] | None,
                        checkpoint_dir: Path | None) -> checkpoints.CheckpointFolder | None:
@@ -359,46 +251,6 @@ def _checkpoint_folder(session: ModelSession, rows: list[dict[str, list[int]]], 
     if checkpoint_dir is None or settings.checkpoint_steps == 0:
         return None
     return checkpoints.open_folder(checkpoint_dir, checkpoints.fingerprint(session, rows, settings, eval_rows))
-
-
-def _sft_config(settings: TrainingSettings, plan: ComputePlan, output_dir: Path, num_rows: int,
-                evaluate: bool = False, checkpoint_dir: Path | None = None) -> Any:
-    """The Trainer's arguments; checkpoints (every ``training.checkpoint_steps`` and after the last step, the
-    last two kept) only into a ``checkpoint_dir`` the caller keeps for this configuration."""
-    from trl import SFTConfig
-
-    return SFTConfig(
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=settings.eval_steps if evaluate else None,
-        per_device_eval_batch_size=settings.per_device_train_batch_size,
-        prediction_loss_only=True,  # the loss only: no logits gathered over the held-out set
-        output_dir=str(checkpoint_dir if checkpoint_dir is not None else output_dir / "trainer"),
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        warmup_steps=warmup_steps(settings, num_rows),
-        weight_decay=settings.weight_decay,
-        lr_scheduler_type=settings.lr_scheduler_type,
-        logging_steps=settings.logging_steps,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-        seed=settings.seed,
-        data_seed=settings.seed,
-        # SFTConfig turns bf16 on by default; precision comes from the session's compute plan instead.
-        bf16=plan.bf16,
-        fp16=plan.fp16,
-        use_cpu=plan.device == "cpu",
-        max_length=None,  # the formatter already bounded each row, keeping the answer intact
-        save_strategy="steps" if checkpoint_dir is not None else "no",
-        save_steps=settings.checkpoint_steps if checkpoint_dir is not None else 500,
-        save_total_limit=checkpoints.SAVE_TOTAL_LIMIT,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        completion_only_loss=False,  # labels are already masked to the answer by the formatter
-    )
 
 
 def _eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

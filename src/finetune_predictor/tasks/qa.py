@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from finetune_predictor.data.records import squad_normalise
+from finetune_predictor.data.readers import squad_normalise
 
 _PREFIX = re.compile(r"^\s*(?:the answer is|answer)\s*[:\-]?\s*", re.IGNORECASE)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>|</?s>")
