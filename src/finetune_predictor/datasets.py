@@ -19,6 +19,7 @@ from finetune_predictor.modeling.artifacts import (
     MANIFEST_NAME,
     AtomicSaveMixin,
     atomic_directory,
+    atomic_write_text,
     folder_checksums,
     verify_manifest,
     write_manifest,
@@ -126,6 +127,36 @@ class OptionalDataset(AbstractDataset[None, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"dataset": self._wrapped._describe()}
+
+
+class RunsArchiveDataset(AbstractDataset[Any, Any]):
+    """The runs archive (``tracking.archive``): a CSV committed to git, typed by its schema when loaded (a missing
+    or mistyped column is one error naming it), and an empty archive where the file does not exist yet. Saved
+    atomically, columns in schema order, with ``schema.json`` beside it. Git versions it: each commit of the file
+    is a version of the meta-dataset."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        from finetune_predictor.tracking import archive
+
+        return archive.load(Path(self._filepath))
+
+    def save(self, data: Any) -> None:
+        from finetune_predictor.tracking import archive
+
+        path = Path(self._filepath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, archive.ordered(data).to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(path.with_name("schema.json"), archive.schema_text())
+
+    def _exists(self) -> bool:
+        return True  # an absent archive is an empty one: the first archive_runs creates it
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
 
 
 def _artifact_dataset_base() -> type:

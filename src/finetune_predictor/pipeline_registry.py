@@ -5,6 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from finetune_predictor.pipelines import (
+    archive_runs,
     candidate_study,
     data_engineering,
     evaluation,
@@ -36,6 +37,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["forecast"] = forecast.create_pipeline()
     pipelines["rank_datasets"] = pipelines["preflight"] + rank_datasets.create_pipeline()
     pipelines["candidate_study"] = candidate_study.create_pipeline()
+    pipelines["archive_runs"] = archive_runs.create_pipeline()
     pipelines["predict"] = pipelines["meta_features"] + predict.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

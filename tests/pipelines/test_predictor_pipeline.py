@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -23,7 +24,8 @@ def test_predictor_pipeline_on_an_external_table(tmp_path):
     path = tmp_path / "runs.csv"
     table.to_csv(path, index=False)
     pipeline = create_pipeline()
-    catalog = DataCatalog({"params:predictor": MemoryDataset({
+    catalog = DataCatalog({"archive_runs.raw.runs_archive": MemoryDataset(pd.DataFrame()),
+                           "params:predictor": MemoryDataset({
         "table_path": str(path), "target_column": "accuracy", "group_column": "family", "n_folds": 4,
         "min_runs": 30, "candidates": ["lightgbm_shap", "ridge_cv", "stacked"],
         "lightgbm": {"n_estimators": 80, "num_leaves": 7, "min_child_samples": 5, "verbose": -1}})})

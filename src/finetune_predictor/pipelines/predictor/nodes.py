@@ -12,27 +12,34 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from finetune_predictor import tracking
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.prediction import predictor as core
 from finetune_predictor.prediction.model_selection import contributions
+from finetune_predictor.tracking import archive
 
 
-def load_runs_table(predictor: dict[str, Any]) -> pd.DataFrame:
-    """FINISHED runs from MLflow (``predictor.experiment_name``) or an external CSV (``predictor.table_path``)."""
+def load_runs_table(runs_archive: pd.DataFrame, predictor: dict[str, Any]) -> pd.DataFrame:
+    """The runs the predictor learns from: the committed runs archive and the tracking store's finished runs it does
+    not hold yet (``predictor.experiment_name``; null = the archive alone). ``predictor.table_path`` replaces the
+    committed archive: a runs archive of your own (same schema, checked), or any CSV of runs with the target and
+    group columns (read alone, as it is)."""
     settings = core.PredictorSettings.from_params(predictor)
-    if predictor.get("table_path"):
-        table = pd.read_csv(predictor["table_path"])
+    path = predictor.get("table_path")
+    if path and not archive.is_archive_file(path):
+        table = pd.read_csv(path)
         if settings.target_column not in table:
-            raise UserFacingError(f"{predictor['table_path']}: no target column {settings.target_column!r}; "
+            raise UserFacingError(f"{path}: no target column {settings.target_column!r}; "
                                   f"columns: {list(table.columns)}", "predictor.target_column",
                                   "name one of the table's columns")
     else:
-        table = tracking.runs_table(str(predictor.get("experiment_name") or tracking.EXPERIMENT_NAME))
+        archived = archive.load(path) if path else runs_archive
+        experiment = predictor.get("experiment_name")
+        store = archive.store_rows(str(experiment))[0] if experiment else archived.iloc[:0]
+        table = archive.as_runs_table(archive.with_store(archived, store))
     if table.empty:
-        raise UserFacingError("the runs table is empty", "predictor.experiment_name, predictor.table_path",
-                              "run sweeps with sensitivity.meta_features set first (kedro run "
-                              "--pipeline=sensitivity), or pass predictor.table_path")
+        raise UserFacingError("the runs table is empty", "predictor.table_path, predictor.experiment_name",
+                              f"commit runs to {archive.ARCHIVE_PATH} (kedro run --pipeline=archive_runs), run "
+                              "sweeps with sensitivity.meta_features set, or pass predictor.table_path")
     table = table[table[settings.target_column].notna()].reset_index(drop=True)
     return core.runs_with_features(table, settings)
 
@@ -65,6 +72,10 @@ def train_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> dict[str,
     """The model chosen on every run (candidates and baselines compared by cross-validation), described by a
     JSON card: the winner, every candidate's inner CV RMSE, the conformal widths, the table's fingerprint."""
     card = core.train_final(table, core.PredictorSettings.from_params(predictor))
+    sources = table[archive.SOURCE_COLUMN] if archive.SOURCE_COLUMN in table else pd.Series("table", table.index)
+    card["rows_from"] = {str(source): int(count) for source, count in sources.value_counts().items()}
+    print(f"\nTrained on {len(table)} runs (" + ", ".join(f"{n} from the {source}" for source, n in
+                                                    card["rows_from"].items()) + ")")
     print(f"\nShipped predictor: {card['model']} (inner CV RMSE "
           f"{card['inner_cv_rmse'].get(card['model'], float('nan')):.2f} points; "
           + ", ".join(f"{name} {rmse:.2f}" for name, rmse in sorted(card["inner_cv_rmse"].items(),

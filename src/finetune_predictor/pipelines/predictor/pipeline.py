@@ -11,7 +11,8 @@ TABLE = "predictor.model_input.runs_table"
 
 def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
-        node(nodes.load_runs_table, "params:predictor", TABLE, name="load_runs_table"),
+        node(nodes.load_runs_table, ["archive_runs.raw.runs_archive", "params:predictor"], TABLE,
+             name="load_runs_table"),
         node(nodes.evaluate_predictor, [TABLE, "params:predictor"],
              ["predictor.reporting.evaluation", "predictor.reporting.shap", "predictor.tracking.metrics",
               "predictor.reporting.report"], name="evaluate_predictor"),
