@@ -236,7 +236,7 @@ def test_a_sweep_writes_no_credential_and_masks_a_credentialed_store_error(tmp_p
                                                                           caplog, capfd, request):
     from mlflow.exceptions import MlflowException
 
-    from finetune_predictor.pipelines.sensitivity import runner
+    from finetune_predictor.pipelines.sensitivity import configuration_run
     from tests.test_sweep import _sweep
 
     for name, value in SECRETS.items():
@@ -258,7 +258,7 @@ def test_a_sweep_writes_no_credential_and_masks_a_credentialed_store_error(tmp_p
             raise MlflowException(f"API request to http://alice:{URI_PASSWORD}@tracking:5000/api/2.0/mlflow/runs/"
                                   f"log-batch failed with exception ConnectionRefused (token {SECRETS['HF_TOKEN']})")
 
-        monkeypatch.setattr(runner, "train_and_evaluate", store_down)
+        monkeypatch.setattr(configuration_run, "train_and_evaluate", store_down)
         failing = _sweep(tmp_path, tiny_model_dir, train_per_class=[2], learning_rates=[1e-2])
     finally:
         mlflow.set_tracking_uri("")

@@ -11,7 +11,7 @@ from kedro.runner import SequentialRunner
 
 from finetune_predictor.data import task_data
 from finetune_predictor.data.records import CANONICAL_COLUMNS
-from finetune_predictor.pipelines.sensitivity import create_pipeline, runner
+from finetune_predictor.pipelines.sensitivity import configuration_run, create_pipeline, planning, runner
 from finetune_predictor.pipelines.sensitivity.grid import DataVariant, apply_variant, expand_grid
 from finetune_predictor.pipelines.sensitivity.report import analyse, gain_per_doubling, knee_point, markdown_report
 from finetune_predictor.tasks import BinaryClassificationTask
@@ -143,8 +143,8 @@ def test_resume_key_covers_every_setting_that_can_change_a_result(tracking, tiny
     base = list(_keys(tracking, tiny_model_dir).values())
     assert base == list(_keys(tracking, tiny_model_dir).values())
     # The default model's name is not a setting of a sweep that lists its models.
-    settings = runner.settings_fingerprint({"name": "a", "max_length": 9}, {}, {}, {})
-    assert settings == runner.settings_fingerprint({"name": "b", "max_length": 9}, {}, {}, {})
+    settings = planning.settings_fingerprint({"name": "a", "max_length": 9}, {}, {}, {})
+    assert settings == planning.settings_fingerprint({"name": "b", "max_length": 9}, {}, {}, {})
     for training in ({**TRAINING, "per_device_train_batch_size": 2}, {**TRAINING, "max_steps": 3},
                      {**TRAINING, "lora": {"target_modules": ["q_proj"]}}):
         assert set(_keys(tracking, tiny_model_dir, training).values()).isdisjoint(base), training
@@ -212,7 +212,7 @@ def test_sweep_runs_resumes_and_recovers(tracking, tiny_model_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(runner, "train_and_evaluate", broken)
+    monkeypatch.setattr(configuration_run, "train_and_evaluate", broken)
     failing = _sweep(tracking, tiny_model_dir, learning_rates=[5e-2, 1e-2])
     assert failing.status["failed"] == 2 and failing.status["reused"] == 2
     assert "out of memory (simulated)" in failing.status["failures"][0]["error"]
@@ -360,20 +360,20 @@ def test_new_task_settings_do_not_rekey_classification_sweeps():
     """Data keys that only other tasks read (qa, schema) must not re-key a classification sweep; the budget
     keys as resolved: a classification task's null budget is derived from its labels, which generates
     differently from a fixed 8 tokens, so the two key differently."""
-    before = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
-                                         {"task": "binary_classification", "label_positive": "fake"})
-    after = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
-                                        {"task": "binary_classification", "label_positive": "fake",
-                                         "qa": {"no_answer": "x"}, "schema": None, "test_split": "auto"})
-    assert before == after and before["evaluation"]["max_new_tokens"] == runner.DERIVED_BUDGET
-    fixed = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
-                                        {"task": "binary_classification", "label_positive": "fake"})
+    before = planning.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
+                                           {"task": "binary_classification", "label_positive": "fake"})
+    after = planning.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
+                                          {"task": "binary_classification", "label_positive": "fake",
+                                           "qa": {"no_answer": "x"}, "schema": None, "test_split": "auto"})
+    assert before == after and before["evaluation"]["max_new_tokens"] == planning.DERIVED_BUDGET
+    fixed = planning.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": 8},
+                                          {"task": "binary_classification", "label_positive": "fake"})
     assert fixed != before
-    reuse_off = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None, "reuse_baseline": False},
-                                            {"task": "binary_classification", "label_positive": "fake"})
+    reuse_off = planning.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None, "reuse_baseline": False},
+                                              {"task": "binary_classification", "label_positive": "fake"})
     assert reuse_off == before  # where the baseline comes from is not a setting of the result
-    qa = runner.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
-                                     {"task": "qa", "qa": {"no_answer": "x"}})
+    qa = planning.settings_fingerprint({"name": "m"}, {}, {"max_new_tokens": None},
+                                       {"task": "qa", "qa": {"no_answer": "x"}})
     assert qa["evaluation"]["max_new_tokens"] == 32 and qa["task"]["qa"] == {"no_answer": "x"}
 
 

@@ -23,7 +23,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from finetune_predictor import tracking
-from finetune_predictor.pipelines.sensitivity import runner
+from finetune_predictor.pipelines.sensitivity import configuration_run, runner
 from tests.conftest import copy_project
 from tests.test_sweep import DATA, _settings, _sweep_data
 
@@ -206,9 +206,9 @@ meta_features: {{sample_size: 4, probe_steps: 2, knn: 2, cache_dir: "{tmp_path /
 
 
 def _fine_tune_then(action, on_call: int, before: bool, monkeypatch) -> dict:
-    """Wrap the runner's fine-tune: ``action()`` runs before (or after) its ``on_call``-th call, i.e. while that
+    """Wrap a configuration's fine-tune: ``action()`` runs before (or after) its ``on_call``-th call, i.e. while that
     configuration is in flight: its run exists on the server, its record is not logged yet."""
-    original, calls = runner.fine_tune, {"n": 0, "at": None}
+    original, calls = configuration_run.fine_tune, {"n": 0, "at": None}
 
     def fine_tune(*args, **kwargs):
         calls["n"] += 1
@@ -221,7 +221,7 @@ def _fine_tune_then(action, on_call: int, before: bool, monkeypatch) -> dict:
             action()
         return result
 
-    monkeypatch.setattr(runner, "fine_tune", fine_tune)
+    monkeypatch.setattr(configuration_run, "fine_tune", fine_tune)
     return calls
 
 
@@ -241,7 +241,7 @@ def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_
     for name, value in (("MAX_RETRIES", "1"), ("BACKOFF_FACTOR", "0"), ("TIMEOUT", "10")):
         monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", value)
     experiment_id = mlflow.set_experiment(tracking.EXPERIMENT_NAME).experiment_id
-    fine_tune = runner.fine_tune
+    fine_tune = configuration_run.fine_tune
     calls = _fine_tune_then(server.stop, on_call=2, before=True, monkeypatch=monkeypatch)
     lost_parent = mlflow.start_run(run_name="sweep that loses its server")
     with pytest.raises(tracking.TrackingServerUnavailableError) as failure:
@@ -259,7 +259,7 @@ def test_server_killed_mid_sweep_fails_clearly_and_a_rerun_resumes(server, tiny_
 
     # The server back on the same backend and artifacts: the re-run reuses the first, retries the second.
     server.start()
-    monkeypatch.setattr(runner, "fine_tune", fine_tune)
+    monkeypatch.setattr(configuration_run, "fine_tune", fine_tune)
     with mlflow.start_run(run_name="the same sweep, resumed"):
         again = _sweep(tmp_path, tiny_model_dir)
     assert again.status["reused"] == 1 and again.status["ran"] == 1 and again.status["failed"] == 0, again.status

@@ -327,7 +327,7 @@ SWEEP_SCRIPT = textwrap.dedent('''
     from transformers import TrainerCallback
 
     from finetune_predictor.data import task_data
-    from finetune_predictor.pipelines.sensitivity import runner
+    from finetune_predictor.pipelines.sensitivity import configuration_run, runner
 
     model_dir, store, output, kill_step, signal_name = sys.argv[1:6]
     mlflow.set_tracking_uri(f"sqlite:///{store}")
@@ -344,8 +344,8 @@ SWEEP_SCRIPT = textwrap.dedent('''
                 os.kill(os.getpid(), getattr(signal, signal_name))
 
 
-    original = runner.fine_tune
-    runner.fine_tune = lambda *args, **kwargs: original(*args, callbacks=[Kill()], **kwargs)
+    original = configuration_run.fine_tune
+    configuration_run.fine_tune = lambda *args, **kwargs: original(*args, callbacks=[Kill()], **kwargs)
     sensitivity = {"executor": "sequential", "gpus_per_run": 0, "train_per_class": [4], "learning_rates": [5e-2],
                    "lora": [{"r": 2, "alpha": 4, "dropout": 0.1}], "num_train_epochs": [2], "seeds": [1],
                    "test_per_class": 3, "output_dir": output}
