@@ -155,6 +155,55 @@ def test_no_function_is_longer_than_sixty_lines():
                 assert length <= 60, f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name} has {length} lines"
 
 
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_longer_than_four_hundred_lines():
+    """A module a reader can hold in mind; a longer one is split by concern inside its sub-package."""
+    long = {path.relative_to(PROJECT_ROOT).as_posix(): n for path in SOURCE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def _module_name(path) -> str:
+    parts = ["finetune_predictor", *path.relative_to(SOURCE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path, modules: set[str]) -> set[str]:
+    """The project modules ``path`` imports when it runs (function-local imports too; not the ones under
+    ``if TYPE_CHECKING:``), with the packages whose ``__init__`` such an import executes, except its own."""
+    name, found, stack = _module_name(path), set(), [ast.parse(path.read_text())]
+    while stack:
+        for child in ast.iter_child_nodes(stack.pop()):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            stack.append(child)
+            targets = []
+            if isinstance(child, ast.ImportFrom) and (child.module or "").startswith("finetune_predictor"):
+                targets = [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in modules else child.module
+                           for a in child.names]
+            elif isinstance(child, ast.Import):
+                targets = [a.name for a in child.names if a.name.startswith("finetune_predictor")]
+            for target in targets:
+                parts = target.split(".")
+                found |= {p for i in range(2, len(parts) + 1) if (p := ".".join(parts[:i])) in modules
+                          and not (name == p or name.startswith(p + "."))}
+    return found
+
+
+def test_no_import_circle_between_modules():
+    """Imports go one way (tasks and pipelines on top of data, modeling, tracking and prediction): a circle
+    works only by the luck of import order, and splits what is one concept across its members."""
+    import networkx
+
+    paths = {_module_name(path): path for path in SOURCE.rglob("*.py")}
+    graph = networkx.DiGraph([(name, target) for name, path in paths.items()
+                              for target in _runtime_imports(path, set(paths))])
+    circles = [sorted(c) for c in networkx.strongly_connected_components(graph) if len(c) > 1]
+    assert not circles, f"import circles: {circles}"
+
+
 def test_architecture_doc_names_every_pipeline():
     doc = (PROJECT_ROOT / "docs/architecture.md").read_text()
     missing = [name for name in register_pipelines() if name != "__default__" and f"`{name}`" not in doc]

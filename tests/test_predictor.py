@@ -15,8 +15,6 @@ from finetune_predictor.prediction.predictor import (
     conservative_quantile,
     evaluate,
     interval_for,
-    metrics_for_mlflow,
-    noise_floor,
     predict_with_reasons,
     runs_with_features,
     selection_regret,
@@ -24,6 +22,7 @@ from finetune_predictor.prediction.predictor import (
     table_fingerprint,
     train_final,
 )
+from finetune_predictor.prediction.report import metrics_for_mlflow, noise_floor
 
 
 def synthetic_runs(n: int = 120, seed: int = 0) -> pd.DataFrame:

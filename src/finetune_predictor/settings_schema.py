@@ -244,7 +244,7 @@ class RankSettings(SettingsGroup):
     PREFIX: typing.ClassVar[str] = "rank"
     candidates: str | None = None
     top_reasons: int = field(default=3, metadata=at_least(1))
-    order_by: str = field(default="auto", metadata=choices("finetune_predictor.prediction.predictor", "RANK_ORDERS"))
+    order_by: str = field(default="auto", metadata=choices("finetune_predictor.prediction.ranking", "RANK_ORDERS"))
 
 
 @dataclass(frozen=True)
@@ -258,13 +258,19 @@ class ForecastSettings(SettingsGroup):
 
 
 @dataclass(frozen=True)
+class ArchiveRunsSettings(SettingsGroup):
+    PREFIX: typing.ClassVar[str] = "archive_runs"
+    experiment_name: str = "finetune_predictor"
+
+
+@dataclass(frozen=True)
 class PredictorParams(SettingsGroup):
     """The keys of ``predictor``; ``predictor.PredictorSettings`` is what the predictor trains with (it also
     checks the candidate names)."""
 
     PREFIX: typing.ClassVar[str] = "predictor"
     table_path: str | None = None
-    experiment_name: str = "finetune_predictor"
+    experiment_name: str | None = "finetune_predictor"  # null: the runs archive alone, no tracking store
     target_column: str = "finetuned_primary"
     group_column: str | None = None  # the single-column spelling of an external table's group
     group_columns: tuple[str, ...] | str = ("dataset_family", "model", "task")
@@ -319,7 +325,8 @@ GROUPS: dict[str, type] = {"data": DataSettings, "model": ModelSettings, "traini
                            "evaluation": EvaluationSettings, "preflight": PreflightSettings,
                            "meta_features": MetaFeaturesSettings, "rank": RankSettings, "forecast": ForecastSettings,
                            "predictor": PredictorParams, "sensitivity": SensitivityParams,
-                           "candidate_study": CandidateStudyParams}
+                           "candidate_study": CandidateStudyParams,
+                           "archive_runs": ArchiveRunsSettings}
 
 
 def _registry_problems(registry: Mapping[str, Any] | None) -> list[tuple[str, str]]:

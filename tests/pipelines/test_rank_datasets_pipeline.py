@@ -16,6 +16,7 @@ from finetune_predictor.errors import UserFacingError
 from finetune_predictor.pipelines import rank_datasets
 from finetune_predictor.pipelines.rank_datasets.nodes import candidate_paths, plot_ranking
 from finetune_predictor.prediction import predictor as core
+from finetune_predictor.prediction import ranking
 
 DATA = {"task": "binary_classification", "label_positive": "fake", "label_negative": "legitimate",
         "train_per_class": 4, "test_per_class": 3, "seed": 1}
@@ -179,14 +180,14 @@ def test_by_default_the_prior_ranks_and_a_cross_family_forecast_is_shown_beside_
 
 
 def test_ranking_scores_lead_with_the_prior_by_default_and_with_the_forecast_when_asked():
-    auto = core.ranking_scores([0.7, 0.6, 0.65, np.nan, 0.6], [0.1, 0.9, 0.9, 0.99, np.nan])
+    auto = ranking.ranking_scores([0.7, 0.6, 0.65, np.nan, 0.6], [0.1, 0.9, 0.9, 0.99, np.nan])
     order = list(np.argsort(-np.nan_to_num(auto, nan=-1.0), kind="stable"))
     assert order[:4] == [3, 2, 1, 0] and np.isnan(auto[4])  # prior first, then the forecast; no prior: unranked
     # A task without the prior (QA, structured): the forecast ranks.
-    assert list(np.argsort(-core.ranking_scores([0.2, 0.8, 0.5], None))) == [1, 2, 0]
+    assert list(np.argsort(-ranking.ranking_scores([0.2, 0.8, 0.5], None))) == [1, 2, 0]
     with pytest.raises(ValueError, match=r"rank\.order_by"):
-        core.ranking_scores([0.5], [0.5], "prior_only")
-    scores = core.ranking_scores([0.7, 0.6, 0.6, np.nan, 0.6], [0.1, 0.9, 0.5, 0.99, np.nan], "predictor")
+        ranking.ranking_scores([0.5], [0.5], "prior_only")
+    scores = ranking.ranking_scores([0.7, 0.6, 0.6, np.nan, 0.6], [0.1, 0.9, 0.5, 0.99, np.nan], "predictor")
     order = list(np.argsort(-np.nan_to_num(scores, nan=-1.0)))
     assert order[:4] == [0, 1, 2, 4] and np.isnan(scores[3])  # forecast first, then the prior; no forecast: last
-    assert list(np.argsort(-core.ranking_scores([0.5] * 3, [0.2, 0.8, 0.5]))) == [1, 2, 0]
+    assert list(np.argsort(-ranking.ranking_scores([0.5] * 3, [0.2, 0.8, 0.5]))) == [1, 2, 0]

@@ -135,7 +135,29 @@ def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str,
         if column in table and table[column].nunique() >= 2:
             groups = table[column].astype(str).to_numpy()
             splits[f"grouped_{column}"] = list(LeaveOneGroupOut().split(table, groups=groups))
+    forward = forward_size_folds(table)
+    if forward:
+        splits[FORWARD_SPLIT] = forward
     return splits
+
+
+FORWARD_SPLIT = "forward_size"
+SIZE_COLUMN = "param_train_size"
+
+
+def forward_size_folds(table: pd.DataFrame, min_train: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Forward in size, rolling origin: for each training size, fit on every run of a smaller size and predict
+    the runs of that size (what a sweep's large sizes look like from its small ones). Seed twins share their size,
+    so they are always held out together; a size with fewer than ``min_train`` smaller runs is not scored."""
+    if SIZE_COLUMN not in table:
+        return []
+    sizes = pd.to_numeric(table[SIZE_COLUMN], errors="coerce").to_numpy(dtype=float)
+    folds = []
+    for size in np.unique(sizes[np.isfinite(sizes)])[1:]:
+        train, test = np.flatnonzero(sizes < size), np.flatnonzero(sizes == size)
+        if len(train) >= min_train:
+            folds.append((train, test))
+    return folds
 
 
 def _replicate_groups(table: pd.DataFrame) -> np.ndarray:
@@ -219,11 +241,9 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
     for split_name, folds in split_indices(table, settings).items():
         held_out_column = split_name.removeprefix("grouped_") if split_name.startswith("grouped_") else None
         for name, fit in evaluated_models(settings, groups_of).items():
-            predictions = np.full(len(y), np.nan)
+            predictions, fitted = predict_out_of_fold(fit, x, y, folds)
             low, high = np.full(len(y), np.nan), np.full(len(y), np.nan)
-            for train_idx, test_idx in folds:
-                model = fit(x.iloc[train_idx], y[train_idx])
-                predictions[test_idx] = model(x.iloc[test_idx])
+            for model, train_idx, test_idx in fitted:
                 if name == "selected":
                     winners.setdefault(split_name, []).append(model.winner)
                     # A held-out group is new to the model: calibrate on held-out groups of the same column.
@@ -236,6 +256,18 @@ def evaluate(table: pd.DataFrame, settings: PredictorSettings) -> tuple[pd.DataF
                                     .fillna(0.0))
             rows.append(_scores(name, split_name, y, predictions, low, high, table))
     return pd.DataFrame(rows), {**_shap_stability(rankings, features), "winners": winners}
+
+
+def predict_out_of_fold(fit: Model, x: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> tuple[np.ndarray, list[tuple[Any, np.ndarray, np.ndarray]]]:
+    """Each fold's held-out rows predicted by ``fit`` trained on the fold's other rows (NaN where no fold holds a
+    row out), and each fold's fitted model with its indices."""
+    predictions, fitted = np.full(len(y), np.nan), []
+    for train_idx, test_idx in folds:
+        model = fit(x.iloc[train_idx], y[train_idx])
+        predictions[test_idx] = model(x.iloc[test_idx])
+        fitted.append((model, train_idx, test_idx))
+    return predictions, fitted
 
 
 def _scores(name: str, split: str, y: np.ndarray, predictions: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -358,114 +390,6 @@ def predict_with_reasons(table: pd.DataFrame, card: dict[str, Any], features: di
                     for name in order if values[name] != 0],
         "missing_features": sorted(set(card["selected_features"]) - set(features)),
     }
-
-
-def _forecast_ties(predicted: Sequence[float]) -> pd.Series:
-    """Forecasts rounded so that values equal to 1e-6 points compare equal (the mean's are identical)."""
-    return pd.Series(np.asarray(predicted, dtype=float)).round(8)
-
-
-def forecasts_tell_apart(predicted: Sequence[float]) -> bool:
-    """Whether the forecasts order the candidates at all (False: every one ties, as under the mean)."""
-    return bool(_forecast_ties(predicted).nunique() > 1)
-
-
-RANK_ORDERS = ("auto", "predictor")
-
-
-def forecast_leads(predicted: Sequence[float], prior: Sequence[float] | None, order_by: str) -> bool:
-    """Whether :func:`ranking_scores` orders by the forecast rather than the prior: only where the forecasts tell
-    the candidates apart and either ``order_by`` is ``predictor`` or the task has no prior. Every candidate study
-    measured so far ranked better by the prior than by a forecast fitted on other runs (docs/predictor.md,
-    'Ranking candidates')."""
-    has_prior = prior is not None and bool(np.isfinite(np.asarray(prior, dtype=float)).any())
-    return forecasts_tell_apart(predicted) and (order_by == "predictor" or not has_prior)
-
-
-def ranking_scores(predicted: Sequence[float], prior: Sequence[float] | None, order_by: str = "auto") -> np.ndarray:
-    """The product's order of candidate training sets as one score each (higher ranks first; NaN where a
-    candidate is unranked). ``auto``: by the no-fitting prior
-    (:data:`finetune_predictor.tasks.base.RANKING_PRIOR_FEATURE`), ties broken by the predictor's forecast, on
-    tasks that have the prior; by the forecast on tasks without it. ``predictor``: by the forecast, ties broken by
-    the prior. With no forecast (no saved predictor, or one that ships its runs table's mean) the prior alone
-    ranks, rather than the order the files were listed in."""
-    if order_by not in RANK_ORDERS:
-        raise ValueError(f"rank.order_by must be one of {RANK_ORDERS}, not {order_by!r}")
-    forecast = _forecast_ties(predicted)
-    learnability = pd.Series(np.asarray(prior, dtype=float)) if prior is not None else None
-    by_forecast = learnability is None or learnability.isna().all() or forecast_leads(predicted, prior, order_by)
-    primary, secondary = (forecast, learnability) if by_forecast else (learnability, forecast)
-    tie_break = secondary.rank(method="dense").fillna(0.0) if secondary is not None else 0.0
-    scores = primary.rank(method="dense") * (len(primary) + 1) + tie_break
-    return scores.to_numpy(dtype=float)
-
-
-def metrics_for_mlflow(results: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
-    """The named metrics: ``rmse_random``, ``rmse_grouped_<column>`` per group column, ``rmse_grouped`` (the
-    first group column's split, the dataset family by default), and ``baseline_<name>_rmse_<split>``."""
-    aliases = {f"grouped_{settings.group_columns[0]}": "grouped"} if settings.group_columns else {}
-    out: dict[str, float] = {}
-    main = results[results["model"] == "selected"].set_index("split")
-    for split in main.index:
-        for name in {split, aliases.get(split, split)}:
-            for metric in ("rmse", "mae", "spearman", "within3", "regret", "interval_coverage", "interval_width"):
-                if metric in main and main.loc[split, metric] == main.loc[split, metric]:
-                    out[f"{metric}_{name}"] = float(main.loc[split, metric])
-    for _, row in results[results["model"] != "selected"].iterrows():
-        for name in {row["split"], aliases.get(row["split"], row["split"])}:
-            out[f"{row['model']}_rmse_{name}"] = float(row["rmse"])  # baseline_<name>_rmse_<split>, ...
-    return out
-
-
-def noise_floor(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, float]:
-    """How well any predictor of this table could do, in points of the target metric.
-
-    ``seed_sd``: pooled standard deviation of the target among runs that differ only in their seed
-    (column ``replicate_key``); a perfect predictor of each configuration's mean still has about this
-    RMSE on a new seed. ``test_sampling_sd``: the binomial standard error of an accuracy measured on the
-    run's test set (column ``finetuned_n``): sqrt(p(1-p)/n). For a mean of per-example scores in [0, 1]
-    (QA F1, field accuracy) it is an upper bound: such a score's variance is at most p(1-p).
-    ``within3_ceiling``: the share of errors within ±3 points for a normal error of sd ``seed_sd``."""
-    floor: dict[str, float] = {}
-    y = table[settings.target_column].astype(float)
-    if "replicate_key" in table:
-        groups = [g for _, g in y.groupby(table["replicate_key"]) if len(g) >= 2]
-        dof = sum(len(g) - 1 for g in groups)
-        if dof:
-            floor["seed_sd"] = float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) * POINTS
-            floor["replicate_groups"] = float(len(groups))
-            floor["within3_ceiling"] = math.erf(3.0 / (floor["seed_sd"] * math.sqrt(2))) if floor["seed_sd"] else 1.0
-    if "finetuned_n" in table and table["finetuned_n"].notna().any():
-        n = table["finetuned_n"].astype(float)
-        floor["test_sampling_sd"] = float(np.sqrt(np.nanmean(y * (1 - y) / n))) * POINTS
-    return floor
-
-
-def honesty_note(results: pd.DataFrame, runs: int, settings: PredictorSettings,
-                 floor: dict[str, float] | None = None) -> str:
-    lines = []
-    if runs < settings.min_runs:
-        lines.append(f"Only {runs} runs (< predictor.min_runs={settings.min_runs}): these figures are too few to "
-                     "support any claim about the predictor's accuracy.")
-    for split in results["split"].unique():
-        part = results[results["split"] == split].set_index("model")["rmse"]
-        best_baseline = part.drop(index=[m for m in part.index if not m.startswith("baseline_")]).idxmin()
-        if part["selected"] > part[best_baseline]:
-            lines.append(f"On {split} splits the shipped model (RMSE {part['selected']:.2f} points) does NOT beat "
-                         f"{best_baseline} ({part[best_baseline]:.2f}): the choice inside the folds cost more "
-                         "than it gained.")
-        else:
-            lines.append(f"On {split} splits the shipped model (RMSE {part['selected']:.2f} points) is at least as "
-                         f"good as the best baseline {best_baseline} ({part[best_baseline]:.2f}).")
-    floor = floor or {}
-    if "seed_sd" in floor:
-        lines.append(f"Noise floor: runs that differ only in their seed spread by {floor['seed_sd']:.2f} points "
-                     f"(sd over {floor['replicate_groups']:.0f} configurations), so no predictor can expect an RMSE "
-                     f"below that or more than {floor['within3_ceiling']:.0%} of runs within ±3 points.")
-    if "test_sampling_sd" in floor:
-        lines.append(f"Each target value is itself measured with a standard error of {floor['test_sampling_sd']:.2f} "
-                     "points (the size of the runs' test set; an upper bound for F1 and field accuracy).")
-    return " ".join(lines)
 
 
 def to_json(value: Any) -> Any:

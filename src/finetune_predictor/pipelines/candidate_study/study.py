@@ -21,14 +21,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from finetune_predictor.prediction.model_selection import best_single_feature_model, mean_model, selected_model
-from finetune_predictor.prediction.predictor import (
-    POINTS,
-    PredictorSettings,
-    feature_columns,
-    forecast_leads,
-    groups_of_table,
-    ranking_scores,
-)
+from finetune_predictor.prediction.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
+from finetune_predictor.prediction.ranking import forecast_leads, ranking_scores
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
 CANDIDATE = "param_data_variant"

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.prediction import predictor as core
+from finetune_predictor.prediction import report
 from finetune_predictor.prediction.model_selection import contributions
 from finetune_predictor.tracking import archive
 
@@ -49,16 +50,16 @@ def evaluate_predictor(table: pd.DataFrame, predictor: dict[str, Any]) -> tuple[
     """Predictor and baselines on random and grouped splits: the table, SHAP info, MLflow metrics, a report."""
     settings = core.PredictorSettings.from_params(predictor)
     results, shap_info = core.evaluate(table, settings)
-    floor = core.noise_floor(table, settings)
-    named = core.metrics_for_mlflow(results, settings) | {f"noise_floor_{key}": value for key, value in floor.items()}
+    floor = report.noise_floor(table, settings)
+    named = report.metrics_for_mlflow(results, settings) | {f"noise_floor_{key}": value for key, value in floor.items()}
     metrics = {key: {"value": value, "step": 0} for key, value in named.items() if value == value}
-    note = core.honesty_note(results, len(table), settings, floor)
-    report = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "
+    note = report.honesty_note(results, len(table), settings, floor)
+    markdown = "\n".join(["# Predictor evaluation", "", f"Runs: {len(table)}. Target: {settings.target_column}. "
                         "Errors in points of the target metric.", "", note, "",
                         _markdown_table(results.round(3)), "",
                         f"SHAP rank stability across folds (mean Spearman): {shap_info['rank_stability']:.2f}", ""])
-    print("\n" + report)
-    return results, core.to_json(shap_info), metrics, report
+    print("\n" + markdown)
+    return results, core.to_json(shap_info), metrics, markdown
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

@@ -21,7 +21,8 @@ from finetune_predictor.errors import UserFacingError
 from finetune_predictor.modeling.model_session import open_session
 from finetune_predictor.modeling.models import default_cache_dir
 from finetune_predictor.prediction.meta_features import ProbeSettings, compute_meta_features, task_features
-from finetune_predictor.prediction.predictor import forecasts_tell_apart, predict_with_reasons, ranking_scores
+from finetune_predictor.prediction.predictor import predict_with_reasons
+from finetune_predictor.prediction.ranking import forecasts_tell_apart, ranking_scores
 from finetune_predictor.tasks import TASK_TYPES, build_task, task_type
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 
