@@ -6,6 +6,7 @@ adapter check and the accuracy, and the ratios QLoRA/LoRA, measured in one run. 
 
     python benchmarks/bench_gpu_paths.py --model SmolLM2-135M-Instruct [--per-class 100] [--epochs 3]
     python benchmarks/bench_gpu_paths.py --model /models/Qwen2.5-7B-Instruct --per-class 500
+    python benchmarks/bench_gpu_paths.py --model SmolLM2-135M-Instruct --write-docs   # and rewrite its docs section
 
 ``--random-init`` keeps the model's config and tokenizer but draws fresh weights: it checks the mechanics
 (4-bit load, k-bit preparation, adapter training, merge, scoring, generation) where the weights cannot
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from docs_section import stamp, write_section
 
 from finetune_predictor.data import task_data
 from finetune_predictor.modeling.evaluation import metrics_of, predict
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu_paths needs a CUDA GPU (bitsandbytes 4-bit and vLLM are GPU-only)")
@@ -128,9 +133,28 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.T.to_string())
     lora, qlora = table.loc["LoRA"], table.loc["QLoRA nf4"]
-    print(f"QLoRA / LoRA: peak training memory {qlora.peak_train_mib / lora.peak_train_mib:.2f}x, "
-          f"median step time {qlora.median_step_s / lora.median_step_s:.2f}x, "
-          f"accuracy {100 * (qlora.hf_accuracy - lora.hf_accuracy):+.1f} points")
+    ratios = (f"QLoRA / LoRA: peak training memory {qlora.peak_train_mib / lora.peak_train_mib:.2f}x, "
+              f"median step time {qlora.median_step_s / lora.median_step_s:.2f}x, "
+              f"accuracy {100 * (qlora.hf_accuracy - lora.hf_accuracy):+.1f} points")
+    print(ratios)
+    if args.write_docs:
+        write_docs(args, table, ratios, engines)
+
+
+def write_docs(args: argparse.Namespace, table: pd.DataFrame, ratios: str, engines: list[str]) -> None:
+    """The ``bench_gpu_paths`` section of docs/performance.md: one column per path, one row per figure."""
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    weights = "fresh weights (`--random-init`), so accuracy means nothing" if args.random_init else "its own weights"
+    lines = [f"`{args.model}` with {weights}; {args.per_class} training examples per class, {args.epochs:g} "
+             f"epochs; evaluation engines: {', '.join(engines)}. Memory in MiB.", "",
+             "| figure | " + " | ".join(table.index) + " |", "|---" * (len(table.index) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(value) for value in table[name]) + " |" for name in table.columns]
+    lines += ["", ratios + "."]
+    command = shlex.join(["python", "benchmarks/bench_gpu_paths.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", "bench_gpu_paths", "\n".join(lines) + "\n\n"
+                                 + stamp(command)))
 
 
 if __name__ == "__main__":

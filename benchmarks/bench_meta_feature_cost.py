@@ -8,17 +8,21 @@ and prints the full fine-tune's cost as median step time x its planned number of
 step-time estimate. Usage:
 
     .venv/bin/python benchmarks/bench_meta_feature_cost.py [--per-class 1000] [--epochs 3] [--full-run]
+        [--write-docs]    # also rewrite its section of docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from docs_section import stamp, write_section
 
 from finetune_predictor.data import task_data
 from finetune_predictor.modeling.model_session import open_session
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--probe-steps", type=int, default=20)
     parser.add_argument("--sample-size", type=int, default=64)
     parser.add_argument("--full-run", action="store_true")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
 
     data = {**DATA, "train_per_class": args.per_class}
@@ -70,13 +75,22 @@ def main() -> None:
             step = statistics.median(timer.durations[2:])
             full_seconds = step * planned
             how = f"median step {step:.2f} s x {planned} planned steps"
-    print(pd.Series({"examples": len(train), "epochs": args.epochs, "planned_steps": planned,
-                     "probe_steps": args.probe_steps, "feature_seconds": round(feature_seconds, 1),
-                     "probe_seconds": round(features["mf_probe_seconds"], 1),
-                     "full_finetune_seconds": round(full_seconds, 1)}).to_string())
+    figures = pd.Series({"examples": len(train), "epochs": args.epochs, "planned_steps": planned,
+                         "probe_steps": args.probe_steps, "feature_seconds": round(feature_seconds, 1),
+                         "probe_seconds": round(features["mf_probe_seconds"], 1),
+                         "full_finetune_seconds": round(full_seconds, 1)})
+    print(figures.to_string())
     print(f"full fine-tune cost: {how}")
     ratio = feature_seconds / full_seconds
     print(f"ratio features/full fine-tune: {ratio:.3f} ({100 * ratio:.1f}%)")
+    if args.write_docs:
+        lines = ["The meta-features (probes included, cache off) against the full fine-tune of the same configuration "
+                 "(bundled task, SmolLM2-135M-Instruct, batch 8).", "", "| figure | value |", "|---|---|",
+                 *(f"| {name} | {value:g} |" for name, value in figures.items()), f"| full fine-tune cost | {how} |",
+                 "", f"Ratio features / full fine-tune: **{ratio:.3f}** ({100 * ratio:.1f} %)."]
+        command = shlex.join(["python", "benchmarks/bench_meta_feature_cost.py", *sys.argv[1:]])
+        print("wrote", write_section("docs/performance.md", "bench_meta_feature_cost", "\n".join(lines) + "\n\n"
+                                     + stamp(command)))
 
 
 if __name__ == "__main__":

@@ -5,19 +5,23 @@ for the answer tokens only, the project's default; ``full``: TRL's stock path) a
 measured in one run on this machine (the first steps are discarded as warm-up). Usage:
 
     .venv/bin/python benchmarks/bench_training_step.py [--steps 8] [--batch-size 8] [--precisions fp32,bf16]
+        [--write-docs]    # also rewrite its section of docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from docs_section import stamp, write_section
 from transformers import TrainerCallback
 
 from finetune_predictor.data.synthetic_news import iter_articles
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="a registry name, HF id or local folder")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
 
     model = {"name": args.model, "max_length": 512}
@@ -104,6 +109,21 @@ def main() -> None:
         if (precision, "full") in medians and (precision, "answer") in medians:
             ratio = medians[precision, "full"] / medians[precision, "answer"]
             print(f"  {precision}: full over answer window: {ratio:.2f}x")
+    if args.write_docs:
+        write_docs(args, medians)
+
+
+def write_docs(args: argparse.Namespace, medians: dict[tuple[str, str], float]) -> None:
+    """The ``bench_training_step`` section of docs/performance.md: median s/step per precision and loss window."""
+    reference = medians.get(("fp32", "answer"))
+    lines = [f"LoRA step of {args.model} through `training.train_lora`, batch {args.batch_size}, "
+             f"{args.steps} steps (the first {args.warmup} dropped).", "",
+             "| precision | loss window | median s/step | fp32 answer-window time / this |", "|---|---|---|---|"]
+    lines += [f"| {precision} | {window} | {median:.2f} | {reference / median:.2f}x |" if reference else
+              f"| {precision} | {window} | {median:.2f} | — |" for (precision, window), median in medians.items()]
+    command = shlex.join(["python", "benchmarks/bench_training_step.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", "bench_training_step", "\n".join(lines) + "\n\n"
+                                 + stamp(command)))
 
 
 if __name__ == "__main__":

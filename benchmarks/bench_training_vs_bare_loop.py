@@ -15,19 +15,24 @@ each run are dropped. The two paths alternate ``--repeats`` times to even out a 
 the target is >= 0.85. Usage:
 
     .venv/bin/python benchmarks/bench_training_vs_bare_loop.py [--model SmolLM2-135M-Instruct] [--steps 12]
-        [--batch-size 8] [--precision auto] [--loss-window answer] [--repeats 2]
+        [--batch-size 8] [--precision auto] [--loss-window answer] [--repeats 2] [--write-docs]
+
+``--write-docs`` also rewrites its section of docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
 import torch
 from bench_training_step import equal_length_rows, project_step_intervals
+from docs_section import stamp, write_section
 
 from finetune_predictor.modeling.batching import LeftPadCollator, answer_window
 from finetune_predictor.modeling.model_session import ModelSession, open_session
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--loss-window", default="answer", choices=("answer", "full"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
 
     session = open_session({"name": args.model, "max_length": args.max_length}, None, "train", args.precision)
@@ -113,6 +119,22 @@ def main() -> None:
         print(f"  {path:>7}: median {median:.3f} s/step")
     ratio = medians["bare"] / medians["project"]
     print(f"  ratio (bare / project): {ratio:.2f} (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+    if args.write_docs:
+        shape = (f"{args.model}, {session.plan.device} {session.plan.precision_name}, batch {args.batch_size} x "
+                 f"{len(rows[0]['input_ids'])} tokens x {args.gradient_accumulation} accumulation, "
+                 f"loss_window={args.loss_window}, {len(kept['project'])} steps kept per path")
+        write_docs(shape, medians)
+
+
+def write_docs(shape: str, medians: dict[str, float]) -> None:
+    """The ``bench_training_vs_bare_loop`` section of docs/performance.md."""
+    ratio = medians["bare"] / medians["project"]
+    lines = [f"{shape}.", "", "| path | median s/step |", "|---|---|",
+             *(f"| {path} | {median:.3f} |" for path, median in medians.items()), "",
+             f"Ratio bare / project: **{ratio:.2f}** (target ≥ 0.85: {'met' if ratio >= 0.85 else 'not met'})."]
+    command = shlex.join(["python", "benchmarks/bench_training_vs_bare_loop.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", "bench_training_vs_bare_loop", "\n".join(lines) + "\n\n"
+                                 + stamp(command)))
 
 
 if __name__ == "__main__":

@@ -5,16 +5,20 @@ the process's peak RSS (``resource.getrusage``) less its RSS before the weights 
 preflight estimates (weights + LoRA/optimizer + activations, before its margin). No timing. Usage:
 
     .venv/bin/python benchmarks/cpu_training_peak_rss.py [--precision fp32|auto] [--steps 2] [--rows 16]
+        [--write-docs]    # also rewrite section cpu_training_peak_rss[_<precision>] of docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from docs_section import stamp, write_section
 
 from finetune_predictor.modeling.memory_estimate import GIB, estimate_training_memory, model_shape
 from finetune_predictor.settings_schema import TrainingSettings
@@ -35,6 +39,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--write-docs", action="store_true",
+                        help="rewrite section cpu_training_peak_rss[_<precision>] of docs/performance.md")
     args = parser.parse_args()
 
     import datasets  # noqa: F401  (imported before the baseline, as a training run has them loaded)
@@ -58,9 +64,16 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     longest = max(len(row["input_ids"]) for row in rows)
     estimate = estimate_training_memory(0.135, session.plan, settings, model_shape(session.resolved), longest, 1.0)
-    print(f"{session.plan.precision_name} on {session.plan.device}, batch 8 x {longest} tokens: peak RSS "
-          f"{peak / GIB:.2f} GiB, of which training {(peak - before) / GIB:.2f} GiB; preflight estimate "
-          f"{estimate.describe()}")
+    line = (f"{session.plan.precision_name} on {session.plan.device}, batch 8 x {longest} tokens: peak RSS "
+            f"{peak / GIB:.2f} GiB, of which training {(peak - before) / GIB:.2f} GiB; preflight estimate "
+            f"{estimate.describe()}")
+    print(line)
+    if args.write_docs:
+        markdown = (f"{args.steps} LoRA steps of SmolLM2-135M-Instruct through `training.train_lora` on the bundled "
+                    f"task's {args.rows} longest rows, batch 8:\n\n{line}.")
+        section = "cpu_training_peak_rss" + ("" if args.precision == "fp32" else f"_{args.precision}")
+        command = shlex.join(["python", "benchmarks/cpu_training_peak_rss.py", *sys.argv[1:]])
+        print("wrote", write_section("docs/performance.md", section, markdown + "\n\n" + stamp(command)))
 
 
 if __name__ == "__main__":

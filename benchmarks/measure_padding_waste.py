@@ -9,14 +9,19 @@ length-grouped sampler). The test set's prompt batches of label scoring and gene
 way, in input order and grouped by length. Counts only, nothing is timed. Usage:
 
     .venv/bin/python benchmarks/measure_padding_waste.py [--model SmolLM2-135M-Instruct] [--train-per-class 100]
+        [--write-docs]    # also rewrite its section of docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from docs_section import stamp, write_section
 
 from finetune_predictor.data import task_data
 from finetune_predictor.modeling.batching import length_grouped_batches, padding_share
@@ -81,12 +86,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
 
     base = {**task_data_defaults(), "train_per_class": args.train_per_class}
     session = open_session({"name": args.model, "max_length": args.max_length}, None, "train", "fp32")
     print(f"padding share of training batches (batch {args.batch_size}, {args.epochs:g} epochs, "
           f"{args.train_per_class} per class, max_length {args.max_length})")
+    table = []
     for name, overrides in DATASETS.items():
         if name == "liar" and not LIAR.is_dir():
             print(f"{name:>8}: skipped, {LIAR} is absent")
@@ -102,9 +109,27 @@ def main() -> None:
         print(f"{name:>8}: {len(rows)} rows, lengths {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), "
               f"{batches} batches: random {100 * shares[False]:.1f}% padding, "
               f"grouped by length {100 * shares[True]:.1f}%")
+        evaluation = [evaluation_padding(prompts, args.eval_batch_size, grouped) for grouped in (False, True)]
         print(f"{'':>8}  evaluation prompts ({len(prompts)}, batch {args.eval_batch_size}): input order "
-              f"{100 * evaluation_padding(prompts, args.eval_batch_size, False):.1f}% padding, grouped by length "
-              f"{100 * evaluation_padding(prompts, args.eval_batch_size, True):.1f}%")
+              f"{100 * evaluation[0]:.1f}% padding, grouped by length {100 * evaluation[1]:.1f}%")
+        table.append((name, len(rows), shares[False], shares[True], evaluation[0], evaluation[1]))
+    if args.write_docs:
+        write_docs(args, table)
+
+
+def write_docs(args: argparse.Namespace, table: list[tuple[str, int, float, float, float, float]]) -> None:
+    """The ``measure_padding_waste`` section of docs/performance.md (a count, not a timing)."""
+    lines = [f"Padding share of the trainer's batches (batch {args.batch_size}, {args.epochs:g} epochs, "
+             f"{args.train_per_class} per class) and of the test set's prompt batches (batch {args.eval_batch_size}). "
+             "A count, not a timing.", "",
+             "| data | training rows | training, random batches | training, grouped by length "
+             "(`training.group_by_length`) | evaluation, input order | evaluation, grouped by length |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {rows} | {100 * a:.1f} % | {100 * b:.1f} % | {100 * c:.1f} % | {100 * d:.1f} % |"
+              for name, rows, a, b, c, d in table]
+    command = shlex.join(["python", "benchmarks/measure_padding_waste.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", "measure_padding_waste", "\n".join(lines) + "\n\n"
+                                 + stamp(command)))
 
 
 def task_data_defaults() -> dict[str, Any]:

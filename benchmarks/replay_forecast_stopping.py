@@ -4,16 +4,20 @@ grid's finished runs are revealed size by size to the sweep's own ``halving.run_
 forecast-driven sweep would have seen them, and ``halving.stopping_regret`` scores the result.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/replay_forecast_stopping.py [levels...]
+        [--write-docs]    # also rewrite its section of docs/predictor.md
 
 The levels are a sensitivity analysis of one finished grid, not a tuning: choosing the level that looks best
 here would select on the test set the regret is measured on.
 """
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
 import pandas as pd
+from docs_section import stamp, write_section
 
 from finetune_predictor import tracking
 from finetune_predictor.pipelines.sensitivity.grid import SweepConfig
@@ -70,17 +74,42 @@ def replay(rows: pd.DataFrame, level: float) -> dict[str, float]:
             "skipped_forecast_coverage": regret["skipped_forecast_coverage"] if regret else float("nan")}
 
 
-def main(levels: Sequence[float]) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("levels", nargs="*", type=float, default=[0.5, 0.7, 0.8, 0.9],
+                        help="forecast interval levels to replay (default 0.5 0.7 0.8 0.9)")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/predictor.md")
+    args = parser.parse_args()
     table = tracking.runs_table()
+    sections = []
     for data, group in table.groupby([c for c in ONE_SWEEP if c in table], dropna=False):
         rows = grid_rows(group)
         if rows["config"].map(curve_of).nunique() < 2:
             continue  # one curve has nothing to be stopped against
-        print(f"\n{dict(zip(ONE_SWEEP, data, strict=False))}: {len(rows)} runs, "
-              f"{rows['config'].map(curve_of).nunique()} curves, sizes "
-              f"{sorted(rows['train_size'].unique().astype(int).tolist())}")
-        print(pd.DataFrame([replay(rows, level) for level in levels]).round(3).to_string(index=False))
+        title = (f"{dict(zip(ONE_SWEEP, data, strict=False))}: {len(rows)} runs, "
+                 f"{rows['config'].map(curve_of).nunique()} curves, sizes "
+                 f"{sorted(rows['train_size'].unique().astype(int).tolist())}")
+        replayed = pd.DataFrame([replay(rows, level) for level in args.levels])
+        print(f"\n{title}")
+        print(replayed.round(3).to_string(index=False))
+        sections.append(markdown(title, replayed))
+    if args.write_docs:
+        command = shlex.join(["python", "benchmarks/replay_forecast_stopping.py", *sys.argv[1:]])
+        body = "\n\n".join(sections) or "No finished grid with two curves of three sizes or more in the store."
+        print("wrote", write_section("docs/predictor.md", "replay_forecast_stopping", body + "\n\n" + stamp(command)))
+
+
+def markdown(title: str, replayed: pd.DataFrame) -> str:
+    """One grid's replay as a Markdown table."""
+    lines = [f"{title}.", "", "| interval level | runs skipped | steps saved | regret (test points) | oracle regret | "
+             "skipped runs inside their interval |", "|---|---|---|---|---|---|"]
+    for row in replayed.itertuples(index=False):
+        coverage = "—" if row.skipped_forecast_coverage != row.skipped_forecast_coverage else (
+            f"{100 * row.skipped_forecast_coverage:.0f} %")
+        lines.append(f"| {row.level:g} | {row.skipped_runs} | {100 * row.steps_saved_share:.0f} % | "
+                     f"{row.regret_points:.1f} | {row.oracle_regret_points:.1f} | {coverage} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main([float(level) for level in sys.argv[1:]] or [0.5, 0.7, 0.8, 0.9])
+    main()

@@ -3,6 +3,7 @@ run one after the other on the same machine, each on a fresh project copy with i
 
     git worktree add ../before d2be8e7
     .venv/bin/python benchmarks/time_default_sweep.py before=../before after=. --params "sensitivity.seeds=[42]"
+    .venv/bin/python benchmarks/time_default_sweep.py after=. --params "sensitivity.seeds=[42]" --write-docs
 
 Every configuration is trained and evaluated from scratch in each copy (nothing is reused between copies; the
 base model's predictions are computed once per sweep where the code reuses them). Do not run anything else on
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from docs_section import stamp, write_section
 from time_mini_test100 import project_copy
 
 
@@ -52,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkouts", nargs="+", help="label=path of a checkout, e.g. before=../before after=.")
     parser.add_argument("--params", default="", help="--params for every sweep, e.g. sensitivity.seeds=[42]")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite its section of docs/performance.md")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="time-default-sweep-") as folder:
@@ -68,6 +72,24 @@ def main() -> None:
         print(f"  {label:>8}: {runs} configurations, {seconds:7.1f} s, {rate:5.1f} configurations/hour")
     if len(rows) == 2:
         print(f"  ratio {rows[1][0]}/{rows[0][0]}: {per_hour[1] / per_hour[0]:.2f}x configurations per hour")
+    if args.write_docs:
+        write_docs(args.params, rows, per_hour)
+
+
+def write_docs(params: str, rows: list[tuple[str, float, int]], per_hour: list[float]) -> None:
+    """The ``time_default_sweep`` section of docs/performance.md: one row per checkout, and their ratio."""
+    extra = f" --params {shlex.quote(params)}" if params else ""
+    lines = [f"The default sweep (`kedro run --pipeline=sensitivity{extra}`), "
+             "each checkout on a fresh project copy with its own store.", "",
+             "| checkout | configurations | wall | configurations per hour |", "|---|---|---|---|"]
+    lines += [f"| {label} | {runs} | {seconds:.0f} s | {rate:.1f} |"
+              for (label, seconds, runs), rate in zip(rows, per_hour, strict=True)]
+    if len(rows) == 2:
+        ratio = per_hour[1] / per_hour[0]
+        lines += ["", f"Ratio {rows[1][0]} / {rows[0][0]}: **{ratio:.2f}x** configurations per hour."]
+    command = shlex.join(["python", "benchmarks/time_default_sweep.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", "time_default_sweep", "\n".join(lines) + "\n\n"
+                                 + stamp(command)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ reused), in one process tree, on a fresh copy of the project with its own MLflow
     .venv/bin/python benchmarks/time_mini_test100.py                    # fp32, as on CPUs without bf16
     .venv/bin/python benchmarks/time_mini_test100.py --precision auto   # what this CPU would choose
     .venv/bin/python benchmarks/time_mini_test100.py --cap-isa avx2     # as on a CPU without AVX-512
+    .venv/bin/python benchmarks/time_mini_test100.py --write-docs       # and rewrite its section of docs/performance.md
 
 ``--cap-isa avx2`` caps PyTorch's own kernels, oneDNN and MKL at AVX2 (``ATEN_CPU_CAPABILITY``,
 ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``): an AVX-512 machine then runs the code paths of an
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from docs_section import stamp, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +61,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="training.precision for both runs (default fp32)")
     parser.add_argument("--params", default="", help="more --params for both runs, comma-separated")
     parser.add_argument("--cap-isa", choices=["avx2"], help="cap the CPU kernels at this instruction set")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="rewrite this variant's section of docs/performance.md")
     args = parser.parse_args()
     if args.cap_isa == "avx2":  # inherited by both kedro runs
         os.environ.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
@@ -78,6 +84,27 @@ def main() -> None:
           f"{after.data.params.get('baseline_source_run_id', '')[:8]} = first run {before.info.run_id[:8]})")
     print(f"  saved: {first - second:.1f} s ({100 * (1 - second / first):.0f} %); metrics first/second: "
           f"{len(before.data.metrics)}/{len(after.data.metrics)}, dropped: {dropped or 'none'}")
+    if args.write_docs:
+        write_docs(args, (first, second), (before, after), dropped)
+
+
+def write_docs(args: argparse.Namespace, seconds: tuple[float, float], runs: tuple, dropped: list[str]) -> None:
+    """This variant's section of docs/performance.md: time_mini_test100[_<precision>][_<isa>]."""
+    (first, second), (before, after) = seconds, runs
+    params = f", `--params {args.params}`" if args.params else ""
+    markdown = "\n".join([
+        f"`mini_test100`, `training.precision={args.precision}`{params}, CPU kernels capped at: "
+        f"{args.cap_isa or 'none'}. Wall time of the whole `kedro run`, on a fresh project copy.", "",
+        "| run | wall | baseline reused |", "|---|---|---|",
+        f"| first | {first:.1f} s | {before.data.params.get('baseline_reused')} |",
+        f"| second | {second:.1f} s ({100 * (second / first - 1):+.0f} %) | "
+        f"{after.data.params.get('baseline_reused')} |", "",
+        f"Metrics first / second run: {len(before.data.metrics)} / {len(after.data.metrics)}, dropped: "
+        f"{', '.join(dropped) or 'none'}."])
+    section = ("time_mini_test100" + ("" if args.precision == "fp32" else f"_{args.precision}")
+               + (f"_{args.cap_isa}" if args.cap_isa else ""))
+    command = shlex.join(["python", "benchmarks/time_mini_test100.py", *sys.argv[1:]])
+    print("wrote", write_section("docs/performance.md", section, markdown + "\n\n" + stamp(command)))
 
 
 if __name__ == "__main__":
