@@ -7,7 +7,7 @@ export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint benchmark mlflow-ui ui-check viz viz-build clean
+.PHONY: install demo test lint benchmark mlflow-ui ui-check viz viz-build release-extra clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,17 @@ viz-build: $(ENVIRONMENT)
 ui-check: $(ENVIRONMENT)
 	@$(VIZ_EXTRA)
 	$(BIN)/python -m pytest tests/test_ui.py -v -rs
+
+# The release pipeline's GGUF variants: llama-cpp-python compiled from its source distribution (about 50 min on
+# 2 shared cores, a few minutes on 16), and llama.cpp's converter unpacked from that same source into the cache, so
+# the GGUF it writes is the one these bindings read. GPU: CMAKE_ARGS="-DGGML_CUDA=on" make release-extra.
+LLAMA_SDIST := build/llama-cpp-sdist
+release-extra: install
+	$(PIP) download --quiet --disable-pip-version-check --no-deps --no-binary :all: "llama-cpp-python>=0.3" -d $(LLAMA_SDIST)
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} CMAKE_ARGS="-DGGML_NATIVE=OFF $$CMAKE_ARGS" \
+		$(PIP) install --disable-pip-version-check -c constraints.txt --find-links $(LLAMA_SDIST) \
+		--no-binary llama-cpp-python -e ".[release]"
+	$(BIN)/python -m finetune_predictor.modeling.gguf_export unpack "$$(ls -t $(LLAMA_SDIST)/llama_cpp_python-*.tar.gz | head -1)"
 
 clean:
 	rm -rf $(VENV)

@@ -13,7 +13,7 @@ from finetune_predictor.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
 PIPELINES = {"preflight", "data_engineering", "sft_training", "evaluation", "sensitivity", "meta_features",
-             "predictor", "predict", "forecast", "rank_datasets", "candidate_study", "archive_runs"}
+             "predictor", "predict", "forecast", "rank_datasets", "candidate_study", "archive_runs", "release"}
 LAYERS = {"raw", "int", "prm", "feature", "model_input", "model", "model_output", "reporting", "tracking"}
 
 

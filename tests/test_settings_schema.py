@@ -97,9 +97,9 @@ def test_a_wrong_setting_is_named_in_full(group, values, message):
 def test_a_misspelt_group_is_refused_and_an_unknown_one_reported():
     unchecked: list[str] = []
     problems = parameter_problems({"dat": {"path": "x"}, "my_own_group": {"a": 1}}, unchecked=unchecked.append)
-    assert problems == [("dat", "Unknown parameter group 'dat' (did you mean data?); groups: candidate_study, data, "
-                                "evaluation, forecast, meta_features, model, model_registry, predictor, preflight, "
-                                "rank, sensitivity, training")]
+    assert problems == [("dat", "Unknown parameter group 'dat' (did you mean data?); groups: archive_runs, "
+                                "candidate_study, data, evaluation, forecast, meta_features, model, model_registry, "
+                                "predictor, preflight, rank, release, sensitivity, training")]
     assert unchecked == ["my_own_group"]
 
 

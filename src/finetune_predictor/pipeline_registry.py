@@ -15,6 +15,7 @@ from finetune_predictor.pipelines import (
     predictor,
     preflight,
     rank_datasets,
+    release,
     sensitivity,
     sft_training,
 )
@@ -39,5 +40,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["candidate_study"] = candidate_study.create_pipeline()
     pipelines["archive_runs"] = archive_runs.create_pipeline()
     pipelines["predict"] = pipelines["meta_features"] + predict.create_pipeline()
+    pipelines["release"] = release.create_pipeline()
     pipelines["__default__"] = pipelines["mini_test100"]
     return pipelines

@@ -321,11 +321,32 @@ class CandidateStudyParams(SettingsGroup):
     experiment_name: str = "finetune_predictor"
 
 
+@dataclass(frozen=True)
+class ReleaseSettings(SettingsGroup):
+    PREFIX: typing.ClassVar[str] = "release"
+    run_id: str | None = None
+    experiment_name: str = "finetune_predictor"
+    output_dir: str = "data/06_models/releases"
+    variants: tuple[str, ...] = field(default=("hf_merged", "f16", "q8_0", "q4_k_m"),
+                                      metadata=choices("finetune_predictor.modeling.release", "VARIANTS"))
+    max_records: int | None = field(default=None, metadata=at_least(1))
+    logit_check_records: int = field(default=4, metadata=at_least(1))
+    logits_atol: float | None = field(default=None, metadata=at_least(0.0))
+    benchmark_prompts: int = field(default=8, metadata=at_least(1))
+    benchmark_new_tokens: int = field(default=32, metadata=at_least(1))
+    threads: int | None = field(default=None, metadata=at_least(1))
+    gpu_layers: int | None = field(default=None, metadata=at_least(0))
+    isolate: bool = True
+    converter_dir: str | None = None
+    log_model_files: bool = False
+    disk_margin: float = field(default=1.1, metadata=at_least(1.0))
+
+
 GROUPS: dict[str, type] = {"data": DataSettings, "model": ModelSettings, "training": TrainingSettings,
                            "evaluation": EvaluationSettings, "preflight": PreflightSettings,
                            "meta_features": MetaFeaturesSettings, "rank": RankSettings, "forecast": ForecastSettings,
                            "predictor": PredictorParams, "sensitivity": SensitivityParams,
-                           "candidate_study": CandidateStudyParams,
+                           "candidate_study": CandidateStudyParams, "release": ReleaseSettings,
                            "archive_runs": ArchiveRunsSettings}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -60,19 +61,21 @@ def max_new_tokens(task: Task, evaluation_params: dict[str, Any], formatter: Pro
 
 
 def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_params: dict[str, Any],
-            adapter_dir: str | None = None) -> pd.DataFrame:
+            adapter_dir: str | None = None, model: Any | None = None) -> pd.DataFrame:
     """One row per test record: label scores, the scored prediction, the generated text and its parse.
 
     For a classification task label scoring (one batched forward pass) is the primary prediction and
     greedy generation through the strict parser the second view; an open task (QA, structured) is judged
     on generation alone, which then always runs. ``adapter_dir=None`` evaluates the base model. The column
     ``engine`` says which engine generated (hf or vllm); ``references`` holds every accepted answer where
-    the records have several (SQuAD).
+    the records have several (SQuAD). ``model``: the session's model already loaded (a release times its
+    load apart); it is released here as a model this function loads is.
     """
     engine = generation_engine(str(evaluation_params.get("engine", "auto")))
     if adapter_dir is not None:
         session = session.for_adapter(adapter_dir)  # a QLoRA adapter on the 4-bit base it was trained on
-    model = session.load_model(adapter_dir)  # checks the adapter's files against their recorded sha256
+    if model is None:
+        model = session.load_model(adapter_dir)  # checks the adapter's files against their recorded sha256
     truncated_before = session.formatter.truncated_prompts
     records = test.to_dict("records")
     batch_size = int(evaluation_params.get("batch_size", 16))
@@ -84,7 +87,7 @@ def predict(test: pd.DataFrame, task: Task, session: ModelSession, evaluation_pa
     if candidates:
         rule = str(evaluation_params.get("label_scoring", "sum"))
         log_probs = score_candidates(model, session.formatter, records, candidates, batch_size=batch_size)
-        _add_label_scores(frame, task, candidates, label_scores(log_probs, rule, model, session, records, candidates))
+        add_label_scores(frame, task, candidates, label_scores(log_probs, rule, model, session, records, candidates))
     # Each record's prompt is built once per view; the first view's count is the number of records cut.
     truncated = session.formatter.truncated_prompts - truncated_before
     if evaluation_params.get("generation", True) or not candidates:
@@ -184,13 +187,15 @@ def baseline_predictions(test: pd.DataFrame, task: Task, session: ModelSession, 
 
 
 def label_scores(log_probs: np.ndarray, rule: str, model: Any, session: ModelSession,
-                 records: list[dict[str, Any]], candidates: list[str]) -> np.ndarray:
+                 records: list[dict[str, Any]], candidates: list[str],
+                 scorer: Callable[[list[dict[str, Any]]], np.ndarray] | None = None) -> np.ndarray:
     """Per-label scores under ``evaluation.label_scoring``.
 
     ``sum``: the summed log-probability of the label's tokens (favours labels with fewer tokens);
     ``mean``: per token; ``calibrated``: minus the log-probability the model gives the label after a
     content-free input ("N/A") with the same instruction (contextual calibration, Zhao et al. 2021),
-    which removes the model's prior preference for one label.
+    which removes the model's prior preference for one label. ``scorer`` scores records' candidates with
+    another engine (llama.cpp for a GGUF release); by default :func:`score_candidates` with ``model``.
     """
     if rule not in LABEL_SCORING:
         raise ValueError(f"evaluation.label_scoring must be one of {LABEL_SCORING}, got {rule!r}")
@@ -200,13 +205,14 @@ def label_scores(log_probs: np.ndarray, rule: str, model: Any, session: ModelSes
     if rule == "calibrated":
         instructions = sorted({str(r["instruction"]) for r in records})
         content_free = [{"instruction": text, "input": CONTENT_FREE_INPUT} for text in instructions]
-        priors = dict(zip(instructions, score_candidates(model, session.formatter, content_free, candidates),
-                          strict=True))
+        scored = (scorer(content_free) if scorer is not None
+                  else score_candidates(model, session.formatter, content_free, candidates))
+        priors = dict(zip(instructions, scored, strict=True))
         return log_probs - np.stack([priors[str(r["instruction"])] for r in records])
     return log_probs
 
 
-def _add_label_scores(frame: pd.DataFrame, task: Task, candidates: list[str], log_probs: np.ndarray) -> None:
+def add_label_scores(frame: pd.DataFrame, task: Task, candidates: list[str], log_probs: np.ndarray) -> None:
     """Log-probability and probability columns per label, the scored prediction, and P(positive label)
     picked by name (never by position)."""
     probabilities = softmax(log_probs, axis=1)

@@ -3,7 +3,8 @@
 Training, evaluation, meta-feature probes and preflight all open a :class:`ModelSession` from the same
 ``model`` parameters and the run's ``training.precision``, so a QLoRA adapter is scored on the same
 4-bit base it was trained on, and a probe trains under the settings of the run it predicts. This is the
-only module that loads causal-LM weights (``from_pretrained``), GGUF conversion included.
+only module that loads causal-LM weights (``from_pretrained``), GGUF conversion and a release's adapter merge
+included.
 
 What a session actually used (``precision``, ``quantization_requested``, ``quantization_actual``,
 ``device``) is returned by :meth:`ModelSession.record` and logged on every run.
@@ -182,6 +183,33 @@ class ModelSession:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
         _refuse_identity_adapter(model, adapter_dir)
         return model if self.plan.load_in_4bit else model.merge_and_unload()
+
+    def adapter_model(self, adapter_dir: str | Path) -> Any:
+        """The base model at full precision with the adapter on top, unmerged (a PEFT model): what a release
+        merges, and the reference its merged weights are checked against. The adapter's files are checked
+        first, and an adapter that changes nothing is refused (as in :meth:`load_model`). A 4-bit session
+        loads the full-precision base here: merging into NF4 weights would round the adapter away."""
+        from peft import PeftModel
+
+        verify_manifest(adapter_dir)
+        plan = replace(self.plan, load_in_4bit=False)
+        model = load_causal_lm(self.resolved.path, plan, trust_remote_code=self.resolved.trust_remote_code)
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        _refuse_identity_adapter(model, adapter_dir)
+        return model.eval()
+
+    def merged_model(self, adapter_dir: str | Path, adapter_model: Any | None = None) -> Any:
+        """The adapter merged into the full-precision base weights with PEFT's ``merge_and_unload`` (each
+        LoRA layer's ``W + scaling * B @ A``): a plain transformers model with no PEFT layers left.
+        ``adapter_model`` is one :meth:`adapter_model` returned (merged in place, not loaded again)."""
+        model = adapter_model if adapter_model is not None else self.adapter_model(adapter_dir)
+        return model.merge_and_unload().eval()
+
+    def for_folder(self, path: str | Path, name: str | None = None) -> ModelSession:
+        """This session reading another HF folder of the same model (a merged release): the same device,
+        precision, tokenizer, template and registry entry, so prompts are built as they were for the base."""
+        resolved = replace(self.resolved, name=name or str(path), path=str(path), source="local")
+        return replace(self, resolved=resolved)
 
     def for_adapter(self, adapter_dir: str | Path) -> ModelSession:
         """This session as the adapter in ``adapter_dir`` was trained (its manifest): an adapter that training
