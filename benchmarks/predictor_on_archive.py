@@ -77,9 +77,10 @@ def carry_forward(table: pd.DataFrame, target: str) -> pd.Series:
     return out
 
 
-def forward_rows(table: pd.DataFrame, settings: core.PredictorSettings) -> tuple[list[dict], int]:
-    """MAE in points, forward in size, of the shipped model, the baselines, carry-forward and the learning curve,
-    all on the same held-out runs."""
+def forward_rows(table: pd.DataFrame, settings: core.PredictorSettings) -> tuple[dict, dict]:
+    """MAE in points, forward in size, of the meta-feature predictor, its baselines, carry-forward and the
+    per-configuration learning curve (the forecast pipeline's): once on the runs carry-forward and the predictor
+    both predict, once on the runs the learning curve predicts (it needs two smaller sizes of the configuration)."""
     x = table[core.feature_columns(table, settings)].astype(float)
     y = table[settings.target_column].to_numpy(dtype=float)
     folds = core.forward_size_folds(table)
@@ -90,14 +91,19 @@ def forward_rows(table: pd.DataFrame, settings: core.PredictorSettings) -> tuple
     curve = learning_curve.forward_in_size(table, learning_curve.AUTO, settings.target_column, 0.9, 3, rolling=True)
     by_run = curve.set_index("run_id")["predicted"] if not curve.empty else pd.Series(dtype=float)
     predicted["learning_curve"] = table["run_id"].map(by_run).to_numpy(dtype=float)
-    common = np.isfinite(predicted["carry_forward"]) & np.isfinite(predicted["selected"])
-    rows = [{"model": name, "runs": int((common & np.isfinite(values)).sum()),
-             "mae": float(100 * np.nanmean(np.abs(values[common] - y[common]))) if common.any() else float("nan")}
-            for name, values in predicted.items()]
-    return rows, int(common.sum())
+    return _on_common_runs(predicted, y, ("carry_forward", "selected")), _on_common_runs(
+        predicted, y, ("carry_forward", "learning_curve"))
 
 
-def render(table: pd.DataFrame, rows: list[dict], forward: list[dict], floor: dict, path: Path) -> str:
+def _on_common_runs(predicted: dict[str, np.ndarray], y: np.ndarray, required: tuple[str, ...]) -> dict[str, float]:
+    """MAE (points) of every method on the runs that each of ``required`` predicts (so the ratio is fair)."""
+    common = np.logical_and.reduce([np.isfinite(predicted[name]) for name in required])
+    out = {name: float(100 * np.mean(np.abs(values[common] - y[common]))) if common.any() else float("nan")
+           for name, values in predicted.items() if np.isfinite(values[common]).all()}
+    return {**out, "runs": int(common.sum())}
+
+
+def render(table: pd.DataFrame, rows: list[dict], forward: tuple[dict, dict], floor: dict, path: Path) -> str:
     tasks, families = table["task"].nunique(), table["dataset_family"].nunique()
     lines = [f"Archive `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`: {len(table)} runs with "
              f"meta-features, {tasks} tasks, {families} dataset families, {table['model'].nunique()} base model(s). "
@@ -113,14 +119,17 @@ def render(table: pd.DataFrame, rows: list[dict], forward: list[dict], floor: di
                      f"{row['rmse']:.1f} | " + " | ".join(f"{row.get(name, float('nan')):.1f}" for name in BASELINES)
                      + f" | {row['lightgbm_shap']:.1f} | {row['ratio']:.2f} ({row['best'].removeprefix('baseline_')})"
                      f" | {verdict} | {row['coverage']:.0%} |")
-    by_name = {row["model"]: row for row in forward}
-    ratio = by_name["selected"]["mae"] / by_name["carry_forward"]["mae"] if by_name["carry_forward"]["mae"] else np.nan
-    lines += ["", f"Forward in size, on the {by_name['selected']['runs']} held-out runs whose configuration ran at a "
-              "smaller size (MAE, points): " + ", ".join(f"{name.removeprefix('baseline_')} {row['mae']:.1f}"
-                                                          + (f" ({row['runs']} runs)" if row["runs"] != by_name[
-                                                              "selected"]["runs"] else "")
-                                                          for name, row in by_name.items())
-              + f". Shipped ÷ carry-forward: {ratio:.2f} (target ≤ 0.8: {'met' if ratio <= 0.8 else 'not met'})."]
+    lines += ["", "Forward in size (MAE, points, on held-out runs whose own configuration ran at a smaller size):"]
+    for label, scores, shipped in (("meta-feature predictor", forward[0], "selected"),
+                                   ("learning curve (the forecast pipeline's shipped forecast)", forward[1],
+                                    "learning_curve")):
+        if not scores["runs"]:
+            lines.append(f"- {label}: no held-out run yet.")
+            continue
+        ratio = scores[shipped] / scores["carry_forward"] if scores["carry_forward"] else float("nan")
+        lines.append(f"- {label}, {scores['runs']} runs: " + ", ".join(
+            f"{name.removeprefix('baseline_')} {value:.1f}" for name, value in scores.items() if name != "runs")
+            + f"; ÷ carry-forward {ratio:.2f} (target ≤ 0.8: {'met' if ratio <= 0.8 else 'not met'}).")
     noise = [f"seed-to-seed SD {floor['seed_sd']:.1f} points over {floor['replicate_groups']:.0f} configurations"
              if "seed_sd" in floor else "no seed replicates yet",
              f"test-set SE {floor['test_sampling_sd']:.1f} points" if "test_sampling_sd" in floor else ""]
@@ -137,7 +146,7 @@ def main() -> None:
     settings = core.PredictorSettings.from_params(params)
     table = load_table(args.archive.resolve(), settings)
     results, info = core.evaluate(table, settings)
-    forward, _ = forward_rows(table, settings)
+    forward = forward_rows(table, settings)
     markdown = render(table, split_rows(results, info["winners"]), forward, report.noise_floor(table, settings),
                       args.archive.resolve())
     print(markdown)

@@ -14,6 +14,7 @@ from finetune_predictor.prediction.predictor import (
     PredictorSettings,
     conservative_quantile,
     evaluate,
+    forward_size_folds,
     interval_for,
     predict_with_reasons,
     runs_with_features,
@@ -286,3 +287,16 @@ def test_ridge_cv_chooses_its_penalty_by_squared_error_on_one_run_folds():
         fitted = ridge_cv_model(groups_of_table(table), 0)(x, y)
     assert np.isfinite(fitted(x)).all()
     assert np.isfinite(fitted.linear[-1].best_score_)
+
+
+def test_forward_in_size_fits_on_smaller_sizes_and_holds_seed_twins_out_together():
+    table = synthetic_runs(40)
+    table["param_train_size"] = np.repeat([16, 50, 100, 200, 400], 8)
+    table["replicate_key"] = np.repeat(np.arange(20), 2)  # seed twins share their size
+    folds = forward_size_folds(table)
+    assert [int(table.loc[test[0], "param_train_size"]) for _, test in folds] == [50, 100, 200, 400]
+    for train, test in folds:
+        assert table.loc[train, "param_train_size"].max() < table.loc[test, "param_train_size"].min()
+        assert set(table.loc[test, "replicate_key"]).isdisjoint(table.loc[train, "replicate_key"])
+    assert "forward_size" in split_indices(table, SETTINGS)
+    assert forward_size_folds(table.drop(columns="param_train_size")) == []
