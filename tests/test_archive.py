@@ -28,7 +28,7 @@ def _summary(tmp_path) -> dict:
 
 
 def _log_finetune(tmp_path, experiment_id: str, seed: int = 42, key: str | None = "k42", accuracy: float = 0.7,
-                  status: str = "FINISHED", tags: dict | None = None) -> str:
+                  status: str = "FINISHED", tags: dict | None = None, params: dict | None = None) -> str:
     """One fine-tune as a sweep logs it: the run record's params and metrics, its configuration key as a tag."""
     metrics = {"baseline": {"accuracy": 0.5, "primary": 0.5, "f1_fake": 0.4},
                "finetuned": {"accuracy": accuracy, "primary": accuracy, "f1_fake": 0.6}}
@@ -36,10 +36,12 @@ def _log_finetune(tmp_path, experiment_id: str, seed: int = 42, key: str | None 
                                        {"seed": seed}, {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=record.name,
                           tags={**({tracking.CONFIG_KEY_TAG: key} if key else {}), **(tags or {})}) as run:
-        mlflow.log_params(record.params)
+        mlflow.log_params({**record.params, **(params or {})})
         mlflow.log_metrics({"finetuned_primary": accuracy, "baseline_primary": 0.5, "finetuned_f1_fake": 0.6,
                             "train_runtime_s": 12.5, "mf_size": 16.0})
-    if status != "FINISHED":
+    if status == "RUNNING":
+        mlflow.tracking.MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    elif status != "FINISHED":
         mlflow.tracking.MlflowClient().set_terminated(run.info.run_id, status)
     return run.info.run_id
 
@@ -104,7 +106,10 @@ def test_a_second_run_of_an_archived_configuration_key_is_refused(tmp_path):
         "classical_primary": 0.5, "validation_primary": 0.5, "train_runtime_s": 1.0, "train_peak_memory_mb": 1.0}
     first, _ = archive.append(pd.DataFrame(), pd.DataFrame([row]))
     _, report = archive.append(first, pd.DataFrame([{**row, "run_id": "b"}]))
-    assert report["added"] == 0 and "archived as run a" in report["refused_runs"][0]["reason"]
+    assert report["added"] == 0 and "ran alike as archived run a" in report["refused_runs"][0]["reason"]
+    # The key is made from the requested settings: another machine's fp32 run of the sweep is a measurement too.
+    _, other_precision = archive.append(first, pd.DataFrame([{**row, "run_id": "b", "precision": "fp32"}]))
+    assert other_precision["added"] == 1
     _, missing = archive.append(first, pd.DataFrame([{**row, "run_id": "c", "config_key": "k2", "git_sha": None}]))
     assert "git_sha" in missing["refused_runs"][0]["reason"]
 
@@ -157,3 +162,53 @@ def test_the_predictor_learns_from_the_archive_and_the_store_runs_it_does_not_ho
     archived.assign(lora_r="eight").to_csv(mine, index=False)
     with pytest.raises(archive.ArchiveSchemaError, match="column 'lora_r' holds 'eight'"):
         load_runs_table(archived.iloc[:0], {**settings, "table_path": str(mine)})
+
+
+def test_a_running_run_is_refused_then_archived_once_it_finishes(tmp_path, store):
+    running = _log_finetune(tmp_path, store, status="RUNNING")
+    path = tmp_path / "runs.csv"
+    rows, report = _run_pipeline(path)
+    assert rows.empty and "RUNNING" in report["refused_runs"][0]["reason"]
+    mlflow.tracking.MlflowClient().set_terminated(running, "FINISHED")
+    rows, report = _run_pipeline(path)
+    assert report["added"] == 1 and list(rows["run_id"]) == [running]
+
+
+def test_meta_features_logged_after_a_run_was_archived_fill_its_row(tmp_path, store):
+    run_id = _log_finetune(tmp_path, store)
+    path = tmp_path / "runs.csv"
+    before, _ = _run_pipeline(path)
+    assert "mf_initial_loss" not in before
+    mlflow.tracking.MlflowClient().log_metric(run_id, "mf_initial_loss", 2.5)  # a sweep's feature backfill
+    after, report = _run_pipeline(path)
+    assert (report["added"], report["filled"], report["refused"]) == (0, 1, 0)
+    assert after.loc[0, "mf_initial_loss"] == 2.5 and after.loc[0, "finetuned_primary"] == 0.7
+
+
+def test_one_mistyped_store_run_is_refused_by_name_and_the_others_are_archived(tmp_path, store):
+    good = _log_finetune(tmp_path, store, seed=42, key="k42")
+    bad = _log_finetune(tmp_path, store, seed=43, key="k43", params={"train_per_class": "lots"})
+    rows, report = _run_pipeline(tmp_path / "runs.csv")
+    assert list(rows["run_id"]) == [good]
+    assert report["refused_runs"] == [{"run_id": bad, "reason": report["refused_runs"][0]["reason"]}]
+    assert "'train_per_class' holds 'lots'" in report["refused_runs"][0]["reason"]
+
+
+def test_archive_runs_on_a_store_without_the_experiment_says_so(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with pytest.raises(Exception, match="has no experiment 'finetune_predictor'"):
+            _run_pipeline(tmp_path / "runs.csv")
+    finally:
+        mlflow.set_tracking_uri("")
+
+
+def test_a_store_run_that_measured_an_archived_one_enters_the_predictor_once(tmp_path, store):
+    archived_run = _log_finetune(tmp_path, store, seed=42, key="k42")
+    archived, _ = _run_pipeline(tmp_path / "runs.csv")
+    again = _log_finetune(tmp_path, store, seed=42, key="k42")  # the same configuration, key and machine
+    merged, laid = archive.with_store(archived, archive.store_rows(tracking.EXPERIMENT_NAME)[0])
+    assert list(merged["run_id"]) == [archived_run]
+    assert laid["refused_runs"][0]["run_id"] == again
+    assert merged[archive.SOURCE_COLUMN].tolist() == ["archive"]
+    assert merged["learning_rate"].map(type).eq(float).all()  # typed like the archive, never strings

@@ -8,6 +8,7 @@ params (never part of the configuration: they do not change a run's ``replicate_
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from functools import lru_cache
@@ -58,18 +59,31 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 
 
+# What makes a run's numbers: the code and its settings (a changed README, or the runs archive just committed by
+# archive_runs, does not make a later run "dirty").
+CODE_PATHS = ("src", "conf", "pyproject.toml", "constraints.txt")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
 @lru_cache(maxsize=1)
 def git_sha() -> str:
-    """The project checkout's commit (``+dirty`` when tracked files differ from it); ``unknown`` outside git."""
+    """The project checkout's commit; ``<sha>+dirty.<hash>`` when the code or settings differ from it (the hash of
+    the difference tells two dirty trees apart; untracked files under src/ and conf/ count); ``unknown`` outside
+    git. Cached from the first call, made when the tracking package is imported: the code a run started with."""
     root = Path(__file__).resolve().parents[3]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        diff = _git(root, "diff", "HEAD", "--", *CODE_PATHS)
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS)
     except (OSError, subprocess.SubprocessError):
         return UNKNOWN
-    return f"{sha}+dirty" if dirty else sha
+    if not diff and not untracked:
+        return sha
+    return f"{sha}+dirty.{hashlib.sha256((diff + untracked).encode()).hexdigest()[:8]}"
 
 
 def package_version(name: str) -> str:

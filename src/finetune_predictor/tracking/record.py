@@ -21,7 +21,9 @@ from typing import Any
 
 from finetune_predictor.modeling.models import folder_sha256
 from finetune_predictor.settings_schema import TrainingSettings
-from finetune_predictor.tracking.provenance import run_provenance
+from finetune_predictor.tracking.provenance import git_sha, run_provenance
+
+git_sha()  # taken when the process starts: the code a run started with, not the code at its end
 
 CONFIG_KEY_TAG = "sweep_config_key"
 # A run whose fine-tune resumed an interrupted run's checkpoint: params on it, a tag on the interrupted run.

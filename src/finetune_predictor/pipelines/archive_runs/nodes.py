@@ -36,12 +36,13 @@ def append_store_runs(runs_archive: pd.DataFrame, store_rows: pd.DataFrame,
 
 
 def _summary(report: dict[str, Any]) -> str:
+    filled = f", {report['filled']} filled (values added to archived rows)" if report.get("filled") else ""
     lines = [f"\nRuns archive {archive.ARCHIVE_PATH} from {report['store']}: {report['added']} added, "
-             f"{report['already']} already there, {report['refused']} refused; {report['archive_rows']} rows "
+             f"{report['already']} already there{filled}, {report['refused']} refused; {report['archive_rows']} rows "
              f"({len(report['tasks'])} tasks, {len(report['dataset_families'])} dataset families)."]
     for reason, count in Counter(item["reason"] for item in report["refused_runs"]).most_common():
         lines.append(f"  refused {count}: {reason}")
-    if report["added"]:
+    if report["added"] or report.get("filled"):
         lines.append("Commit it: git add data/01_raw/runs_archive && git commit -m 'runs archive: "
                      f"+{report['added']} runs'")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import matplotlib
@@ -17,6 +18,8 @@ from finetune_predictor.prediction import predictor as core
 from finetune_predictor.prediction import report
 from finetune_predictor.prediction.model_selection import contributions
 from finetune_predictor.tracking import archive
+
+logger = logging.getLogger(__name__)
 
 
 def load_runs_table(runs_archive: pd.DataFrame, predictor: dict[str, Any]) -> pd.DataFrame:
@@ -35,8 +38,11 @@ def load_runs_table(runs_archive: pd.DataFrame, predictor: dict[str, Any]) -> pd
     else:
         archived = archive.load(path) if path else runs_archive
         experiment = predictor.get("experiment_name")
-        store = archive.store_rows(str(experiment))[0] if experiment else archived.iloc[:0]
-        table = archive.as_runs_table(archive.with_store(archived, store))
+        store = archive.store_rows(str(experiment), required=False)[0] if experiment else archived.iloc[:0]
+        merged, laid = archive.with_store(archived, store)
+        for item in laid.get("refused_runs", []):
+            logger.warning("Store run %s left out of the predictor's table: %s", item["run_id"], item["reason"])
+        table = archive.as_runs_table(merged)
     if table.empty:
         raise UserFacingError("the runs table is empty", "predictor.table_path, predictor.experiment_name",
                               f"commit runs to {archive.ARCHIVE_PATH} (kedro run --pipeline=archive_runs), run "
