@@ -15,6 +15,7 @@ child process so its log (which tensors fell back to another type) is kept and a
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -158,8 +159,13 @@ def quantize(source: str | Path, target: str | Path, variant: str, log_path: Pat
         staging.unlink(missing_ok=True)
         raise RuntimeError(f"llama_model_quantize to {variant} failed (exit {status}): {tail}")
     staging.replace(target)
-    fallbacks = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if "fallback" in line]
-    return {"tool": f"llama_cpp.llama_model_quantize (llama-cpp-python {llama_cpp_version()})",
+    log = log_path.read_text(errors="replace")
+    # llama.cpp: "warning: <tensor> - ncols 576 not divisible by 256 (required for type q4_K) -> falling back to q5_0"
+    fallbacks = re.findall(r"warning: (\S+)\s+- .*falling back to\s+(\w+)", log)
+    total = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", log)
+    note = (f"; {total[1]} of {total[2]} tensors fell back to {', '.join(sorted({kind for _, kind in fallbacks}))} "
+            "(rows not divisible by the type's block)" if total else "")
+    return {"tool": f"llama_cpp.llama_model_quantize (llama-cpp-python {llama_cpp_version()}{note})",
             "fallback_tensors": len(fallbacks), "log": str(log_path)}
 
 

@@ -114,7 +114,7 @@ def _evaluate_hf(spec: dict[str, Any], session: ModelSession, task: Task, test: 
             "precision": session.plan.precision_name}
     if cuda:
         perf["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return _result(spec, frame, task, perf, memory, engine=f"hf ({frame['engine'].iloc[0]})")
+    return _result(spec, frame, task, perf, memory, engine=f"model session ({frame['engine'].iloc[0]})")
 
 
 def _evaluate_gguf(spec: dict[str, Any], session: ModelSession, task: Task, test: pd.DataFrame) -> dict[str, Any]:

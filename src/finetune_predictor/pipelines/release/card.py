@@ -44,7 +44,7 @@ def _verdict(table: pd.DataFrame) -> list[str]:
         if row.get("status") != "evaluated":
             lines.append(f"- {row['variant']}: not evaluated ({row.get('status')}).")
             continue
-        loss = -float(row["delta_vs_adapter"])
+        loss = -float(row["delta_vs_adapter"]) + 0.0  # + 0.0: no "-0.0000" for an equal metric
         within = "within" if row.get("within_one_se") else "**beyond**"
         lines.append(f"- {row['variant']}: {row['primary_metric']} {row['primary']:.4f}, a loss of {loss:+.4f} "
                      f"({loss / row['binomial_se']:+.2f} SE; {within} one binomial SE of the adapter's), agreeing "

@@ -30,6 +30,7 @@ from finetune_predictor.modeling.release import (
     write_checksums,
 )
 from finetune_predictor.modeling.variant_eval import run_variant
+from finetune_predictor.pipelines.release import card as card_text
 from finetune_predictor.pipelines.release import report, source
 from finetune_predictor.settings_schema import ReleaseSettings
 
@@ -73,9 +74,10 @@ def plan_release(source_run: dict[str, Any], release: dict[str, Any], model_regi
     settings = ReleaseSettings.from_params(release)
     model = source_run["settings"]["model"]
     location = locate_model(model["name"], model.get("cache_dir"), model_registry)
-    params_b = count_params_b(location.resolved) or 0.0
     plan = compute_plan(model, source_run["settings"]["precision"])
     merged_bytes = 4.0 if "32" in str(plan.load_dtype) else 2.0  # the merge runs at full precision (never 4-bit)
+    # Weights in .bin files have no safetensors header to count: the base folder's size stands in (at fp32).
+    params_b = count_params_b(location.resolved) or folder_size(location.resolved.path) / 4 / 1e9
     converter = gguf_export.converter_dir(settings.converter_dir, model.get("cache_dir"))
     bindings = gguf_export.llama_cpp_version()
     names = dict.fromkeys([HF_MERGED, *settings.variants])  # hf_merged first: every GGUF is made from it
@@ -245,7 +247,9 @@ def write_release(source_run: dict[str, Any], plan: dict[str, Any], merged: dict
     files = sorted(path.name for path in folder.iterdir()
                    if not path.name.startswith(".") and path.name != "SHA256SUMS")
     checksums = write_checksums(folder, files)
-    logger.info("Release written to %s", folder.resolve())
+    print(f"\nRelease of run {source_run['run_id']} ({source_run['run_name']}) in {folder.resolve()}:\n"
+          f"{card_text.markdown_table(table)}\nModel card: {folder / 'README.md'}; check files: cd {folder} && "
+          "sha256sum -c SHA256SUMS")
     return card, checksums, summary
 
 
