@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from finetune_predictor import tracking
 from finetune_predictor.errors import UserFacingError
 from finetune_predictor.modeling import gguf_export
+from finetune_predictor.modeling.artifacts import read_manifest
 from finetune_predictor.modeling.hardware import release_accelerator_memory
 from finetune_predictor.modeling.memory_estimate import count_params_b
 from finetune_predictor.modeling.model_session import compute_plan, open_session
@@ -82,7 +83,8 @@ def plan_release(source_run: dict[str, Any], release: dict[str, Any], model_regi
     bindings = gguf_export.llama_cpp_version()
     names = dict.fromkeys([HF_MERGED, *settings.variants])  # hf_merged first: every GGUF is made from it
     variants = {name: _variant_plan(name, converter, bindings) for name in names}
-    variants[HF_MERGED]["requested"] = HF_MERGED in settings.variants
+    # Always written (every GGUF is made from it); evaluated and tabled only when asked for.
+    variants[HF_MERGED]["requested"] = variants[HF_MERGED]["evaluate"] = HF_MERGED in settings.variants
     made = [name for name, item in variants.items() if item["produce"]]
     if any(name in made for name in GGUF_VARIANTS) and "f16" not in made:
         made.append("f16")  # every quantized file is made from the f16 one (removed after, when not asked for)
@@ -138,8 +140,11 @@ def merge_model(source_run: dict[str, Any], test: pd.DataFrame, plan: dict[str, 
     details = {"base_model": run_settings["model"]["name"], "source_run_id": source_run["run_id"]}
     merged = merge_adapter(session, adapter, folder / HF_MERGED, prompts, atol, details)
     release_accelerator_memory()
-    return {**merged, "adapter": str(adapter), "session": session.record(),
-            "tool": "PEFT merge_and_unload + transformers save_pretrained (safetensors)"}
+    trained_on = read_manifest(adapter).get("quantization", "none")
+    note = ("the adapter was trained on a 4-bit (QLoRA) base and is merged into the full-precision base weights"
+            if trained_on == "4bit" else None)
+    return {**merged, "adapter": str(adapter), "session": session.record(), "adapter_trained_on": trained_on,
+            "note": note, "tool": "PEFT merge_and_unload + transformers save_pretrained (safetensors)"}
 
 
 def _file_stem(source_run: dict[str, Any]) -> str:
@@ -155,7 +160,7 @@ def export_variants(source_run: dict[str, Any], merged: dict[str, Any],
     folder, stem = Path(plan["folder"]), _file_stem(source_run)
     exports: dict[str, dict[str, Any]] = {HF_MERGED: {
         "path": merged["folder"], "produced": True, "tool": merged["tool"], "kind": "hf",
-        "size_bytes": folder_size(merged["folder"]), "reason": plan["variants"][HF_MERGED]["reason"]}}
+        "size_bytes": folder_size(merged["folder"]), "reason": merged.get("note")}}
     f16 = folder / f"{stem}-f16.gguf"
     f16_export: dict[str, Any] | Exception | None = None  # made once, for f16 itself and for the quantized ones
     for name in (name for name in GGUF_VARIANTS if name in plan["variants"]):

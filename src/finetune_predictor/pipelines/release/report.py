@@ -202,5 +202,6 @@ def run_params(source_run: dict[str, Any], release_summary: dict[str, Any]) -> d
             "source_targets_from": source_run["targets_from"],
             "evaluated_records": int(release_summary["table"][0]["n"]), "merge_dtype": merge["dtype"],
             "merge_device": merge["session"]["device"], "merge_max_logprob_difference": merge["max_logprob_difference"],
+            "merge_adapter_trained_on": merge.get("adapter_trained_on", "none"),
             "llama_cpp_python": plan["llama_cpp_python"] or "not installed", "gguf_converter": plan["converter"],
             "llama_cpp_threads": plan["threads"] or "all cores", "llama_cpp_gpu_layers": plan["gpu_layers"]}
