@@ -59,7 +59,7 @@ class TrackingServer:
             try:
                 if requests.get(f"{self.url}/health", timeout=2).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a loaded machine answers its first /health late
                 pass
             time.sleep(0.5)
         self.stop()
