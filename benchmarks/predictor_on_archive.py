@@ -137,6 +137,18 @@ def render(table: pd.DataFrame, rows: list[dict], forward: tuple[dict, dict], fl
     return "\n".join(lines)
 
 
+def too_few(table: pd.DataFrame, settings: core.PredictorSettings, path: Path) -> str:
+    """What the archive holds when it is below ``predictor.min_runs``: counts only, no predictor figure."""
+    archived = archive.load(path)
+    tasks = archived["task"].value_counts().items() if len(archived) else []
+    counts = ", ".join(f"{task} {n}" for task, n in tasks) or "none"
+    return (f"Archive `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`: {len(archived)} finished "
+            f"runs ({counts}; {archived['dataset_family'].nunique() if len(archived) else 0} dataset families), "
+            f"{len(table)} with meta-features. Below predictor.min_runs = {settings.min_runs}: no split is scored "
+            "and no predictor figure is claimed. Grow the archive (`kedro meta-dataset --chunk <name>`, then "
+            "`kedro run --pipeline=archive_runs`) and re-run this benchmark.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", type=Path, default=ROOT / archive.ARCHIVE_PATH)
@@ -145,10 +157,12 @@ def main() -> None:
     params = yaml.safe_load((ROOT / "conf/base/parameters_predictor.yml").read_text())["predictor"]
     settings = core.PredictorSettings.from_params(params)
     table = load_table(args.archive.resolve(), settings)
-    results, info = core.evaluate(table, settings)
-    forward = forward_rows(table, settings)
-    markdown = render(table, split_rows(results, info["winners"]), forward, report.noise_floor(table, settings),
-                      args.archive.resolve())
+    if len(table) < settings.min_runs:  # no split of so few runs can say anything about the predictor
+        markdown = too_few(table, settings, args.archive.resolve())
+    else:
+        results, info = core.evaluate(table, settings)
+        markdown = render(table, split_rows(results, info["winners"]), forward_rows(table, settings),
+                          report.noise_floor(table, settings), args.archive.resolve())
     print(markdown)
     if args.write_docs:
         command = "python benchmarks/predictor_on_archive.py --write-docs"
