@@ -238,13 +238,14 @@ def plot_release(table: pd.DataFrame) -> Figure:
 
 
 def write_release(source_run: dict[str, Any], plan: dict[str, Any], merged: dict[str, Any],
-                  exports: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], table: pd.DataFrame,
-                  plot: Figure) -> tuple[str, str, dict[str, Any]]:
+                  exports: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]],
+                  table: pd.DataFrame) -> tuple[str, str, dict[str, Any]]:
     """The release folder's ``README.md`` (the model card), ``release_table.csv``, ``release.png`` and
     ``SHA256SUMS`` over every file in it; returns the card, the checksums and the release summary."""
     folder = Path(plan["folder"])
     table.to_csv(folder / "release_table.csv", index=False)
-    plot.savefig(folder / "release.png", dpi=120)
+    # Drawn again here: the catalog's plot is an MLflow artifact, which Kedro can save but not load back.
+    report.plot(table).savefig(folder / "release.png", dpi=120)
     summary = report.summary(source_run, plan, merged, exports, results, table)
     card = report.model_card(summary, table)
     (folder / "README.md").write_text(card)

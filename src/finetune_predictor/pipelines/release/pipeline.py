@@ -27,7 +27,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
              [SOURCE, TEST, "release.model_output.adapter_predictions", VARIANTS, RESULTS, "params:release"], TABLE,
              name="release_table", tags="reporting"),
         node(nodes.plot_release, TABLE, PLOT, name="plot_release", tags="reporting"),
-        node(nodes.write_release, [SOURCE, PLAN, MERGED, VARIANTS, RESULTS, TABLE, PLOT],
+        node(nodes.write_release, [SOURCE, PLAN, MERGED, VARIANTS, RESULTS, TABLE],
              ["release.reporting.model_card", "release.reporting.checksums", "release.reporting.release_summary"],
              name="write_release", tags="reporting"),
         node(nodes.log_release, [SOURCE, PLAN, TABLE, "release.reporting.release_summary", "params:release"],
