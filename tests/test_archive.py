@@ -212,3 +212,11 @@ def test_a_store_run_that_measured_an_archived_one_enters_the_predictor_once(tmp
     assert laid["refused_runs"][0]["run_id"] == again
     assert merged[archive.SOURCE_COLUMN].tolist() == ["archive"]
     assert merged["learning_rate"].map(type).eq(float).all()  # typed like the archive, never strings
+
+
+def test_two_mini_test100_runs_without_a_configuration_key_are_both_archived(tmp_path, store):
+    first = _log_finetune(tmp_path, store, seed=42, key=None)
+    second = _log_finetune(tmp_path, store, seed=43, key=None)
+    rows, report = _run_pipeline(tmp_path / "runs.csv")
+    assert set(rows["run_id"]) == {first, second}
+    assert report["refused_runs"] == []  # neither is "a later run of its key": they have none

@@ -264,10 +264,11 @@ def store_rows(experiment_name: str, required: bool = True) -> tuple[pd.DataFram
     # archived on the next call rather than both refused and added now.
     table = table[table[RUN_ID].isin(finished["run_id"])] if not table.empty else table
     keys = _column(runs, f"tags.{tracking.CONFIG_KEY_TAG}").set_axis(runs["run_id"])
-    kept = {keys.get(run_id): run_id for run_id in (table[RUN_ID] if not table.empty else [])}
-    refused += [(run_id, f"a later finished run of its configuration key ({kept[keys[run_id]]}) is the one kept")
-                for run_id in finished.loc[primary.loc[finished.index], "run_id"]
-                if run_id not in kept.values() and keys.get(run_id) in kept]
+    in_table = set(table[RUN_ID]) if not table.empty else set()
+    kept = {keys[run_id]: run_id for run_id in in_table if not is_empty(keys.get(run_id))}
+    refused += [(run_id, f"a later finished run of its configuration key ({kept.get(keys.get(run_id), '?')}) is "
+                 "the one kept") for run_id in finished.loc[primary.loc[finished.index], "run_id"]
+                if run_id not in in_table]
     meta = pd.DataFrame({RUN_ID: runs["run_id"], "start_time": runs["start_time"], "end_time": runs["end_time"],
                          "run_name": _column(runs, "tags.mlflow.runName"), CONFIG_KEY: keys.to_numpy()})
     return rows_from_runs_table(table.reset_index(drop=True), meta), refused, int((~fine_tune).sum())
