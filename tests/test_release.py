@@ -4,6 +4,7 @@ before anything is written, and the whole pipeline runs under Kedro's Sequential
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import mlflow
@@ -145,6 +146,18 @@ def test_the_disk_is_checked_before_anything_is_written(tiny_model_dir, tmp_path
         nodes.plan_release(run, params, {})
     assert "release.output_dir" in refused.value.where
     assert not (tmp_path / "releases").exists()
+
+
+def test_a_converter_without_its_python_modules_is_a_reason_not_a_failed_export(tmp_path, monkeypatch):
+    """The converter found in the cache (unpacked by an earlier `make release-extra`) but sentencepiece missing
+    from this environment: the f16 file is 'not produced' with the remedy, before anything runs (CI's clean
+    venv used to start the converter and fail on its import)."""
+    (tmp_path / gguf_export.CONVERTER).write_text("")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "sentencepiece" else real_find_spec(name, *args))
+    plan = nodes._variant_plan("f16", tmp_path, bindings=None)
+    assert not plan["produce"] and "sentencepiece" in plan["reason"] and "make release-extra" in plan["reason"]
 
 
 def test_a_runs_settings_are_read_back_from_its_params(store):

@@ -29,6 +29,9 @@ from finetune_predictor.modeling.models import default_cache_dir, sha256_file
 CONVERTER = "convert_hf_to_gguf.py"
 # What the converter needs beside it: its per-architecture modules and the gguf-py it was written against.
 CONVERTER_PARTS = (CONVERTER, "conversion", "gguf-py")
+# Modules the converter imports that the base install may lack: it reads a Llama's vocabulary through
+# sentencepiece first (even for a BPE tokenizer, falling back only on a missing file, never a missing module).
+CONVERTER_MODULES = ("sentencepiece", "yaml", "tqdm")
 # llama.cpp's file types (llama.h: enum llama_ftype) for the types made by quantizing the f16 file.
 QUANTIZE_FTYPES = {"q8_0": 7, "q4_k_m": 15}
 GGUF_MAGIC = b"GGUF"
@@ -97,6 +100,13 @@ def converter_dir(setting: str | None = None, cache_dir: str | Path | None = Non
         return root / str(installed or "not-installed")
     unpacked = sorted(path for path in root.iterdir() if (path / CONVERTER).is_file())
     return unpacked[-1] if unpacked else root / "not-installed"
+
+
+def missing_converter_modules() -> list[str]:
+    """The converter's Python modules not importable here (found without importing them)."""
+    import importlib.util
+
+    return [name for name in CONVERTER_MODULES if importlib.util.find_spec(name) is None]
 
 
 def unpack_converter(sdist: str | Path, cache_dir: str | Path | None = None) -> Path:

@@ -196,8 +196,10 @@ class RunLifecycleHook(MlflowHook):
             if not tracking.server_unreachable(hook_error):
                 raise
             tracking.abandon_run(self.run_id)
-            logger.warning("The MLflow run %s could not be ended FAILED: the tracking server did not answer",
-                           self.run_id)
+            # Where the run's own error is the lost server, its message already says so: one message, not two.
+            log = logger.debug if tracking.server_unreachable(error) else logger.warning
+            log("The MLflow run %s is left RUNNING: the tracking server could not be reached to end it FAILED "
+                "(the next start on this host marks it FAILED)", self.run_id)
 
     # --- signals ---------------------------------------------------------------------------------------------
 
