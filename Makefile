@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/kedro run --pipeline=mini_test100
 
+# One worker per core (pytest-xdist), each with one OpenMP thread (tests/conftest.py): most of the suite's time is
+# single-threaded (imports, `kedro run` subprocesses, servers), so the cores are used without oversubscribing them.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=10
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -9,6 +9,7 @@ retried, refused, ...), what was lost, and the time lost (e.g. "killed at step 6
 
 from __future__ import annotations
 
+import fcntl
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,8 +66,15 @@ def _still_defined(test: str) -> bool:
 
 def write_table() -> None:
     """Merge this session's rows into the stored ones, drop the rows of tests that failed this session or no
-    longer exist, and rewrite the page (nothing recorded or dropped: no write)."""
-    stored = json.loads(TABLE_DATA.read_text()) if TABLE_DATA.is_file() else {}
+    longer exist, and rewrite the page (nothing recorded or dropped: no write). Each pytest-xdist worker (and the
+    controller) merges its own rows under a lock, so parallel sessions add up instead of overwriting each other."""
+    with open(TABLE_DATA, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_and_write()
+
+
+def _merge_and_write() -> None:
+    stored = json.loads(TABLE_DATA.read_text() or "{}")
     kept = {test: row for test, row in stored.items() if test not in _FAILED and _still_defined(test)}
     if not _RECORDED and kept == stored:
         return
