@@ -32,17 +32,25 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> boo
     return value
 
 
+def _explained(error: BaseException, verbose: bool = False) -> bool:
+    """Print an expected error's what / where / fix block; False where ``error`` is not one, or where the
+    traceback was asked for (the caller then raises it)."""
+    redact_exception(error)  # the traceback or the block below never shows a credential (a URI's password)
+    user_error = find_user_error(error)
+    if user_error is None or verbose or verbose_requested():
+        return False
+    click.echo(redact(user_error.render()), err=True)
+    return True
+
+
 def _run(verbose: bool, **options: Any) -> Any:
     """Kedro's ``run``; an expected error prints its what / where / fix block and exits with status 1."""
     install_log_filter()
     try:
         return kedro_run.callback(**options)
     except Exception as error:
-        redact_exception(error)  # the traceback or the block below never shows a credential (a URI's password)
-        user_error = find_user_error(error)
-        if user_error is None or verbose or verbose_requested():
+        if not _explained(error, verbose):
             raise
-        click.echo(redact(user_error.render()), err=True)
         raise click.exceptions.Exit(EXIT_CODE) from None
 
 
@@ -73,10 +81,8 @@ def meta_dataset_command(chunk_names: tuple[str, ...], list_only: bool, env: str
         chunks, sensitivity = meta_dataset.load_study(project_path, env)
         selected = {name: meta_dataset.chunk_sweeps(chunks, name) for name in (chunk_names or chunks)}
     except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None or verbose_requested():
+        if not _explained(error):
             raise
-        click.echo(redact(user_error.render()), err=True)
         raise click.exceptions.Exit(EXIT_CODE) from None
     if list_only or not chunk_names:
         for name, sweeps in selected.items():
@@ -93,10 +99,10 @@ def meta_dataset_command(chunk_names: tuple[str, ...], list_only: bool, env: str
             try:
                 meta_dataset.run_sweep(project_path, sweep, env)
             except Exception as error:  # one sweep's failure must not cost the chunk's other sweeps
-                user_error = find_user_error(error)
-                if user_error is None and verbose_requested():
-                    raise
-                click.echo(redact(user_error.render() if user_error else repr(error)), err=True)
+                if not _explained(error):
+                    if verbose_requested():
+                        raise
+                    click.echo(redact(repr(error)), err=True)
                 failed.append(label)
     meta_dataset.archive(project_path, env)
     if failed:

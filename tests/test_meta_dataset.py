@@ -1,0 +1,85 @@
+"""The meta-dataset study: its committed design spans what the predictor must generalise over (issue 28's
+list), and `kedro meta-dataset` refuses an unknown chunk in one message and keeps going past a failing sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from kedro.framework.startup import bootstrap_project
+
+from finetune_predictor import cli
+from finetune_predictor.errors import UserFacingError
+from finetune_predictor.prediction import meta_dataset
+from tests.conftest import copy_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("meta") / "project", with_source=False)
+    bootstrap_project(project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def study(project):
+    return meta_dataset.load_study(project)
+
+
+def _family(data: dict) -> str:
+    if data.get("family"):
+        return str(data["family"])
+    if data.get("path"):
+        return Path(data["path"]).stem
+    return "bundled-events" if data.get("task") == "structured" else f"bundled-{data['synthetic']['difficulty']}"
+
+
+def test_the_committed_study_spans_every_task_eight_families_and_each_axis(study):
+    chunks, sensitivity = study
+    sweeps = [sweep for chunk in chunks.values() for sweep in chunk]
+    grids = [{**sensitivity, **(sweep.get("sensitivity") or {})} for sweep in sweeps]
+    assert sum(meta_dataset.sweep_size(sweep, sensitivity) for sweep in sweeps) == 146
+    assert {(sweep["data"].get("task") or "binary_classification") for sweep in sweeps} == {
+        "binary_classification", "multiclass_classification", "qa", "structured"}
+    assert len({_family(sweep["data"]) for sweep in sweeps}) >= 8
+    assert len({rate for grid in grids for rate in grid["learning_rates"]}) >= 3
+    assert len({lora["r"] for grid in grids for lora in grid["lora"]}) >= 3
+    assert any(len(set(grid["seeds"]) | {42}) >= 2 for grid in grids)  # a second seed somewhere: the noise floor
+    assert {"noisy10", "noisy30", "dup50", "imbalanced80"} <= {variant["name"] for grid in grids
+                                                              for variant in grid["data_variants"]}
+
+
+def test_an_unknown_chunk_is_one_message_naming_the_known_ones(study):
+    chunks, _ = study
+    with pytest.raises(UserFacingError, match="Unknown meta-dataset chunk 'nope'") as refused:
+        meta_dataset.chunk_sweeps(chunks, "nope")
+    assert "c1_span" in refused.value.fix and refused.value.where == "--chunk"
+
+
+def test_the_command_lists_the_chunks_and_refuses_an_unknown_one_without_a_traceback(project, monkeypatch):
+    monkeypatch.chdir(project)
+    listed = CliRunner().invoke(cli.cli, ["meta-dataset", "--list"])
+    assert listed.exit_code == 0 and "c1_span: 8 sweeps, 26 runs" in listed.output, listed.output
+    refused = CliRunner().invoke(cli.cli, ["meta-dataset", "--chunk", "nope"])
+    assert refused.exit_code == 1 and "Unknown meta-dataset chunk 'nope'" in refused.output
+    assert "Traceback" not in refused.output
+
+
+def test_a_failing_sweep_costs_neither_the_others_nor_the_archive(project, monkeypatch):
+    """One sweep fails (a bad data file, say): the chunk's other sweeps still run, the store's finished runs are
+    still archived, and the command ends with status 1 naming the sweep to resume."""
+    ran, archived = [], []
+
+    def run_sweep(path, sweep, env):
+        ran.append(sweep)
+        if len(ran) == 1:
+            raise UserFacingError("data.path ../nowhere.jsonl does not exist", where="data.path", fix="correct it")
+
+    monkeypatch.setattr(meta_dataset, "run_sweep", run_sweep)
+    monkeypatch.setattr(meta_dataset, "archive", lambda path, env: archived.append(path))
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(cli.cli, ["meta-dataset", "--chunk", "c1_span"])
+    assert result.exit_code == 1 and len(ran) == 8 and archived == [project]
+    assert "data.path ../nowhere.jsonl does not exist" in result.output
+    assert "Sweeps that did not finish" in result.output and "c1_span sweep 1/8" in result.output
