@@ -106,6 +106,7 @@ from finetune_predictor.tracking.store import (
     mark_superseded,
     run_metric,
     runs_table,
+    runs_table_of,
     set_tags,
 )
 from finetune_predictor.tracking.store import _fill_task_indicators as _fill_task_indicators  # private: as above
@@ -166,6 +167,7 @@ __all__ = [
     "run_name",
     "run_tags",
     "runs_table",
+    "runs_table_of",
     "runs_with_key",
     "server_unreachable",
     "set_tags",

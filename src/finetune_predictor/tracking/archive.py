@@ -259,10 +259,7 @@ def store_rows(experiment_name: str, required: bool = True) -> tuple[pd.DataFram
     finished = runs[fine_tune & ~skipped & ~unfinished]
     refused += [(run_id, "finished without an evaluation (no finetuned_primary)")
                 for run_id in finished.loc[~primary.loc[finished.index], "run_id"]]
-    table = tracking.runs_table(experiment_name)
-    # The runs table searches again: keep only what this search saw finished, so a run that ended in between is
-    # archived on the next call rather than both refused and added now.
-    table = table[table[RUN_ID].isin(finished["run_id"])] if not table.empty else table
+    table = tracking.runs_table_of(finished)  # from the same search: one snapshot of the store
     keys = _column(runs, f"tags.{tracking.CONFIG_KEY_TAG}").set_axis(runs["run_id"])
     in_table = set(table[RUN_ID]) if not table.empty else set()
     kept = {keys[run_id]: run_id for run_id in in_table if not is_empty(keys.get(run_id))}

@@ -192,7 +192,12 @@ def runs_table(experiment_name: str = EXPERIMENT_NAME) -> pd.DataFrame:
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ValueError(f"MLflow experiment {experiment_name!r} does not exist at {redact(mlflow.get_tracking_uri())}")
-    runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    return runs_table_of(mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'"))
+
+
+def runs_table_of(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`runs_table` of runs already searched (``mlflow.search_runs``'s frame, FINISHED runs only)."""
+    runs = runs.copy()
     for side in ("baseline", "finetuned", "validation", "classical"):
         primary, accuracy = f"metrics.{side}_primary", f"metrics.{side}_accuracy"
         if accuracy in runs:
