@@ -464,3 +464,21 @@ def test_a_sweep_waits_for_another_machines_configuration_only_so_long(store, mo
                  outcome="failed clearly after sensitivity.wait_for_others_h: one block naming the runs and the fix",
                  lost="nothing: every configuration this sweep finished is kept",
                  time_lost="at most wait_for_others_h (12 h by default) of waiting")
+
+
+def test_two_sessions_in_one_millisecond_get_two_save_versions(tmp_path, monkeypatch):
+    """A session's id is the save version of everything it writes: two `kedro run` of one project started in the
+    same millisecond shared it, and the second's first save failed ("must not exist if versioning is enabled").
+    The project's settings make Kedro take ids from a ledger that never gives one out twice."""
+    import kedro.io.core
+    from kedro.framework.session import session
+
+    import finetune_predictor.settings  # noqa: F401  (installs the ids, as `kedro run` does on start)
+    from finetune_predictor import datasets
+
+    assert session.generate_timestamp is datasets.unique_timestamp
+    clock = iter(["2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.002Z"])
+    monkeypatch.setattr(kedro.io.core, "generate_timestamp", lambda: next(clock))
+    ledger = tmp_path / "ids"
+    assert [datasets.unique_timestamp(ledger), datasets.unique_timestamp(ledger)] == [
+        "2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.002Z"]

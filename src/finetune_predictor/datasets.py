@@ -214,3 +214,43 @@ class AtomicParquetDataset(AtomicSaveMixin, ParquetDataset):
 
 class AtomicMatplotlibDataset(AtomicSaveMixin, MatplotlibDataset):
     """``matplotlib.MatplotlibDataset`` (plots), saved atomically."""
+
+
+# --- one save version per run ---------------------------------------------------------------------------------
+
+SESSION_IDS_FILE = "finetune-predictor-kedro-session-ids"
+
+
+def unique_timestamp(ledger: Path | None = None) -> str:
+    """Kedro's version timestamp (``generate_timestamp``: millisecond resolution), never one this machine already
+    gave out. A session's id is the save version of every versioned dataset it writes, so two ``kedro run`` of one
+    project started in the same millisecond wrote to the same version folders and the second save failed
+    ("must not exist if versioning is enabled"). The last id given out sits in a ledger under the temp folder,
+    read and written under an exclusive lock; a clash waits for the next millisecond."""
+    import fcntl
+    import tempfile
+    import time
+
+    from kedro.io.core import generate_timestamp
+
+    path = ledger or Path(tempfile.gettempdir()) / SESSION_IDS_FILE
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        last = handle.read().strip()
+        stamp, deadline = generate_timestamp(), time.monotonic() + 1.0
+        # The format sorts as it reads (zero-padded, UTC); a clock set back by more than the deadline is let be.
+        while stamp <= last and time.monotonic() < deadline:
+            time.sleep(0.001)
+            stamp = generate_timestamp()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(stamp)
+    return stamp
+
+
+def use_unique_session_ids() -> None:
+    """Make every Kedro session of this process take its id (its save version) from :func:`unique_timestamp`."""
+    from kedro.framework.session import session
+
+    session.generate_timestamp = unique_timestamp
