@@ -36,6 +36,7 @@ BASELINES = ("baseline_mean", "baseline_best_single_feature", "baseline_ridge", 
 # The targets: shipped RMSE / best baseline RMSE (grouped splits), forward MAE / carry-forward MAE.
 TARGETS = {"grouped_dataset_family": 0.8, "grouped_task": 1.0, core.FORWARD_SPLIT: 0.8}
 SPLIT_NAMES = {"grouped_dataset_family": "leave one family out", "grouped_task": "leave one task out",
+               "grouped_source_corpus": "leave one source corpus out (families sharing texts together)",
                "grouped_model": "leave one base model out", "random": "random (seed twins together)",
                core.FORWARD_SPLIT: "forward in size (next size from smaller ones)"}
 

@@ -57,6 +57,23 @@ def test_splits_random_and_one_per_group_column():
             assert not set(train) & set(test)
 
 
+def test_families_that_share_texts_are_held_out_together_by_the_corpus_split():
+    """Leave-one-family-out trains on LIAR's binary file while it scores LIAR six-way (the same statements):
+    the source-corpus split holds both out at once; a family not in predictor.source_corpora is its own corpus."""
+    table = synthetic_runs(40)
+    table["dataset_family"] = np.resize(["liar", "liar6", "squad", "events"], len(table))
+    settings = replace(SETTINGS, source_corpora={"liar6": "liar"})
+    table = runs_with_features(table, settings)
+    assert dict(zip(table["dataset_family"], table["source_corpus"], strict=True)) == {
+        "liar": "liar", "liar6": "liar", "squad": "squad", "events": "events"}
+    splits = split_indices(table, settings)
+    assert len(splits["grouped_dataset_family"]) == 4 and len(splits["grouped_source_corpus"]) == 3
+    for train, test in splits["grouped_source_corpus"]:
+        if "liar6" in set(table.loc[test, "dataset_family"]):
+            assert not {"liar", "liar6"} & set(table.loc[train, "dataset_family"])
+    assert "source_corpus" not in runs_with_features(synthetic_runs(8).drop(columns="dataset_family"), settings)
+
+
 def test_grouped_scores_are_per_column_with_a_group_dependent_target():
     """Family and model folds used to share one list: every row was predicted twice and the model fold
     overwrote the family one. With a target that depends on the family, the leave-one-family-out error of

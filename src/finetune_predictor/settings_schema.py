@@ -273,7 +273,8 @@ class PredictorParams(SettingsGroup):
     experiment_name: str | None = "finetune_predictor"  # null: the runs archive alone, no tracking store
     target_column: str = "finetuned_primary"
     group_column: str | None = None  # the single-column spelling of an external table's group
-    group_columns: tuple[str, ...] | str = ("dataset_family", "model", "task")
+    group_columns: tuple[str, ...] | str = ("dataset_family", "source_corpus", "model", "task")
+    source_corpora: dict[str, str] | None = None  # family -> the corpus whose texts it shares
     feature_prefix: str = "mf_"
     feature_columns: tuple[str, ...] = ()
     n_folds: int = field(default=5, metadata=at_least(2))

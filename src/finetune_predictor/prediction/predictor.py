@@ -48,10 +48,16 @@ logger = logging.getLogger(__name__)
 POINTS = 100.0  # a metric in [0, 1] -> points
 
 
+SOURCE_CORPUS = "source_corpus"
+
+
 @dataclass(frozen=True)
 class PredictorSettings:
     target_column: str = "finetuned_primary"
-    group_columns: tuple[str, ...] = ("dataset_family", "model", "task")
+    group_columns: tuple[str, ...] = ("dataset_family", SOURCE_CORPUS, "model", "task")
+    # Families that share their texts (LIAR's binary and six-way files hold the same statements): one source
+    # corpus, held out together by the grouped_source_corpus split. A family not listed is its own corpus.
+    source_corpora: dict[str, str] = field(default_factory=dict)
     feature_prefix: str = "mf_"
     feature_columns: tuple[str, ...] = ()  # explicit list; empty = every numeric column with the prefix
     n_folds: int = 5
@@ -117,7 +123,17 @@ def runs_with_features(table: pd.DataFrame, settings: PredictorSettings) -> pd.D
         logger.warning("%d of %d runs have no %s features and are left out of the predictor's table "
                        "(re-run their sweep with sensitivity.meta_features set: features are added without "
                        "retraining)", int((~has_features).sum()), len(table), settings.feature_prefix or "feature")
-    return table[has_features].reset_index(drop=True)
+    return with_source_corpus(table[has_features].reset_index(drop=True), settings)
+
+
+def with_source_corpus(table: pd.DataFrame, settings: PredictorSettings) -> pd.DataFrame:
+    """The table with ``source_corpus``: each run's family through ``predictor.source_corpora`` (a family not
+    listed is its own corpus). A table that has the column already keeps it."""
+    if SOURCE_CORPUS in table or "dataset_family" not in table:
+        return table
+    families = table["dataset_family"]
+    return table.assign(**{SOURCE_CORPUS: families.map(lambda family: settings.source_corpora.get(family, family))
+                           .where(families.notna())})
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------
