@@ -25,7 +25,8 @@ demo: install
 
 # One worker per core (pytest-xdist), each with one OpenMP thread (tests/conftest.py): most of the suite's time is
 # single-threaded (imports, `kedro run` subprocesses, servers), so the cores are used without oversubscribing them.
-TEST_WORKERS ?= auto
+# At most 4 (each worker holds torch and a model: memory, not cores, limits a big machine); TEST_WORKERS=0 is serial.
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=10
 
