@@ -27,18 +27,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docs_section import stamp, write_section  # noqa: E402
 
-from finetune_predictor.prediction import learning_curve, report  # noqa: E402
+from finetune_predictor.prediction import cv_splits, learning_curve, report  # noqa: E402
 from finetune_predictor.prediction import predictor as core  # noqa: E402
 from finetune_predictor.prediction.model_selection import baseline_models  # noqa: E402
 from finetune_predictor.tracking import archive  # noqa: E402
 
 BASELINES = ("baseline_mean", "baseline_best_single_feature", "baseline_ridge", "baseline_early_stopping")
 # The issue's targets: shipped RMSE / best baseline RMSE (grouped splits), forward MAE / carry-forward MAE.
-TARGETS = {"grouped_dataset_family": 0.8, "grouped_task": 1.0, core.FORWARD_SPLIT: 0.8}
+TARGETS = {"grouped_dataset_family": 0.8, "grouped_task": 1.0, cv_splits.FORWARD_SPLIT: 0.8}
 SPLIT_NAMES = {"grouped_dataset_family": "leave one family out", "grouped_task": "leave one task out",
                "grouped_source_corpus": "leave one source corpus out (families sharing texts together)",
                "grouped_model": "leave one base model out", "random": "random (seed twins together)",
-               core.FORWARD_SPLIT: "forward in size (next size from smaller ones)"}
+               cv_splits.FORWARD_SPLIT: "forward in size (next size from smaller ones)"}
 
 
 def load_table(path: Path, settings: core.PredictorSettings) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def split_rows(results: pd.DataFrame, winners: dict[str, list[str]]) -> list[dic
 def carry_forward(table: pd.DataFrame, target: str) -> pd.Series:
     """Each run's own configuration's mean score at its largest smaller training size (NaN where it has none)."""
     keys = [key for key in learning_curve.CURVE_KEYS if key in table]
-    sizes = pd.to_numeric(table[core.SIZE_COLUMN], errors="coerce")
+    sizes = pd.to_numeric(table[cv_splits.SIZE_COLUMN], errors="coerce")
     out = pd.Series(np.nan, index=table.index)
     for _, curve in table.assign(_size=sizes).groupby(keys, dropna=False):
         means = curve.groupby("_size")[target].mean().sort_index()
@@ -84,8 +84,8 @@ def forward_rows(table: pd.DataFrame, settings: core.PredictorSettings) -> tuple
     both predict, once on the runs the learning curve predicts (it needs two smaller sizes of the configuration)."""
     x = table[core.feature_columns(table, settings)].astype(float)
     y = table[settings.target_column].to_numpy(dtype=float)
-    folds = core.forward_size_folds(table)
-    groups_of = core.groups_of_table(table)
+    folds = cv_splits.forward_size_folds(table)
+    groups_of = cv_splits.groups_of_table(table)
     models = {"selected": core.selected_model(settings, groups_of), **baseline_models()}
     predicted = {name: core.predict_out_of_fold(fit, x, y, folds)[0] for name, fit in models.items()}
     predicted["carry_forward"] = carry_forward(table, settings.target_column).to_numpy()
@@ -114,7 +114,7 @@ def render(table: pd.DataFrame, rows: list[dict], forward: tuple[dict, dict], fl
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         target = TARGETS.get(row["split"])
-        verdict = "" if target is None or row["split"] == core.FORWARD_SPLIT else (
+        verdict = "" if target is None or row["split"] == cv_splits.FORWARD_SPLIT else (
             f"≤ {target:g}: {'met' if row['ratio'] <= target else 'not met'}")
         lines.append(f"| {SPLIT_NAMES.get(row['split'], row['split'])} | {row['runs']} | {row['shipped']} | "
                      f"{row['rmse']:.1f} | " + " | ".join(f"{row.get(name, float('nan')):.1f}" for name in BASELINES)

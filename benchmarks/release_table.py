@@ -6,9 +6,10 @@ to ``q8_0`` loses more than one SE; ``q4_k_m`` states its loss).
     .venv/bin/python benchmarks/release_table.py --run-id <id> --existing          # reads a release already made
     .venv/bin/python benchmarks/release_table.py --run-id <id> --write-docs        # and rewrites docs/performance.md
 
-Each release is `kedro run --pipeline=release --params release.run_id=<id>` in this project (its store, its
-``release.output_dir``); the figures are the pipeline's own ``release_table.csv``. Speed and memory depend on the
-machine and on what else runs on it: run nothing else meanwhile (on 2 cores a second torch process slows both).
+Each release is `kedro run --pipeline=release --params release.run_id=<id>` in this project (its store, and
+``release.output_dir`` as ``--releases`` says); the figures are the pipeline's own ``release_table.csv``. Speed
+and memory depend on the machine and on what else runs on it: run nothing else meanwhile (on 2 cores a second
+torch process slows both).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from docs_section import ROOT, stamp, write_section
 
-RELEASES = ROOT / "data" / "06_models" / "releases"
+RELEASES = ROOT / "data" / "06_models" / "releases"  # conf/base/parameters_release.yml's release.output_dir
 WITHIN_ONE_SE = ("hf_merged", "f16", "q8_0")  # the issue's target: none of these loses more than one binomial SE
 
 
@@ -36,8 +37,8 @@ def run_release(run_id: str) -> float:
     return time.perf_counter() - start
 
 
-def read_release(run_id: str) -> tuple[pd.DataFrame, dict]:
-    folder = RELEASES / run_id
+def read_release(run_id: str, releases: Path = RELEASES) -> tuple[pd.DataFrame, dict]:
+    folder = releases / run_id
     return pd.read_csv(folder / "release_table.csv"), json.loads((folder / "release.json").read_text())
 
 
@@ -90,12 +91,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", action="append", required=True, help="a FINISHED run of this project's store")
     parser.add_argument("--existing", action="store_true", help="read the releases already made; run nothing")
+    parser.add_argument("--releases", type=Path, default=RELEASES,
+                        help="release.output_dir, where it is not the default (default: %(default)s)")
     parser.add_argument("--write-docs", action="store_true", help="rewrite the release section of docs/performance.md")
     args = parser.parse_args()
     sections = []
     for run_id in args.run_id:
         seconds = None if args.existing else run_release(run_id)
-        table, summary = read_release(run_id)
+        table, summary = read_release(run_id, args.releases)
         section = markdown(table, summary, seconds)
         print(section, "\n")
         sections.append(section)

@@ -9,8 +9,9 @@ retried, refused, ...), what was lost, and the time lost (e.g. "killed at step 6
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,18 +69,26 @@ def write_table() -> None:
     """Merge this session's rows into the stored ones, drop the rows of tests that failed this session or no
     longer exist, and rewrite the page (nothing recorded or dropped: no write). Each pytest-xdist worker (and the
     controller) merges its own rows under a lock, so parallel sessions add up instead of overwriting each other."""
-    with open(TABLE_DATA, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    with FileLock(Path(tempfile.gettempdir()) / f"finetune-predictor-reliability-{os.getuid()}.lock"):
         _merge_and_write()
 
 
 def _merge_and_write() -> None:
-    stored = json.loads(TABLE_DATA.read_text() or "{}")
+    stored = json.loads(TABLE_DATA.read_text()) if TABLE_DATA.is_file() else {}
     kept = {test: row for test, row in stored.items() if test not in _FAILED and _still_defined(test)}
     if not _RECORDED and kept == stored:
         return
     stored = {**kept, **{test: asdict(row) for test, row in _RECORDED.items()}}
-    TABLE_DATA.write_text(json.dumps(dict(sorted(stored.items())), indent=2) + "\n")
+    _write(TABLE_DATA, json.dumps(dict(sorted(stored.items())), indent=2) + "\n")
     lines = [f"| {r['fault']} | {r['injected']} | {r['outcome']} | {r['lost']} | {r['time_lost']} | `{r['test']}` |"
              for r in sorted(stored.values(), key=lambda r: r["fault"])]
-    TABLE_PAGE.write_text(HEADER + "\n".join(lines) + "\n")
+    _write(TABLE_PAGE, HEADER + "\n".join(lines) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    """Written beside and renamed into place: a session killed mid-write leaves the old file, never half a one."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    staging.write_text(text)
+    staging.replace(path)

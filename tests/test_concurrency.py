@@ -466,19 +466,28 @@ def test_a_sweep_waits_for_another_machines_configuration_only_so_long(store, mo
                  time_lost="at most wait_for_others_h (12 h by default) of waiting")
 
 
+
 def test_two_sessions_in_one_millisecond_get_two_save_versions(tmp_path, monkeypatch):
     """A session's id is the save version of everything it writes: two `kedro run` of one project started in the
     same millisecond shared it, and the second's first save failed ("must not exist if versioning is enabled").
     The project's settings make Kedro take ids from a ledger that never gives one out twice."""
+    import inspect
+
     import kedro.io.core
     from kedro.framework.session import session
 
     import finetune_predictor.settings  # noqa: F401  (installs the ids, as `kedro run` does on start)
-    from finetune_predictor import datasets
+    from finetune_predictor import session_ids
 
-    assert session.generate_timestamp is datasets.unique_timestamp
-    clock = iter(["2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.002Z"])
-    monkeypatch.setattr(kedro.io.core, "generate_timestamp", lambda: next(clock))
-    ledger = tmp_path / "ids"
-    assert [datasets.unique_timestamp(ledger), datasets.unique_timestamp(ledger)] == [
-        "2026-12-08T10.00.00.001Z", "2026-12-08T10.00.00.002Z"]
+    # KedroSession.create still makes its id by this name, and the name is the project's.
+    assert "generate_timestamp()" in inspect.getsource(session.KedroSession.create)
+    assert session.generate_timestamp is session_ids.unique_timestamp
+    monkeypatch.setenv("FINETUNE_PREDICTOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kedro.io.core, "generate_timestamp", lambda: "2026-12-08T10.00.00.999Z")  # a frozen clock
+    assert [session.generate_timestamp(), session.generate_timestamp()] == [
+        "2026-12-08T10.00.00.999Z", "2026-12-08T10.00.01.000Z"]
+    # A clock set back behind the ledger still gets a later id; a ledger that cannot be written costs nothing.
+    monkeypatch.setattr(kedro.io.core, "generate_timestamp", lambda: "2026-12-08T09.00.00.000Z")
+    assert session.generate_timestamp() == "2026-12-08T10.00.01.001Z"
+    (tmp_path / "a-file").write_text("")
+    assert session_ids.unique_timestamp(tmp_path / "a-file" / "ids") == "2026-12-08T09.00.00.000Z"

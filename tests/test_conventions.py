@@ -74,11 +74,15 @@ def test_mini_test100_composes_preflight_and_the_three_pipelines():
         "sft_training.train_adapter")
 
 
+# Settings whose keys are data, not names the code reads (a family -> its source corpus).
+DATA_KEYED_SETTINGS = {"predictor.source_corpora"}
+
+
 def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
     keys = []
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and path not in DATA_KEYED_SETTINGS:
             keys.extend(_leaf_keys(value, path + "."))
         else:
             keys.append(path)

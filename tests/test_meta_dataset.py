@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from finetune_predictor import cli
-from finetune_predictor.errors import UserFacingError
+from finetune_predictor.data.task_data import dataset_family
+from finetune_predictor.errors import VERBOSE_ENV, UserFacingError
 from finetune_predictor.prediction import meta_dataset
-from tests.conftest import copy_project
+from tests.conftest import PROJECT_ROOT, copy_project
 
 LOAD_STUDY = ("import json, sys; from pathlib import Path; from kedro.framework.startup import bootstrap_project; "
               "from finetune_predictor.prediction import meta_dataset; bootstrap_project(Path.cwd()); "
@@ -46,14 +48,6 @@ def study(project):
     return chunks, sensitivity
 
 
-def _family(data: dict) -> str:
-    if data.get("family"):
-        return str(data["family"])
-    if data.get("path"):
-        return Path(data["path"]).stem
-    return "bundled-events" if data.get("task") == "structured" else f"bundled-{data['synthetic']['difficulty']}"
-
-
 def test_the_committed_study_spans_every_task_eight_families_and_each_axis(study):
     chunks, sensitivity = study
     sweeps = [sweep for chunk in chunks.values() for sweep in chunk]
@@ -61,7 +55,11 @@ def test_the_committed_study_spans_every_task_eight_families_and_each_axis(study
     assert sum(meta_dataset.sweep_size(sweep, sensitivity) for sweep in sweeps) == 146
     assert {(sweep["data"].get("task") or "binary_classification") for sweep in sweeps} == {
         "binary_classification", "multiclass_classification", "qa", "structured"}
-    assert len({_family(sweep["data"]) for sweep in sweeps}) >= 8
+    families = {dataset_family(sweep["data"]) for sweep in sweeps}
+    assert len(families) >= 8, families
+    # The predictor's source corpora name families of the study (a misspelt one would group nothing).
+    corpora = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_predictor.yml").read_text())["predictor"]
+    assert set(corpora["source_corpora"]) <= families
     assert len({rate for grid in grids for rate in grid["learning_rates"]}) >= 3
     assert len({lora["r"] for grid in grids for lora in grid["lora"]}) >= 3
     assert any(len(set(grid["seeds"]) | {42}) >= 2 for grid in grids)  # a second seed somewhere: the noise floor
@@ -85,9 +83,11 @@ def test_the_command_lists_the_chunks_and_refuses_an_unknown_one_without_a_trace
     assert "Traceback" not in refused.stdout + refused.stderr
 
 
-def test_a_failing_sweep_costs_neither_the_others_nor_the_archive(study, project, monkeypatch):
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_a_failing_sweep_costs_neither_the_others_nor_the_archive(study, project, monkeypatch, verbose):
     """One sweep fails (a bad data file, say): the chunk's other sweeps still run, the store's finished runs are
-    still archived, and the command ends with status 1 naming the sweep to resume."""
+    still archived, and the command ends with status 1 naming the sweep to resume (asking for tracebacks too)."""
+    monkeypatch.setenv(VERBOSE_ENV, verbose)
     ran, archived = [], []
 
     def run_sweep(path, sweep, env):

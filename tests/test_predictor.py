@@ -9,17 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finetune_predictor.prediction.cv_splits import forward_size_folds, split_indices
 from finetune_predictor.prediction.model_selection import select_by_shap
 from finetune_predictor.prediction.predictor import (
     PredictorSettings,
     conservative_quantile,
     evaluate,
-    forward_size_folds,
     interval_for,
     predict_with_reasons,
     runs_with_features,
     selection_regret,
-    split_indices,
     table_fingerprint,
     train_final,
 )
@@ -72,6 +71,8 @@ def test_families_that_share_texts_are_held_out_together_by_the_corpus_split():
         if "liar6" in set(table.loc[test, "dataset_family"]):
             assert not {"liar", "liar6"} & set(table.loc[train, "dataset_family"])
     assert "source_corpus" not in runs_with_features(synthetic_runs(8).drop(columns="dataset_family"), settings)
+    # No two families sharing a corpus: the corpus split would be the family split again, so it is not scored twice.
+    assert "grouped_source_corpus" not in split_indices(runs_with_features(synthetic_runs(40), settings), settings)
 
 
 def test_grouped_scores_are_per_column_with_a_group_dependent_target():
@@ -259,8 +260,8 @@ def test_results_do_not_depend_on_the_column_order_mlflow_returns():
 def test_every_shippable_model_can_explain_a_prediction(name):
     """predict and the beeswarm explain whichever model won; LightGBM refuses contributions of linear
     trees, so those (and the blend) go through the permutation explainer."""
+    from finetune_predictor.prediction.cv_splits import groups_of_table
     from finetune_predictor.prediction.model_selection import all_models, contributions
-    from finetune_predictor.prediction.predictor import groups_of_table
 
     table = synthetic_runs(40)
     features = [c for c in table if c.startswith("mf_")]
@@ -294,8 +295,8 @@ def test_ridge_cv_chooses_its_penalty_by_squared_error_on_one_run_folds():
     (a warning per fold, thousands per predictor run, and the penalty chosen among NaN scores)."""
     import warnings
 
+    from finetune_predictor.prediction.cv_splits import groups_of_table
     from finetune_predictor.prediction.model_selection import ridge_cv_model
-    from finetune_predictor.prediction.predictor import groups_of_table
 
     table = synthetic_runs(6)
     x, y = table[["mf_log_size", "mf_initial_loss"]], table["finetuned_primary"].to_numpy()

@@ -33,7 +33,8 @@ RECORDS = [{"id": f"r{i}", "instruction": "Is this news item fake or legitimate?
                                               ("Rail fares rise by two percent in March.", "legitimate"),
                                               ("A cat was elected mayor of the capital.", "fake"),
                                               ("The central bank kept interest rates unchanged.", "legitimate")])]
-CONVERTER_READY = (gguf_export.converter_dir() / gguf_export.CONVERTER).is_file()
+CONVERTER_READY = ((gguf_export.converter_dir() / gguf_export.CONVERTER).is_file()
+                   and not gguf_export.missing_converter_modules())
 BINDINGS = gguf_export.llama_cpp_version() is not None
 needs_llama_cpp = pytest.mark.skipif(not (BINDINGS and CONVERTER_READY), reason=(
     "llama-cpp-python and llama.cpp's converter are the optional release extra (`make release-extra`, which "

@@ -394,7 +394,7 @@ def test_a_failed_kedro_run_keeps_its_own_error_when_the_server_is_gone(monkeypa
                     requests.ConnectionError("refused")
             except tracking.TrackingServerUnavailableError as lost:
                 hook.on_pipeline_error(lost, {}, None, None)
-            assert [r.levelname for r in caplog.records if "is left RUNNING" in r.message] == ["DEBUG"]
+            assert [r.levelname for r in caplog.records if "is left RUNNING" in r.message] == ["INFO"]
     finally:
         mlflow.set_tracking_uri("")
     assert not tracking.server_unreachable(ValueError("a bug"))  # any other error of the hook is not hidden

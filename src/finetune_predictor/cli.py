@@ -98,11 +98,12 @@ def meta_dataset_command(chunk_names: tuple[str, ...], list_only: bool, env: str
             click.echo(f"meta-dataset {label}")
             try:
                 meta_dataset.run_sweep(project_path, sweep, env)
-            except Exception as error:  # one sweep's failure must not cost the chunk's other sweeps
-                if not _explained(error):
-                    if verbose_requested():
-                        raise
-                    click.echo(redact(repr(error)), err=True)
+            except Exception as error:  # one sweep's failure must not cost the chunk's other sweeps (verbose too)
+                redact_exception(error)
+                user_error = find_user_error(error)
+                if user_error is None and verbose_requested():
+                    raise
+                click.echo(redact(user_error.render() if user_error else repr(error)), err=True)
                 failed.append(label)
     meta_dataset.archive(project_path, env)
     if failed:

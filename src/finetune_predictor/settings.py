@@ -17,7 +17,6 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
 from kedro.config import OmegaConfigLoader
 
 from finetune_predictor import tracking, warning_filters
-from finetune_predictor.datasets import use_unique_session_ids
 from finetune_predictor.hooks import (
     AdoptUnversionedOutputsHooks,
     MissingInputsHooks,
@@ -26,9 +25,10 @@ from finetune_predictor.hooks import (
     RunSummaryHooks,
     SettingsCheckHooks,
 )
+from finetune_predictor.session_ids import use_unique_session_ids
 
 warning_filters.install()
-# Two runs of one project started in the same millisecond must not share a save version (datasets.unique_timestamp).
+# Two runs of one project started in the same millisecond must not share a save version (session_ids.unique_timestamp).
 use_unique_session_ids()
 # MLflow's HTTP retries and time-outs bounded for every run against a tracking server (tracking.HTTP_REQUEST_DEFAULTS).
 tracking.use_http_request_defaults()

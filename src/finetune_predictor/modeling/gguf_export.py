@@ -31,7 +31,7 @@ CONVERTER = "convert_hf_to_gguf.py"
 CONVERTER_PARTS = (CONVERTER, "conversion", "gguf-py")
 # Modules the converter imports that the base install may lack: it reads a Llama's vocabulary through
 # sentencepiece first (even for a BPE tokenizer, falling back only on a missing file, never a missing module).
-CONVERTER_MODULES = ("sentencepiece", "yaml", "tqdm")
+CONVERTER_MODULES = {"sentencepiece": "sentencepiece", "yaml": "PyYAML", "tqdm": "tqdm"}  # module: its package
 # llama.cpp's file types (llama.h: enum llama_ftype) for the types made by quantizing the f16 file.
 QUANTIZE_FTYPES = {"q8_0": 7, "q4_k_m": 15}
 GGUF_MAGIC = b"GGUF"
@@ -103,10 +103,10 @@ def converter_dir(setting: str | None = None, cache_dir: str | Path | None = Non
 
 
 def missing_converter_modules() -> list[str]:
-    """The converter's Python modules not importable here (found without importing them)."""
+    """The packages of the converter's Python modules not importable here (found without importing them)."""
     import importlib.util
 
-    return [name for name in CONVERTER_MODULES if importlib.util.find_spec(name) is None]
+    return [package for module, package in CONVERTER_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
 def unpack_converter(sdist: str | Path, cache_dir: str | Path | None = None) -> Path:

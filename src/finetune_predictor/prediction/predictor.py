@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from finetune_predictor.errors import UserFacingError
+from finetune_predictor.prediction.cv_splits import calibration_folds, groups_of_table, split_indices
 from finetune_predictor.prediction.model_selection import (
     CANDIDATES,
     FitFunction,
@@ -37,7 +38,6 @@ from finetune_predictor.prediction.model_selection import (
     Model,
     all_models,
     contributions,
-    grouped_folds,
     lightgbm_model,
     selected_model,
     shap_ranking,
@@ -139,57 +139,6 @@ def with_source_corpus(table: pd.DataFrame, settings: PredictorSettings) -> pd.D
 # --- evaluation ----------------------------------------------------------------------------------------------
 
 
-def split_indices(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Each split scored on its own: ``random`` (K folds that keep seed replicates together, so a run's
-    twin with another seed never sits in the training fold) and ``grouped_<column>`` (leave one group out)
-    for each group column with at least two groups."""
-    from sklearn.model_selection import LeaveOneGroupOut
-
-    random_folds = replicate_folds(table, settings.n_folds, settings.seed)
-    splits = {"random": random_folds} if random_folds else {}
-    for column in settings.group_columns:
-        if column in table and table[column].nunique() >= 2:
-            groups = table[column].astype(str).to_numpy()
-            splits[f"grouped_{column}"] = list(LeaveOneGroupOut().split(table, groups=groups))
-    forward = forward_size_folds(table)
-    if forward:
-        splits[FORWARD_SPLIT] = forward
-    return splits
-
-
-FORWARD_SPLIT = "forward_size"
-SIZE_COLUMN = "param_train_size"
-
-
-def forward_size_folds(table: pd.DataFrame, min_train: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Forward in size, rolling origin: for each training size, fit on every run of a smaller size and predict
-    the runs of that size (what a sweep's large sizes look like from its small ones). Seed twins share their size,
-    so they are always held out together; a size with fewer than ``min_train`` smaller runs is not scored."""
-    if SIZE_COLUMN not in table:
-        return []
-    sizes = pd.to_numeric(table[SIZE_COLUMN], errors="coerce").to_numpy(dtype=float)
-    folds = []
-    for size in np.unique(sizes[np.isfinite(sizes)])[1:]:
-        train, test = np.flatnonzero(sizes < size), np.flatnonzero(sizes == size)
-        if len(train) >= min_train:
-            folds.append((train, test))
-    return folds
-
-
-def _replicate_groups(table: pd.DataFrame) -> np.ndarray:
-    """Seed replicates share a group; a table without ``replicate_key`` makes each run its own group."""
-    if "replicate_key" in table:
-        own_key = pd.Series(table.index.astype(str), index=table.index)
-        return table["replicate_key"].fillna(own_key).astype(str).to_numpy()
-    return np.arange(len(table)).astype(str)
-
-
-def replicate_folds(table: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled K folds grouped by ``replicate_key`` (none for a single configuration: the conformal width
-    is then infinite)."""
-    return grouped_folds(table, _replicate_groups(table), n_folds, seed)
-
-
 def conformal_quantile(x: pd.DataFrame, y: np.ndarray, fit: Callable[..., Any], alpha: float,
                        folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """Split-conformal half-width (CV flavour) from the out-of-fold |residuals| over ``folds``: the
@@ -210,17 +159,6 @@ def conservative_quantile(residuals: np.ndarray, alpha: float) -> float:
     return float(np.sort(residuals)[rank - 1]) if rank <= len(residuals) else float("inf")
 
 
-def calibration_folds(table: pd.DataFrame, settings: PredictorSettings, column: str | None,
-                      new_group: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Leave one group of ``column`` out when a new group is the question and the table has two; else
-    folds by replicate key (the width for a configuration of a known group)."""
-    from sklearn.model_selection import LeaveOneGroupOut
-
-    if new_group and column and column in table and table[column].nunique() >= 2:
-        return list(LeaveOneGroupOut().split(table, groups=table[column].astype(str).to_numpy()))
-    return replicate_folds(table, settings.n_folds, settings.seed)
-
-
 def selection_regret(frame: pd.DataFrame) -> float:
     """Mean over candidate groups (same family and model) of best true accuracy minus the true accuracy
     of the configuration the predictions rank first."""
@@ -230,12 +168,6 @@ def selection_regret(frame: pd.DataFrame) -> float:
         if len(group) >= 2:
             regrets.append(group["y"].max() - group.loc[group["prediction"].idxmax(), "y"])
     return float(np.mean(regrets)) if regrets else float("nan")
-
-
-def groups_of_table(table: pd.DataFrame) -> GroupsOf:
-    """Replicate groups looked up by row label (the models' inner folds keep seed twins together)."""
-    groups = pd.Series(_replicate_groups(table), index=table.index)
-    return lambda index: groups.loc[index].to_numpy()
 
 
 def evaluated_models(settings: PredictorSettings, groups_of: GroupsOf) -> dict[str, Model]:
@@ -353,8 +285,12 @@ def train_final(table: pd.DataFrame, settings: PredictorSettings) -> dict[str, A
     half_width = conformal_quantile(x, y, fit, settings.interval_alpha, calibration_folds(table, settings, None, False))
     family = _family_column(table, settings)
     families = sorted(table[family].astype(str).unique()) if family else []
+    # A new family may be a sibling of a known one or a corpus never seen: calibrated leaving one source corpus
+    # out where families share corpora (the wider, honest width), else one family.
+    held_out = SOURCE_CORPUS if family == "dataset_family" and table.get(SOURCE_CORPUS, pd.Series()).nunique() >= 2 \
+        else family
     new_family_half_width = (conformal_quantile(x, y, fit, settings.interval_alpha,
-                                                calibration_folds(table, settings, family, True))
+                                                calibration_folds(table, settings, held_out, True))
                              if len(families) >= 2 else None)
     return {"model": chosen.winner, "inner_cv_rmse": {k: v * POINTS for k, v in chosen.inner_rmse.items()},
             "selection_rule": "simplest model within one standard error of the best inner CV RMSE",

@@ -197,7 +197,7 @@ class RunLifecycleHook(MlflowHook):
                 raise
             tracking.abandon_run(self.run_id)
             # Where the run's own error is the lost server, its message already says so: one message, not two.
-            log = logger.debug if tracking.server_unreachable(error) else logger.warning
+            log = logger.info if tracking.server_unreachable(error) else logger.warning
             log("The MLflow run %s is left RUNNING: the tracking server could not be reached to end it FAILED "
                 "(the next start on this host marks it FAILED)", self.run_id)
 

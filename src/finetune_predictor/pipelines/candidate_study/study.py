@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from finetune_predictor.prediction.cv_splits import groups_of_table
 from finetune_predictor.prediction.model_selection import best_single_feature_model, mean_model, selected_model
-from finetune_predictor.prediction.predictor import POINTS, PredictorSettings, feature_columns, groups_of_table
+from finetune_predictor.prediction.predictor import POINTS, PredictorSettings, feature_columns
 from finetune_predictor.prediction.ranking import forecast_leads, ranking_scores
 from finetune_predictor.tasks.base import RANKING_PRIOR_FEATURE
 

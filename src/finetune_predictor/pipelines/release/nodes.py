@@ -108,8 +108,8 @@ def _variant_plan(name: str, converter: Path, bindings: str | None) -> dict[str,
         reasons.append(f"llama.cpp's {gguf_export.CONVERTER} is not at {converter} (run `make release-extra`, or "
                        "set release.converter_dir to a llama.cpp checkout)")
     elif missing := gguf_export.missing_converter_modules():
-        reasons.append(f"llama.cpp's converter at {converter} needs the Python module(s) {', '.join(missing)}, not "
-                       "installed here (the release extra: `make release-extra`)")
+        reasons.append(f"llama.cpp's converter at {converter} needs {', '.join(missing)}, not installed here (the "
+                       f"release extra: `make release-extra`, or pip install {' '.join(missing)})")
     if bindings is None and name != "f16":
         reasons.append("llama-cpp-python is not installed (the release extra: `make release-extra`), and "
                        "llama_model_quantize makes this type")
