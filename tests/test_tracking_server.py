@@ -127,6 +127,15 @@ def _no_local_store(*folders: Path) -> None:
         assert not (folder / "mlruns").exists() and not (folder / "mlflow.db").exists(), folder
 
 
+@pytest.fixture()
+def gone_url():
+    """A port bound here and never listened on: connections to it are refused, and no parallel worker's server can
+    take it while the test runs (a probe socket closed at once left the port free for one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
 PROBE = {"sample_size": 4, "probe_steps": 2, "knn": 2}
 
 
@@ -370,13 +379,11 @@ def test_http_retry_defaults_are_bounded_and_yield_to_the_user(monkeypatch):
     assert sum(factor * 2 ** (n - 1) for n in range(2, retries + 1)) <= 30
 
 
-def test_a_failed_kedro_run_keeps_its_own_error_when_the_server_is_gone(monkeypatch, caplog):
+def test_a_failed_kedro_run_keeps_its_own_error_when_the_server_is_gone(monkeypatch, caplog, gone_url):
     """Ending the kedro run FAILED needs the server too: its connection error used to replace the run's own."""
     from finetune_predictor.tracking.lifecycle import RunLifecycleHook
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    gone = gone_url
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     mlflow.set_tracking_uri(gone)
     try:
@@ -540,13 +547,11 @@ def test_kedro_run_of_a_sweep_that_loses_its_server_ends_with_one_message(server
                            "last checkpoint, and those not started)")
 
 
-def test_a_kedro_run_against_a_server_that_is_not_there_is_one_block(tmp_path, request):
+def test_a_kedro_run_against_a_server_that_is_not_there_is_one_block(tmp_path, request, gone_url):
     """kedro-mlflow opens the store as the session starts: MLflow's connection error was a 500-line traceback."""
     from tests.reliability import record_fault
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    gone = gone_url
     project = copy_project(tmp_path / "project", with_source=False)
     code, output = _kedro_run(project, "--pipeline=predictor", MLFLOW_TRACKING_URI=gone,
                               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
