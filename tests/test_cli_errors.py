@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.cli.utils import KedroCliError
 
 from finetune_predictor import cli
 from finetune_predictor.data.records import RecordError
@@ -81,6 +82,7 @@ def _invoke(monkeypatch, error: Exception, *args: str):
     # test's `kedro run` subprocess print tracebacks (a delenv of an absent variable records nothing to undo).
     monkeypatch.setenv(VERBOSE_ENV, "0")
     monkeypatch.delenv(VERBOSE_ENV)
+    monkeypatch.setattr(KedroCliError, "VERBOSE_ERROR", KedroCliError.VERBOSE_ERROR)  # `--verbose` sets it too
     return CliRunner().invoke(cli.run, list(args))
 
 
@@ -184,9 +186,12 @@ def test_a_run_whose_process_cannot_be_inspected_is_alive(monkeypatch):
     assert tracking._process_alive(12345, None) is True
 
 
-def test_verbose_in_process_does_not_outlive_the_test(monkeypatch):
-    """Runs after test_a_bug_keeps_its_traceback in file order: its in-process `--verbose` must not leave
-    FINETUNE_PREDICTOR_VERBOSE set for the tests (and `kedro run` subprocesses) that follow."""
+def test_verbose_in_process_does_not_outlive_the_test():
+    """An in-process `--verbose` must not leave FINETUNE_PREDICTOR_VERBOSE set for the tests (and `kedro run`
+    subprocesses) that follow: checked here after one, whichever worker and order the test runs in."""
     import os
 
+    with pytest.MonkeyPatch.context() as patch:
+        verbose = _invoke(patch, RecordError("x.jsonl", 1, "bad"), "--verbose")
+        assert isinstance(verbose.exception, RecordError)
     assert VERBOSE_ENV not in os.environ
