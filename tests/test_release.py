@@ -39,7 +39,7 @@ BINDINGS = gguf_export.llama_cpp_version() is not None
 needs_llama_cpp = pytest.mark.skipif(not (BINDINGS and CONVERTER_READY), reason=(
     "llama-cpp-python and llama.cpp's converter are the optional release extra (`make release-extra`, which "
     f"compiles llama.cpp); bindings {'found' if BINDINGS else 'absent'}, converter "
-    f"{'found' if CONVERTER_READY else 'absent at ' + str(gguf_export.converter_dir())}"))
+    f"{'found' if CONVERTER_READY else 'absent (or its modules missing) at ' + str(gguf_export.converter_dir())}"))
 
 
 @pytest.fixture(scope="module")
