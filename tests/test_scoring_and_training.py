@@ -134,6 +134,18 @@ def test_training_settings_reject_unknown_keys():
         TrainingSettings.from_params({"lora": {"rank": 8}})
 
 
+def test_bf16_is_native_only_where_the_kernels_are_not_capped_below_it():
+    """An AVX-512-BF16 machine standing in for an AVX2 one (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA) chose bf16
+    from the CPU's flags and then ran it emulated, many times slower: the cap decides."""
+    from finetune_predictor.modeling.hardware import native_bf16
+
+    flags = "flags : fpu avx2 avx512f avx512_bf16 \n"
+    assert native_bf16(flags, {}) and native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+    assert not native_bf16(flags, {"ATEN_CPU_CAPABILITY": "avx2"})
+    assert not native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not native_bf16("flags : fpu avx2 avx512f \n", {})
+
+
 def test_compute_plan_on_cpu(monkeypatch):
     import finetune_predictor.modeling.hardware as hardware
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,7 +47,24 @@ def cpu_has_native_bf16() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+    return native_bf16(flags, os.environ)
+
+
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) from which it multiplies bf16 in hardware; below them it emulates.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+                     "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
+
+
+def native_bf16(cpuinfo: str, environ: Mapping[str, str]) -> bool:
+    """Whether bf16 runs in hardware here: the CPU's flags, unless PyTorch's kernels (``ATEN_CPU_CAPABILITY``) or
+    oneDNN's (``ONEDNN_MAX_CPU_ISA``) are capped below AVX512-BF16, as when an AVX-512 machine stands in for an
+    AVX2 one (a capped machine that chose bf16 ran it emulated)."""
+    if " amx_bf16" not in cpuinfo and " avx512_bf16" not in cpuinfo:
+        return False
+    if environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
+    onednn = environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not onednn or onednn in _ONEDNN_BF16_ISAS
 
 
 def choose_compute_plan(precision: str = "auto", quantization: str = "none") -> ComputePlan:
