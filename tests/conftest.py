@@ -111,6 +111,18 @@ def store(tmp_path):
     mlflow.tracking.fluent._active_experiment_id = None  # this store's id means nothing in the next test's
 
 
+@pytest.fixture(scope="session", autouse=True)
+def the_checkouts_own_store_is_left_alone():
+    """No test logs into the checkout's mlflow.db: that is the user's store, and archive_runs reads it (a test's
+    tiny-model run, logged there through a relative sqlite URI left bound by an in-process session, once entered
+    the runs archive)."""
+    store = PROJECT_ROOT / "mlflow.db"
+    before = store.stat().st_mtime_ns if store.exists() else None
+    yield
+    after = store.stat().st_mtime_ns if store.exists() else None
+    assert after == before, f"a test wrote to {store} (the checkout's own tracking store)"
+
+
 def pytest_runtest_logreport(report):
     """A fault test that fails loses its row in docs/reliability.md (tests/reliability.py)."""
     if report.failed:
