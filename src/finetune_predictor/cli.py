@@ -32,14 +32,20 @@ def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> boo
     return value
 
 
-def _explained(error: BaseException, verbose: bool = False) -> bool:
-    """Print an expected error's what / where / fix block; False where ``error`` is not one, or where the
-    traceback was asked for (the caller then raises it)."""
-    redact_exception(error)  # the traceback or the block below never shows a credential (a URI's password)
+def _user_message(error: BaseException) -> str | None:
+    """An expected error's what / where / fix block, redacted; None where ``error`` is not one."""
+    redact_exception(error)  # the traceback or the block never shows a credential (a URI's password)
     user_error = find_user_error(error)
-    if user_error is None or verbose or verbose_requested():
+    return redact(user_error.render()) if user_error else None
+
+
+def _explained(error: BaseException, verbose: bool = False) -> bool:
+    """Print an expected error's block; False where ``error`` is not one, or where the traceback was asked for
+    (the caller then raises it)."""
+    message = _user_message(error)
+    if message is None or verbose or verbose_requested():
         return False
-    click.echo(redact(user_error.render()), err=True)
+    click.echo(message, err=True)
     return True
 
 
@@ -99,11 +105,10 @@ def meta_dataset_command(chunk_names: tuple[str, ...], list_only: bool, env: str
             try:
                 meta_dataset.run_sweep(project_path, sweep, env)
             except Exception as error:  # one sweep's failure must not cost the chunk's other sweeps (verbose too)
-                redact_exception(error)
-                user_error = find_user_error(error)
-                if user_error is None and verbose_requested():
+                message = _user_message(error)
+                if message is None and verbose_requested():
                     raise
-                click.echo(redact(user_error.render() if user_error else repr(error)), err=True)
+                click.echo(message or redact(repr(error)), err=True)
                 failed.append(label)
     meta_dataset.archive(project_path, env)
     if failed:

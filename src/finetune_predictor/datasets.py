@@ -214,4 +214,3 @@ class AtomicParquetDataset(AtomicSaveMixin, ParquetDataset):
 
 class AtomicMatplotlibDataset(AtomicSaveMixin, MatplotlibDataset):
     """``matplotlib.MatplotlibDataset`` (plots), saved atomically."""
-
